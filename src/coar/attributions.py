@@ -1,0 +1,90 @@
+"""The one attribution type every method returns (COAR, LOO, GP, NC, II) and evaluation/editing consume.
+
+Convention (paper eq. 4): the linear estimate of the component counterfactual is
+    g(z)(keep) = bias[z] + sum_j weights[z, j] * keep[j]
+where keep[j] = 1 if component j is NOT ablated. Shapes: N examples, C components, M masks.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ShapeError, StoreError
+
+
+@dataclass
+class Attributions:
+    weights: np.ndarray  # [N, C] float32
+    bias: np.ndarray  # [N] float32
+    method: str
+    components: str  # fingerprint of the ComponentSet
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.weights = np.asarray(self.weights, dtype=np.float32)
+        self.bias = np.asarray(self.bias, dtype=np.float32)
+        if self.weights.ndim != 2:
+            raise ShapeError(f"attribution weights must be [N, C], got shape {self.weights.shape}")
+        if self.bias.shape != (self.weights.shape[0],):
+            raise ShapeError(
+                f"attribution bias must be [N]={self.weights.shape[0]}, got shape {self.bias.shape}"
+            )
+
+    @property
+    def n_examples(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def n_components(self) -> int:
+        return self.weights.shape[1]
+
+    def predict(self, keep: np.ndarray) -> np.ndarray:
+        """Estimated outputs [M, N] for keep-masks [M, C] (True/1 = component kept)."""
+        keep = np.asarray(keep)
+        if keep.ndim != 2 or keep.shape[1] != self.n_components:
+            raise ShapeError(f"keep masks must be [M, {self.n_components}], got {keep.shape}")
+        return keep.astype(np.float32) @ self.weights.T + self.bias[None, :]
+
+    def subset(self, examples) -> "Attributions":
+        idx = np.asarray(examples)
+        return Attributions(self.weights[idx], self.bias[idx], self.method, self.components, dict(self.meta))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a crash never leaves a half-written file under the final name."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                weights=self.weights,
+                bias=self.bias,
+                header=np.frombuffer(
+                    json.dumps(
+                        {"method": self.method, "components": self.components, "meta": self.meta},
+                        default=str,
+                    ).encode(),
+                    dtype=np.uint8,
+                ),
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Attributions":
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"attribution file not found: {path}")
+        try:
+            with np.load(path) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                return cls(z["weights"], z["bias"], header["method"], header["components"], header["meta"])
+        except (KeyError, ValueError, OSError) as exc:
+            raise StoreError(f"attribution file {path} is unreadable or truncated: {exc}") from exc
+        except Exception as exc:  # BadZipFile and friends
+            raise StoreError(f"attribution file {path} is unreadable or truncated: {exc}") from exc

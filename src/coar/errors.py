@@ -1,0 +1,21 @@
+"""Typed exceptions for user errors: every message names the offending key, file or shape."""
+
+
+class CoarError(Exception):
+    """Base class of every error the library raises on purpose."""
+
+
+class ComponentError(CoarError):
+    """A component set does not match the model (unknown module, wrong unit count)."""
+
+
+class StoreError(CoarError):
+    """A mask/output store is missing, truncated, corrupted or incomplete."""
+
+
+class StoreMismatchError(StoreError):
+    """A store was reopened with settings other than those it was created with."""
+
+
+class ShapeError(CoarError):
+    """An array has a shape other than the one the operation needs."""

@@ -1,0 +1,92 @@
+"""Model registry: every architecture the component tables know, buildable offline with random weights.
+
+build_model(name, pretrained=False) returns a model in eval mode whose attention (if any) has explicit hook
+sites (see attention.make_hookable). Pretrained loading uses the real hubs (torchvision / Hugging Face) and
+fails with a clear error when offline. device="meta" builds shapes only (for counting components).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..errors import CoarError
+from .attention import HookableMultiheadAttention, make_hookable
+from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet_small, vit_small
+
+IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "mlp", "vit_small", "resnet50", "vit_b_16",
+                "clip_vit_b_16"}
+TEXT_MODELS = {"gpt2", "gpt2_tiny", "phi2", "phi2_tiny"}
+MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
+HUB_IDS = {"gpt2": "gpt2", "phi2": "microsoft/phi-2", "clip_vit_b_16": "openai/clip-vit-base-patch16"}
+
+
+def _hf():
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on extras
+        raise CoarError("this model needs the [text] extra: pip install 'coar[text]'") from exc
+    transformers.logging.set_verbosity_error()
+    return transformers
+
+
+def _hf_config(name: str):
+    t = _hf()
+    if name == "gpt2":
+        return t.GPT2Config()
+    if name == "gpt2_tiny":
+        return t.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=512)
+    if name == "phi2":
+        return t.PhiConfig(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
+                           num_attention_heads=32, partial_rotary_factor=0.4, max_position_embeddings=2048)
+    if name == "phi2_tiny":
+        return t.PhiConfig(vocab_size=512, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                           num_attention_heads=4, partial_rotary_factor=0.4, max_position_embeddings=128)
+    if name == "clip_vit_b_16":
+        return t.CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                  num_attention_heads=12, patch_size=16, image_size=224)
+    raise KeyError(name)
+
+
+def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                pretrained: bool = False, device: str | torch.device | None = None) -> nn.Module:
+    if name not in MODELS:
+        raise CoarError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    ctx = torch.device(device) if device is not None else contextlib.nullcontext()
+    with ctx:
+        model = _build(name, num_classes, in_channels, image_size, pretrained)
+    return make_hookable(model).eval()
+
+
+def _build(name, num_classes, in_channels, image_size, pretrained):
+    if name in ("cifar_resnet", "resnet18_cifar", "resnet_small", "vit_small"):
+        if pretrained:
+            raise CoarError(f"{name} has no published weights: train it with the workflow's training rule")
+        return {"cifar_resnet": cifar_resnet, "resnet18_cifar": resnet18_cifar, "resnet_small": resnet_small,
+                "vit_small": vit_small}[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+    if name == "mlp":
+        return MLP(in_channels * image_size * image_size, 3072, num_classes)
+    if name in ("resnet50", "vit_b_16"):
+        import torchvision
+
+        builder = getattr(torchvision.models, name)
+        weights = "IMAGENET1K_V1" if pretrained else None
+        try:
+            return builder(weights=weights)
+        except Exception as exc:
+            raise CoarError(f"could not load torchvision {name} weights {weights}: {exc}") from exc
+    t = _hf()
+    cls = t.CLIPVisionModel if name == "clip_vit_b_16" else (t.PhiForCausalLM if name.startswith("phi") else t.GPT2LMHeadModel)
+    if pretrained:
+        if name not in HUB_IDS:
+            raise CoarError(f"{name} is a test configuration without published weights")
+        try:
+            return cls.from_pretrained(HUB_IDS[name])
+        except Exception as exc:
+            raise CoarError(f"could not load {HUB_IDS[name]} from the Hugging Face hub: {exc}") from exc
+    return cls(_hf_config(name))
+
+
+__all__ = ["build_model", "MODELS", "IMAGE_MODELS", "TEXT_MODELS", "make_hookable", "HookableMultiheadAttention",
+           "CifarResNet", "MLP"]

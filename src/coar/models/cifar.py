@@ -1,0 +1,93 @@
+"""Small image models: the authors' CIFAR ResNet, a standard CIFAR ResNet-18, an MLP, a small ViT."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:  # named "shortcut": not a component (no "conv" in its name)
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet for small images.
+
+    stages: (width, blocks, stride) per stage. pool: kernel of the final average pool, or None for a
+    global pool. The authors' CIFAR-10 model is stem=256, stages=[(256, 4, 1)], pool=8 (linear 4096->10).
+    """
+
+    def __init__(self, stem: int, stages: Sequence[tuple[int, int, int]], num_classes: int = 10,
+                 in_channels: int = 3, pool: int | None = None, image_size: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        layers, cin, size = [], stem, image_size
+        for width, blocks, stride in stages:
+            seq = []
+            for b in range(blocks):
+                seq.append(BasicBlock(cin, width, stride if b == 0 else 1))
+                cin = width
+            size = (size + stride - 1) // stride
+            layers.append(nn.Sequential(*seq))
+        self.layers = nn.Sequential(*layers)
+        if pool is None:
+            self.pool, feats = nn.AdaptiveAvgPool2d(1), cin
+        else:
+            self.pool, feats = nn.AvgPool2d(pool), cin * (size // pool) ** 2
+        self.linear = nn.Linear(feats, num_classes)
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.pool(self.layers(out))
+        return self.linear(out.flatten(1))
+
+
+def cifar_resnet(num_classes=10, in_channels=3, image_size=32):
+    """The authors' released CIFAR-10 ResNet: 9 convs x 256 filters = 2,304 components."""
+    return CifarResNet(256, [(256, 4, 1)], num_classes, in_channels, pool=8, image_size=image_size)
+
+
+def resnet18_cifar(num_classes=10, in_channels=3, image_size=32):
+    return CifarResNet(64, [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)], num_classes, in_channels, None, image_size)
+
+
+def resnet_small(num_classes=10, in_channels=3, image_size=32):
+    """A CPU-sized ResNet (16 + 2x(16+16) + 2x(32+32) + 2x(64+64)... see component count in tests)."""
+    return CifarResNet(16, [(16, 1, 1), (32, 1, 2), (64, 1, 2)], num_classes, in_channels, None, image_size)
+
+
+class MLP(nn.Module):
+    """One-hidden-layer MLP; components are the hidden neurons (rows of fc1)."""
+
+    def __init__(self, in_features=3072, hidden=3072, num_classes=10):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def vit_small(num_classes=10, in_channels=3, image_size=32, patch_size=4):
+    from torchvision.models import VisionTransformer
+
+    m = VisionTransformer(image_size, patch_size, num_layers=6, num_heads=8, hidden_dim=256, mlp_dim=512,
+                          num_classes=num_classes)
+    if in_channels != 3:
+        m.conv_proj = nn.Conv2d(in_channels, 256, patch_size, patch_size)
+    return m
