@@ -184,6 +184,7 @@ TABLES: dict[str, list[Rule]] = {
     "cifar_resnet": CONV_NOT_DOWNSAMPLE,
     "resnet18_cifar": CONV_NOT_DOWNSAMPLE,
     "resnet_small": CONV_NOT_DOWNSAMPLE,
+    "resnet_tiny": CONV_NOT_DOWNSAMPLE,
     "resnet50": CONV_NOT_DOWNSAMPLE,
     "vit_b_16": VIT_TORCHVISION,
     "vit_small": VIT_TORCHVISION,

@@ -67,8 +67,13 @@ def resnet18_cifar(num_classes=10, in_channels=3, image_size=32):
 
 
 def resnet_small(num_classes=10, in_channels=3, image_size=32):
-    """A CPU-sized ResNet (16 + 2x(16+16) + 2x(32+32) + 2x(64+64)... see component count in tests)."""
+    """A CPU-sized ResNet: 16 + (16+16) + (32+32) + (64+64) = 240 filters."""
     return CifarResNet(16, [(16, 1, 1), (32, 1, 2), (64, 1, 2)], num_classes, in_channels, None, image_size)
+
+
+def resnet_tiny(num_classes=10, in_channels=3, image_size=32):
+    """The smallest ResNet used by tests and the offline preset: 8 + (16+16) + (32+32) = 104 filters."""
+    return CifarResNet(8, [(16, 1, 2), (32, 1, 2)], num_classes, in_channels, None, image_size)
 
 
 class MLP(nn.Module):

@@ -1,0 +1,364 @@
+"""The `coar` command line: chain the steps of COAR / COAR-EDIT without Snakemake.
+
+  coar components MODEL                      the component table and total count
+  coar prepare fashion-mnist --split test --n 500 --out data/test.npz
+  coar train --model resnet_tiny --data fashion-mnist --out models/m.pt
+  coar sample --checkpoint m.pt --examples test.npz --masks 1000 --alpha 0.1 --shard 0 --out stores/train/0
+  coar fit --stores stores/train/* --out attributions/coar.npz
+  coar baseline --method loo --checkpoint m.pt --examples test.npz --out attributions/loo.npz
+  coar evaluate --attributions attributions/*.npz --stores stores/test/* --out results/corr.csv
+  coar edit --attributions coar.npz --checkpoint m.pt --targets 3 --references-random 50 --k 3 --out edited.pt
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CoarError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _alpha(text: str) -> float:
+    a = float(text)
+    if not 0.0 < a < 1.0:
+        raise argparse.ArgumentTypeError(f"alpha must be in (0, 1), got {text}")
+    return a
+
+
+def _positive(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return v
+
+
+def _device(name: str | None):
+    import torch
+
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CoarError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def cmd_components(a):
+    from .components import component_set
+    from .models import build_model
+
+    model = build_model(a.model, num_classes=a.num_classes, in_channels=a.in_channels, image_size=a.image_size,
+                        device="meta")
+    cset = component_set(model, a.table or a.model)
+    table = cset.table()
+    if a.csv:
+        table.to_csv(a.csv, index=False)
+    with __import__("pandas").option_context("display.max_rows", None, "display.width", 200):
+        print(table[["group", "module", "site", "units"]].to_string(index=False))
+    print(f"total components: {cset.size:,}  (fingerprint {cset.fingerprint()})")
+
+
+def cmd_prepare(a):
+    from .data.examples import fashion_mnist_examples
+
+    ex = fashion_mnist_examples(a.split, a.n, a.seed, a.root, pad_to=a.pad_to, channels=a.channels)
+    ex.save(a.out)
+    print(f"wrote {len(ex)} {a.dataset} {a.split} examples to {a.out} (fingerprint {ex.fingerprint()})")
+
+
+def cmd_train(a):
+    import torch
+
+    from .data.examples import fashion_mnist_examples
+    from .models import build_model
+    from .training import accuracy, save_checkpoint, train_classifier
+
+    torch.manual_seed(a.seed)
+    device = _device(a.device)
+    train = fashion_mnist_examples("train", a.n_train, a.seed, a.root)
+    test = fashion_mnist_examples("test", None, 0, a.root)
+    kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 28}
+    model = build_model(a.model, **kwargs).to(device)
+    x, y = train.tensors(device)
+    info = train_classifier(model, x, y, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    xt, yt = test.tensors(device)
+    info["test_accuracy"] = accuracy(model, xt, yt)
+    info.update(data=train.fingerprint(), n_train=len(train), seed=a.seed, lr=a.lr, batch_size=a.batch_size)
+    save_checkpoint(a.out, model.cpu(), a.model, kwargs, info)
+    print(f"test accuracy {info['test_accuracy']:.4f} after {a.epochs} epochs ({info['seconds']:.0f} s); wrote {a.out}")
+
+
+def cmd_sample(a):
+    import torch
+
+    from .ablation import counterfactual_outputs
+    from .components import component_set, model_fingerprint
+    from .data.examples import Examples
+    from .outputs import get_output_fn
+    from .store import ShardStore, run_shard
+    from .training import load_checkpoint
+
+    device = _device(a.device)
+    model, ck = load_checkpoint(a.checkpoint, device)
+    cset = component_set(model, a.components or ck["arch"])
+    ex = Examples.load(a.examples)
+    output_fn = get_output_fn(a.output)
+    meta = {"model_fingerprint": model_fingerprint(model), "components_fingerprint": cset.fingerprint(),
+            "examples_fingerprint": ex.fingerprint(), "n_components": cset.size, "n_examples": len(ex),
+            "m": a.masks, "alpha": a.alpha, "seed": a.seed, "shard": a.shard, "output_fn": a.output,
+            "scheme": a.scheme, "ablation": a.ablation, "gamma": a.gamma if a.ablation == "scale" else None,
+            "dtype": a.dtype}
+    store = ShardStore.create_or_open(a.out, meta)
+    x, y = ex.tensors(device)
+
+    def evaluate(keep):
+        return counterfactual_outputs(model, cset, x, y, torch.from_numpy(keep), output_fn, a.ablation, a.gamma,
+                                      a.batch_size, a.masks_per_pass)
+
+    n = run_shard(store, evaluate, masks_per_call=a.masks_per_pass, progress=not a.quiet)
+    print(f"shard {a.out}: evaluated {n} masks this run; complete={store.is_complete}")
+
+
+def cmd_fit(a):
+    from . import regression
+    from .store import load_shards, read_meta
+
+    metas = [read_meta(p) for p in a.stores]
+    acc = regression.GramAccumulator(metas[0]["n_components"], metas[0]["n_examples"])
+    for keep, y in load_shards(a.stores):
+        acc.add(keep, y)
+    if a.method == "ols":
+        attr = regression.fit_ols(acc, standardize=not a.no_standardize)
+    else:
+        attr = regression.fit_ridge(acc, a.lambdas, select="gcv", standardize=not a.no_standardize)
+    attr.components = metas[0]["components_fingerprint"]
+    attr.meta.update(stores=[str(p) for p in a.stores], alpha=metas[0]["alpha"], masks=int(acc.count))
+    attr.save(a.out)
+    print(f"fitted {attr.method} attributions for {attr.n_examples} examples x {attr.n_components} components "
+          f"from {int(acc.count)} masks; wrote {a.out}")
+
+
+def cmd_baseline(a):
+    from .baselines import compute_baseline
+    from .components import component_set
+    from .data.examples import Examples
+    from .outputs import get_output_fn
+    from .training import load_checkpoint
+
+    device = _device(a.device)
+    model, ck = load_checkpoint(a.checkpoint, device)
+    cset = component_set(model, a.components or ck["arch"])
+    ex = Examples.load(a.examples)
+    x, y = ex.tensors(device)
+    attr = compute_baseline(a.method, model, cset, x, y, get_output_fn(a.output), mode=a.ablation, gamma=a.gamma,
+                            batch_size=a.batch_size)
+    attr.save(a.out)
+    print(f"{a.method} attributions [{attr.n_examples} x {attr.n_components}] written to {a.out}")
+
+
+def cmd_evaluate(a):
+    import pandas as pd
+
+    from .attributions import Attributions
+    from .evaluate import correlations, summarize
+    from .store import load_shards, read_meta
+
+    attrs = {}
+    for p in a.attributions:
+        at = Attributions.load(p)
+        attrs[at.method if at.method not in attrs else Path(p).stem] = at
+    keeps, outs = zip(*load_shards(a.stores))
+    keep, out = np.concatenate(keeps), np.concatenate(outs)
+    fp = read_meta(a.stores[0])["components_fingerprint"]
+    for name, at in attrs.items():
+        if at.components != fp:
+            raise CoarError(f"attributions {name} were computed for component set {at.components}, "
+                            f"the test stores use {fp}")
+    table = correlations(attrs, keep, out, alpha_test=read_meta(a.stores[0])["alpha"])
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(a.out, index=False)
+    with pd.option_context("display.width", 200):
+        print(summarize(table).to_string(index=False))
+
+
+def cmd_edit(a):
+    import torch
+
+    from .attributions import Attributions
+    from .components import component_set
+    from .data.examples import Examples
+    from .editing import apply_edit, edit_scores, select_components, sweep_outputs, sweep_table, ranking
+    from .outputs import margin
+    from .training import load_checkpoint, save_checkpoint
+
+    attr = Attributions.load(a.attributions)
+    model, ck = load_checkpoint(a.checkpoint, "cpu")
+    cset = component_set(model, a.components or ck["arch"])
+    if attr.components != cset.fingerprint():
+        raise CoarError(f"attributions {a.attributions} do not match the checkpoint's component set")
+    targets = a.targets
+    if a.references is not None:
+        refs = a.references
+    else:
+        pool = np.setdiff1d(np.arange(attr.n_examples), targets)
+        refs = np.random.default_rng(a.seed).choice(pool, size=min(a.references_random, len(pool)), replace=False)
+    bad = [i for i in list(targets) + list(refs) if not 0 <= i < attr.n_examples]
+    if bad:
+        raise CoarError(f"example indices {bad} outside the {attr.n_examples} attributed examples")
+    scores = edit_scores(attr, targets, refs)
+    chosen = select_components(scores, a.k, a.direction)
+    labels = cset.labels()
+    print(f"ablating {a.k} components ({'bottom' if a.direction == 'increase' else 'top'}-k of eq. 8):")
+    for j in chosen:
+        print(f"  {labels[j]:50s} tau={scores[j]:+.3f}")
+    if a.examples:
+        ex = Examples.load(a.examples)
+        x, y = ex.tensors("cpu")
+        ks = sorted(set([0, a.k] + list(a.sweep or [])))
+        order = ranking(scores, a.direction)
+        m = sweep_outputs(model, cset, order, ks, x, y, margin)
+        tab = sweep_table({"targets": m[:, targets], "references": m[:, refs], "all": m}, ks)
+        print(tab.pivot(index="k", columns="split", values="accuracy").to_string())
+    if a.out:
+        edited = apply_edit(model, cset, chosen)
+        meta = dict(ck.get("meta", {}), edit={"ablated": [int(j) for j in chosen], "targets": list(map(int, targets)),
+                                             "references": [int(r) for r in refs], "direction": a.direction})
+        save_checkpoint(a.out, edited, ck["arch"], ck["kwargs"], meta)
+        print(f"wrote edited checkpoint {a.out}")
+    del torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("components", help="print a model's component table and count")
+    s.add_argument("model")
+    s.add_argument("--table", help="component table name (default: the model name)")
+    s.add_argument("--num-classes", type=_positive, default=1000)
+    s.add_argument("--in-channels", type=_positive, default=3)
+    s.add_argument("--image-size", type=_positive, default=224)
+    s.add_argument("--csv", help="also write the table to this CSV file")
+    s.set_defaults(func=cmd_components)
+
+    s = sub.add_parser("prepare", help="write a fixed example set (uint8 + labels + checksum)")
+    s.add_argument("dataset", choices=["fashion-mnist"])
+    s.add_argument("--split", choices=["train", "test"], default="test")
+    s.add_argument("--n", type=_positive)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--root", help="directory with the IDX files (default: Debian's package)")
+    s.add_argument("--pad-to", type=_positive)
+    s.add_argument("--channels", type=_positive, default=1)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a classifier on Fashion-MNIST")
+    s.add_argument("--model", default="resnet_tiny")
+    s.add_argument("--data", choices=["fashion-mnist"], default="fashion-mnist")
+    s.add_argument("--root")
+    s.add_argument("--n-train", type=_positive)
+    s.add_argument("--epochs", type=_positive, default=2)
+    s.add_argument("--batch-size", type=_positive, default=128)
+    s.add_argument("--lr", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="evaluate the model under random ablations into a resumable shard")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--examples", required=True)
+    s.add_argument("--components", help="component table (default: the checkpoint's architecture)")
+    s.add_argument("--masks", type=_positive, required=True)
+    s.add_argument("--alpha", type=_alpha, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--scheme", choices=["exact", "bernoulli"], default="exact")
+    s.add_argument("--output", default="margin", help="margin | token_margin | logit:<class>")
+    s.add_argument("--ablation", choices=["zero", "scale"], default="zero")
+    s.add_argument("--gamma", type=float, default=0.5)
+    s.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    s.add_argument("--batch-size", type=_positive, default=256)
+    s.add_argument("--masks-per-pass", type=_positive, default=8)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("fit", help="fit COAR attributions from complete shards (one pass, one factorisation)")
+    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--method", choices=["ols", "ridge"], default="ols")
+    s.add_argument("--lambdas", type=_floats, default=[0.1, 1, 10, 100, 1000])
+    s.add_argument("--no-standardize", action="store_true")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("baseline", help="LOO, gradient x parameter, neuron conductance or internal influence")
+    s.add_argument("--method", choices=["loo", "gp", "nc", "ii"], required=True)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--examples", required=True)
+    s.add_argument("--components")
+    s.add_argument("--output", default="margin")
+    s.add_argument("--ablation", choices=["zero", "scale"], default="zero")
+    s.add_argument("--gamma", type=float, default=0.5)
+    s.add_argument("--batch-size", type=_positive, default=256)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_baseline)
+
+    s = sub.add_parser("evaluate", help="per-example correlation on held-out masks (eq. 6)")
+    s.add_argument("--attributions", nargs="+", required=True)
+    s.add_argument("--stores", nargs="+", required=True)
+    s.add_argument("--out")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("edit", help="COAR-EDIT: score components (eq. 8), ablate k, optionally save the model")
+    s.add_argument("--attributions", required=True)
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--components")
+    s.add_argument("--targets", type=_ints, required=True)
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--references", type=_ints)
+    g.add_argument("--references-random", type=_positive)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--k", type=int, required=True)
+    s.add_argument("--direction", choices=["increase", "decrease"], default="increase")
+    s.add_argument("--examples", help="report accuracy on these examples (the attributed set) for k = 0 and k")
+    s.add_argument("--sweep", type=_ints, help="more k values to report")
+    s.add_argument("--out", help="write the edited checkpoint here")
+    s.set_defaults(func=cmd_edit)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except CoarError as exc:
+        print(f"coar {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""A fixed set of examples (inputs + targets) stored once as arrays with a checksum.
+
+Images stay uint8 [N, C, H, W] and are normalised when moved to the model's device, so mask sampling never
+decodes images again (this replaces the authors' FFCV loaders). Token inputs are int64 [N, T].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CoarError, StoreError
+
+
+def normalize(images: torch.Tensor, mean: float | list = 0.5, std: float | list = 0.5) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float32 standardised."""
+    x = images.float().div_(255.0)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+@dataclass
+class Examples:
+    inputs: np.ndarray  # uint8 [N, C, H, W] or int64 tokens [N, T]
+    targets: np.ndarray  # int64 [N] labels or [N, T] next-token labels
+    kind: str = "image"  # "image" | "tokens"
+    meta: dict = field(default_factory=dict)  # mean/std, dataset, split, indices
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.inputs, self.targets):
+            h.update(str(a.shape).encode() + str(a.dtype).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+    def tensors(self, device="cpu"):
+        """(model inputs, targets) as tensors ready for a forward pass."""
+        x = torch.from_numpy(np.ascontiguousarray(self.inputs)).to(device)
+        if self.kind == "image":
+            x = normalize(x, self.meta.get("mean", 0.5), self.meta.get("std", 0.5))
+        return x, torch.from_numpy(np.ascontiguousarray(self.targets)).to(device)
+
+    def subset(self, idx) -> "Examples":
+        idx = np.asarray(idx)
+        return Examples(self.inputs[idx], self.targets[idx], self.kind, dict(self.meta))
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        header = {"kind": self.kind, "meta": self.meta, "fingerprint": self.fingerprint()}
+        with open(tmp, "wb") as fh:
+            np.savez(fh, inputs=self.inputs, targets=self.targets,
+                     header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Examples":
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"examples file not found: {path}")
+        try:
+            with np.load(path) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                ex = cls(z["inputs"], z["targets"], header["kind"], header["meta"])
+        except Exception as exc:
+            raise StoreError(f"examples file {path} is unreadable or truncated: {exc}") from exc
+        if ex.fingerprint() != header["fingerprint"]:
+            raise StoreError(f"examples file {path}: checksum mismatch (file corrupted)")
+        return ex
+
+
+def fashion_mnist_examples(split: str, n: int | None = None, seed: int = 0, root=None, pad_to: int | None = None,
+                           channels: int = 1) -> Examples:
+    """A fixed Fashion-MNIST example set: the first n of a seeded permutation (all if n is None)."""
+    from .fashion_mnist import load_fashion_mnist
+
+    images, labels = load_fashion_mnist(split, root)
+    idx = np.arange(len(images))
+    if n is not None:
+        if n > len(images):
+            raise CoarError(f"asked for {n} {split} examples, Fashion-MNIST {split} has {len(images)}")
+        idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    x = images[idx][:, None]
+    if pad_to is not None and pad_to > x.shape[-1]:
+        p = (pad_to - x.shape[-1]) // 2
+        x = np.pad(x, ((0, 0), (0, 0), (p, pad_to - x.shape[-1] - p), (p, pad_to - x.shape[-1] - p)))
+    if channels > 1:
+        x = np.repeat(x, channels, axis=1)
+    return Examples(np.ascontiguousarray(x), labels[idx], "image",
+                    {"dataset": "fashion-mnist", "split": split, "indices": idx.tolist() if n is not None else None,
+                     "mean": 0.2860, "std": 0.3530})

@@ -1,0 +1,120 @@
+"""COAR-EDIT (paper Sec. 5, eq. 8-9): score components by how differently they affect target and reference
+examples, then ablate a few of them.
+
+tau_j = (mu_T,j - mu_R,j) / sqrt(var_T,j / |T| + var_R,j / |R|)   (population variances by default)
+
+Attributions are coefficients on "component kept", so a component with tau_j < 0 lowers target outputs
+relative to references: ablating the most negative scores (bottom-k) RAISES target outputs (e.g. fixes a
+misclassified example); ablating the top-k LOWERS them (e.g. forgets a class).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .ablation import ablate_weights, counterfactual_outputs
+from .attributions import Attributions
+from .components import ComponentSet
+from .errors import CoarError, ShapeError
+
+DIRECTIONS = ("increase", "decrease")
+
+
+def t_statistic(target: np.ndarray, reference: np.ndarray, ddof: int = 0) -> np.ndarray:
+    """Eq. 8: per-component two-sample t statistic between target [T, C] and reference [R, C] attributions.
+
+    Where both variance terms vanish the score is +-inf by the sign of the mean difference (0 if equal).
+    """
+    target = np.atleast_2d(np.asarray(target, dtype=np.float64))
+    reference = np.atleast_2d(np.asarray(reference, dtype=np.float64))
+    if target.shape[1] != reference.shape[1]:
+        raise ShapeError(f"target attributions {target.shape} and reference {reference.shape} differ in components")
+    nt, nr = len(target), len(reference)
+    if nt - ddof <= 0 or nr - ddof <= 0:
+        raise CoarError(f"ddof={ddof} needs more than {ddof} target and reference examples (have {nt}, {nr})")
+    diff = target.mean(0) - reference.mean(0)
+    se = np.sqrt(target.var(0, ddof=ddof) / nt + reference.var(0, ddof=ddof) / nr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = diff / se
+    flat = se == 0
+    tau[flat] = np.sign(diff[flat]) * np.inf
+    tau[flat & (diff == 0)] = 0.0
+    return tau
+
+
+def edit_scores(attributions: Attributions, targets: Sequence[int], references: Sequence[int],
+                ddof: int = 0) -> np.ndarray:
+    return t_statistic(attributions.weights[np.asarray(targets)], attributions.weights[np.asarray(references)], ddof)
+
+
+def ranking(scores: np.ndarray, direction: str) -> np.ndarray:
+    """Component indices in the order they are ablated: most negative first to increase target outputs."""
+    if direction not in DIRECTIONS:
+        raise CoarError(f"edit direction must be one of {DIRECTIONS}, got {direction!r}")
+    order = np.argsort(scores, kind="stable")
+    return order if direction == "increase" else order[::-1].copy()
+
+
+def select_components(scores: np.ndarray, k: int, direction: str) -> np.ndarray:
+    """bottom-k (direction "increase") or top-k ("decrease") components of eq. 8 scores."""
+    if not 0 <= k <= len(scores):
+        raise CoarError(f"k must be in [0, {len(scores)}], got {k}")
+    return ranking(scores, direction)[:k]
+
+
+def random_components(n_components: int, k: int, seed: int = 0) -> np.ndarray:
+    """The random-components control: k components chosen uniformly, same k as the edit."""
+    return np.random.default_rng(seed).choice(n_components, size=k, replace=False)
+
+
+def keep_mask(n_components: int, ablate: Sequence[int]) -> np.ndarray:
+    keep = np.ones(n_components, dtype=bool)
+    keep[np.asarray(ablate, dtype=np.int64)] = False
+    return keep
+
+
+def apply_edit(model: nn.Module, cset: ComponentSet, ablate: Sequence[int], mode: str = "zero",
+               gamma: float = 0.5) -> nn.Module:
+    """A permanent edit: a copy of the model with the chosen components' weights ablated (eq. 9)."""
+    return ablate_weights(model, cset, keep_mask(cset.size, ablate), mode, gamma)
+
+
+def sweep_outputs(model: nn.Module, cset: ComponentSet, order: np.ndarray, ks: Sequence[int], inputs: torch.Tensor,
+                  targets: torch.Tensor, output_fn: Callable, mode: str = "zero", gamma: float = 0.5,
+                  batch_size: int = 256, masks_per_pass: int = 8) -> np.ndarray:
+    """Outputs [len(ks), N] after ablating the first k components of `order`, for every k, in batched passes."""
+    keep = np.stack([keep_mask(cset.size, order[:k]) for k in ks])
+    return counterfactual_outputs(model, cset, inputs, targets, keep, output_fn, mode, gamma, batch_size,
+                                  masks_per_pass)
+
+
+def sweep_table(margins: dict[str, np.ndarray], ks: Sequence[int]) -> pd.DataFrame:
+    """Tidy accuracy table from correct-class margins per split ([len(ks), N] each): correct <=> margin > 0."""
+    rows = []
+    for split, m in margins.items():
+        for i, k in enumerate(ks):
+            rows.append({"split": split, "k": int(k), "accuracy": float((m[i] > 0).mean()),
+                         "mean_margin": float(m[i].mean())})
+    return pd.DataFrame(rows)
+
+
+def choose_k(table: pd.DataFrame, target_split: str, reference_split: str, max_drop: float = 0.02,
+             maximize: bool = True) -> int:
+    """k on a validation table: best target accuracy whose reference accuracy drops by at most max_drop."""
+    ref = table[table.split == reference_split].set_index("k")["accuracy"]
+    tgt = table[table.split == target_split].set_index("k")["accuracy"]
+    if 0 not in ref.index:
+        raise CoarError("the sweep must include k = 0 (the unedited model) to measure the reference drop")
+    ok = ref.index[(ref.loc[0] - ref) <= max_drop]
+    cand = tgt.loc[ok]
+    best = cand.max() if maximize else cand.min()
+    return int(cand[cand == best].index.min())
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

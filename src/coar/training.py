@@ -1,0 +1,105 @@
+"""Training small classifiers with the data kept on the device and augmentation done by tensor ops
+(random translation via padded crops, horizontal flips), deterministic from a seed; checkpoints carry the
+architecture, its arguments and metadata (accuracy, data fingerprint, settings) so they rebuild offline.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import CoarError, StoreError
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2, flip: bool = True) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (zero padding) and horizontal flips, batched."""
+    n, _, h, w = x.shape
+    if pad:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+        rows = (dy[:, None] + torch.arange(h, device=x.device)[None])  # [n, h]
+        cols = (dx[:, None] + torch.arange(w, device=x.device)[None])  # [n, w]
+        x = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+               rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        f = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+        x = torch.where(f[:, None, None, None], x.flip(-1), x)
+    return x
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += (model(x[i: i + batch_size]).argmax(-1) == y[i: i + batch_size]).sum().item()
+    return correct / max(len(x), 1)
+
+
+def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 2, batch_size: int = 128,
+                     lr: float = 0.1, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
+                     augment_pad: int = 2, flip: bool = True, progress: bool = True) -> dict:
+    """SGD (Nesterov) with a one-cycle linear schedule. x: normalised float [N, C, H, W] on the model's device."""
+    if len(x) != len(y) or len(x) == 0:
+        raise CoarError(f"training data: {len(x)} inputs and {len(y)} labels")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    steps = epochs * ((len(x) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25,
+                                                anneal_strategy="linear")
+    start = time.time()
+    losses = []
+    bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(x), generator=g).to(x.device)
+        for i in range(0, len(x), batch_size):
+            idx = perm[i: i + batch_size]
+            xb = augment(x[idx], g, augment_pad, flip) if (augment_pad or flip) else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    return {"epochs": epochs, "steps": steps, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+            "seconds": time.time() - start}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, kwargs: dict, meta: dict | None = None):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"arch": arch, "kwargs": kwargs, "state_dict": model.state_dict(), "meta": meta or {}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """(model in eval mode, checkpoint dict without weights)."""
+    from .models import build_model
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"checkpoint not found: {path}")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise StoreError(f"checkpoint {path} is unreadable or truncated: {exc}") from exc
+    for key in ("arch", "kwargs", "state_dict"):
+        if key not in ck:
+            raise StoreError(f"checkpoint {path} lacks the key {key!r}: not a coar checkpoint")
+    model = build_model(ck["arch"], **ck["kwargs"])
+    model.load_state_dict(ck["state_dict"])
+    model.to(device).eval()
+    return model, {k: v for k, v in ck.items() if k != "state_dict"}
