@@ -42,8 +42,7 @@ def t_statistic(target: np.ndarray, reference: np.ndarray, ddof: int = 0) -> np.
     with np.errstate(divide="ignore", invalid="ignore"):
         tau = diff / se
     flat = se == 0
-    tau[flat] = np.sign(diff[flat]) * np.inf
-    tau[flat & (diff == 0)] = 0.0
+    tau[flat] = np.where(diff[flat] > 0, np.inf, np.where(diff[flat] < 0, -np.inf, 0.0))
     return tau
 
 
