@@ -1,5 +1,6 @@
 """The `coar` command line: chain the steps of COAR / COAR-EDIT without Snakemake.
 
+  coar demo                                  the whole offline chain on Fashion-MNIST, resumable
   coar components MODEL                      the component table and total count
   coar prepare fashion-mnist --split test --n 500 --out data/test.npz
   coar train --model resnet_tiny --data fashion-mnist --out models/m.pt
@@ -142,15 +143,15 @@ def cmd_fit(a):
     acc = regression.GramAccumulator(metas[0]["n_components"], metas[0]["n_examples"])
     for keep, y in load_shards(a.stores):
         acc.add(keep, y)
+    fp = metas[0]["components_fingerprint"]
     if a.method == "ols":
-        attr = regression.fit_ols(acc, standardize=not a.no_standardize)
+        attr = regression.fit_ols(acc, standardize=not a.no_standardize, components=fp)
     else:
-        attr = regression.fit_ridge(acc, a.lambdas, select="gcv", standardize=not a.no_standardize)
-    attr.components = metas[0]["components_fingerprint"]
-    attr.meta.update(stores=[str(p) for p in a.stores], alpha=metas[0]["alpha"], masks=int(acc.count))
+        attr = regression.fit_ridge(acc, a.lambdas, select="gcv", standardize=not a.no_standardize, components=fp)
+    attr.meta.update(stores=[str(p) for p in a.stores], alpha=metas[0]["alpha"])
     attr.save(a.out)
     print(f"fitted {attr.method} attributions for {attr.n_examples} examples x {attr.n_components} components "
-          f"from {int(acc.count)} masks; wrote {a.out}")
+          f"from {acc.m} masks; wrote {a.out}")
 
 
 def cmd_baseline(a):
@@ -244,9 +245,25 @@ def cmd_edit(a):
     del torch
 
 
+def cmd_demo(a):
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(masks=a.masks, n_examples=a.examples, n_train=a.n_train, epochs=a.epochs, root=a.root)
+    run_demo(a.out, cfg)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="the whole offline chain on Fashion-MNIST (resumable); prints correlations")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--masks", type=_positive, default=1000)
+    s.add_argument("--examples", type=_positive, default=200)
+    s.add_argument("--n-train", type=_positive, default=8000)
+    s.add_argument("--epochs", type=_positive, default=2)
+    s.add_argument("--root", help="Fashion-MNIST IDX directory (default: Debian's package)")
+    s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("components", help="print a model's component table and count")
     s.add_argument("model")

@@ -1,0 +1,283 @@
+"""Baseline component attributions (paper Sec. 4 "Baselines", App. A.3): LOO, GP, NC and II.
+
+Every baseline returns an `Attributions` with bias 0 (App. A.3: "setting the bias term to zero and taking
+the sum over attribution scores of components that are not ablated"), so the estimate of a counterfactual is
+    g(z)(keep) = sum_j weights[z, j] * keep[j]          (keep[j] = 1 if component j is NOT ablated).
+
+Sign convention. The paper writes the leave-one-out score as the ablation *effect* f(z, {c_j}) - f(z, {}).
+Because our weights are coefficients on the KEEP indicator, a component whose ablation lowers the output
+must get a positive coefficient, so every baseline here stores the NEGATED effect:
+    LOO  w_j = f(z, {}) - f(z, {c_j})
+    GP   w_j = -grad_{theta_cj} f(z) . delta_cj,   delta_cj = (gamma_eff - 1) * theta_cj
+         (gamma_eff = 0 for mode "zero", gamma for mode "scale"), i.e. w_j = (1 - gamma_eff) grad . theta.
+With these signs  sum_{j kept} w_j = const - sum_{j ablated} effect_j, the additive first-order estimate
+of f(z, C'), up to a per-example constant that the correlation metric (paper eq. 6) ignores.
+NC and II are importance scores (Captum LayerConductance / InternalInfluence) and are used as they are.
+
+Shapes: N examples, C components, B examples per batch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .ablation import _check_eval, _module, counterfactual_outputs, logits_of, unit_factors, weight_slot
+from .attributions import Attributions
+from .components import ComponentGroup, ComponentSet
+from .errors import CoarError, ComponentError, ShapeError
+
+BASELINES = ("loo", "gp", "nc", "ii")
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+def _device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _check_inputs(cset: ComponentSet, inputs, targets) -> None:
+    if len(inputs) != len(targets):
+        raise ShapeError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+    if len(inputs) == 0:
+        raise ShapeError("no examples: inputs is empty")
+    if cset.size == 0:  # pragma: no cover - ComponentSet refuses empty sets
+        raise ComponentError("empty component set")
+
+
+def _gamma_eff(mode: str, gamma: float) -> float:
+    """Weight multiplier of an ablated component (validates mode and gamma through unit_factors)."""
+    return float(unit_factors(np.zeros((1,), dtype=bool), mode, gamma)[0])
+
+
+def _hook_module(model: nn.Module, group: ComponentGroup) -> nn.Module:
+    module = _module(model, group)
+    if isinstance(module, nn.MultiheadAttention):
+        raise ComponentError(
+            f"{group.module}: nn.MultiheadAttention keeps in_proj as a bare parameter with no hook site; convert "
+            "the model with coar.models.make_hookable(model) first")
+    return module
+
+
+def _feature_dim(module: nn.Module) -> int:
+    return 1 if isinstance(module, nn.Conv2d) else -1
+
+
+def _per_feature(t: torch.Tensor, chan: int, width: int, batch: int, where: str) -> torch.Tensor:
+    """[B, ...] with `width` features at dim `chan` -> [B, width], summing every other (position) dim."""
+    if t.dim() < 2 or t.shape[0] != batch or t.shape[chan] != width:
+        raise ShapeError(f"{where}: tensor of shape {tuple(t.shape)} does not have batch {batch} at dim 0 and "
+                         f"{width} features at dim {chan}")
+    if chan != -1 and chan != t.dim() - 1:
+        t = t.movedim(chan, -1)
+    return t.reshape(batch, -1, width).sum(1)
+
+
+def _per_unit(t: torch.Tensor, group: ComponentGroup) -> torch.Tensor:
+    """[B, width] -> [B, units]: a unit's score is the sum over the `block` features it covers."""
+    if group.block == 1:
+        return t
+    pad = group.units * group.block - group.width
+    if pad:
+        t = torch.nn.functional.pad(t, (0, pad))
+    return t.reshape(t.shape[0], group.units, group.block).sum(-1)
+
+
+def _result(weights: np.ndarray, method: str, cset: ComponentSet, meta: dict) -> Attributions:
+    weights = np.asarray(weights, dtype=np.float32)
+    return Attributions(weights, np.zeros(weights.shape[0], np.float32), method, cset.fingerprint(),
+                        {"components_name": cset.name, "n_examples": int(weights.shape[0]), **meta})
+
+
+# --------------------------------------------------------------------------------------------------
+# LOO
+def loo(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor, output_fn: Callable,
+        mode: str = "zero", gamma: float = 0.5, batch_size: int = 256, masks_per_pass: int = 8,
+        progress: bool = True, chunk: int | None = None) -> Attributions:
+    """Leave-one-out: w_j = f(z, {}) - f(z, {c_j}) for every component j and example z.
+
+    This is the NEGATIVE of the paper's ablation effect f(z, {c_j}) - f(z, {}) (App. A.3), because the
+    weights are coefficients on the keep indicator (see the module docstring). Uses C + 1 masked forwards
+    per example through `counterfactual_outputs` (hooks; `masks_per_pass` masks per pass); the C
+    single-ablation masks are built `chunk` at a time so memory stays O(chunk * C).
+    """
+    _check_inputs(cset, inputs, targets)
+    _gamma_eff(mode, gamma)
+    C, N = cset.size, len(inputs)
+    chunk = int(chunk) if chunk else max(int(masks_per_pass), 256)
+    kw = dict(output_fn=output_fn, mode=mode, gamma=gamma, batch_size=batch_size, masks_per_pass=masks_per_pass)
+    full = counterfactual_outputs(model, cset, inputs, targets, np.ones((1, C), dtype=bool), **kw)[0]  # [N]
+    weights = np.empty((N, C), dtype=np.float32)
+    with tqdm(total=C, desc="leave-one-out", disable=not progress, leave=False) as bar:
+        for start in range(0, C, chunk):
+            idx = np.arange(start, min(start + chunk, C))
+            keep = np.ones((len(idx), C), dtype=bool)
+            keep[np.arange(len(idx)), idx] = False
+            out = counterfactual_outputs(model, cset, inputs, targets, keep, **kw)  # [len(idx), N]
+            weights[:, idx] = (full[None, :] - out).T
+            bar.update(len(idx))
+    return _result(weights, "loo", cset, {"mode": mode, "gamma": gamma if mode == "scale" else 0.0})
+
+
+# --------------------------------------------------------------------------------------------------
+# GP
+def grad_times_param(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
+                     output_fn: Callable, mode: str = "zero", gamma: float = 0.5, batch_size: int = 256,
+                     progress: bool = True) -> Attributions:
+    """Gradient-times-parameter: first-order Taylor estimate of the LOO effect, negated (module docstring).
+
+    effect_j = grad_{theta_cj} f(z) . delta_cj with delta_cj = (gamma_eff - 1) theta_cj;  w_j = -effect_j.
+
+    One forward + backward per batch gives every example's score at once. Examples are independent in eval
+    mode, so the gradient of sum_z f(z) w.r.t. an example's activation is that example's gradient, and
+    grad_theta . theta is computed from activations:
+      * output unit j (weight row / filter):  sum over positions of  df/dy_j * (y_j - b_j)
+      * input unit i (Linear/Conv column, HF Conv1D row):  sum over positions of  x_i * df/dx_i, where the
+        gradient flows through THIS module only (the pre-hook hands the module a fresh copy x + 0).
+    Each hook site adds a zero leaf tensor e (y + e) whose gradient is df/dy, even if later code modifies the
+    activation in place. A module called several times contributes the sum over calls (shared weights).
+    """
+    _check_inputs(cset, inputs, targets)
+    _check_eval(model)
+    scale = 1.0 - _gamma_eff(mode, gamma)
+    device = _device(model)
+    N = len(inputs)
+    weights = np.zeros((N, cset.size), dtype=np.float32)
+    modules = [_hook_module(model, g) for g in cset.groups]
+    biases = [weight_slot(model, g)[2] if g.site == "output" else None for g in cset.groups]
+
+    for j in tqdm(range(0, N, batch_size), desc="grad x param", disable=not progress, leave=False):
+        x = inputs[j: j + batch_size].to(device)
+        y = targets[j: j + batch_size].to(device)
+        B = len(x)
+        records: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (group, zero leaf e, value)
+        handles = []
+        try:
+            for gi, (group, module) in enumerate(zip(cset.groups, modules)):
+                chan = _feature_dim(module)
+                if group.site == "output":
+                    def hook(mod, args, out, gi=gi, chan=chan, bias=biases[gi]):
+                        if not isinstance(out, torch.Tensor):
+                            raise ComponentError(f"{cset.groups[gi].module}: output site needs a tensor output")
+                        e = torch.zeros_like(out, requires_grad=True)
+                        val = out.detach()
+                        if bias is not None:
+                            shape = [1] * out.dim()
+                            shape[chan] = -1
+                            val = val - bias.detach().to(val.dtype).view(shape)
+                        records.append((gi, e, val))
+                        return out + e
+
+                    handles.append(module.register_forward_hook(hook))
+                else:
+                    def pre_hook(mod, args, gi=gi):
+                        e = torch.zeros_like(args[0], requires_grad=True)
+                        fresh = args[0] + e  # consumed by this module only
+                        records.append((gi, e, fresh.detach()))
+                        return (fresh,) + tuple(args[1:])
+
+                    handles.append(module.register_forward_pre_hook(pre_hook))
+            with torch.enable_grad():
+                f = output_fn(logits_of(model(x)), y)
+                if f.shape != (B,):
+                    raise ShapeError(f"output_fn must return one value per example [{B}], got {tuple(f.shape)}")
+                if not records:
+                    raise ComponentError("no component module ran in the forward pass")
+                grads = torch.autograd.grad(f.sum(), [r[1] for r in records], allow_unused=True)
+        finally:
+            for h in handles:
+                h.remove()
+        scores = [None] * len(cset.groups)
+        for (gi, _, val), g in zip(records, grads):
+            if g is None:
+                continue
+            group = cset.groups[gi]
+            s = _per_feature((g * val).float(), _feature_dim(modules[gi]), group.width, B, group.module)
+            scores[gi] = s if scores[gi] is None else scores[gi] + s
+        for gi, group in enumerate(cset.groups):
+            if scores[gi] is not None:
+                weights[j: j + B, cset.group_range(gi)] = (scale * _per_unit(scores[gi], group)).cpu().numpy()
+        del records, grads, scores
+    return _result(weights, "gp", cset, {"mode": mode, "gamma": gamma if mode == "scale" else 0.0})
+
+
+# --------------------------------------------------------------------------------------------------
+# NC / II (Captum)
+def _captum_layer_scores(kind: str, model, cset, inputs, targets, output_fn, n_steps, batch_size,
+                         internal_batch_size, method, progress) -> Attributions:
+    _check_inputs(cset, inputs, targets)
+    _check_eval(model)
+    if not torch.is_tensor(inputs) or not inputs.is_floating_point():
+        raise CoarError(
+            f"{kind.upper()} (Captum {'LayerConductance' if kind == 'nc' else 'InternalInfluence'}) integrates "
+            "along a path from a zero baseline to the input and so needs continuous inputs; integer token ids "
+            f"(dtype {getattr(inputs, 'dtype', type(inputs).__name__)}) cannot be interpolated. The paper reports "
+            "no NC/II baselines for language models: use LOO or GP there")
+    try:
+        from captum.attr import InternalInfluence, LayerConductance
+    except ImportError as exc:  # pragma: no cover - depends on extras
+        raise CoarError("NC and II need the captum package: pip install captum") from exc
+    cls = LayerConductance if kind == "nc" else InternalInfluence
+    device = _device(model)
+
+    def forward_func(x, y):
+        out = output_fn(logits_of(model(x)), y)
+        return out.float()
+
+    N = len(inputs)
+    weights = np.zeros((N, cset.size), dtype=np.float32)
+    modules = [_hook_module(model, g) for g in cset.groups]
+    steps = [(gi, j) for gi in range(len(cset.groups)) for j in range(0, N, batch_size)]
+    for gi, j in tqdm(steps, desc=kind, disable=not progress, leave=False):
+        group, module = cset.groups[gi], modules[gi]
+        x = inputs[j: j + batch_size].to(device)
+        y = targets[j: j + batch_size].to(device)
+        attr = cls(forward_func, module).attribute(
+            x, baselines=torch.zeros_like(x), additional_forward_args=(y,), n_steps=n_steps, method=method,
+            internal_batch_size=internal_batch_size, attribute_to_layer_input=group.site == "input")
+        if isinstance(attr, tuple):
+            attr = attr[0]
+        s = _per_feature(attr.detach().float(), _feature_dim(module), group.width, len(x), group.module)
+        weights[j: j + len(x), cset.group_range(gi)] = _per_unit(s, group).cpu().numpy()
+    return _result(weights, kind, cset, {"n_steps": n_steps, "method": method, "baseline": "zeros"})
+
+
+def neuron_conductance(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
+                       output_fn: Callable, n_steps: int = 20, batch_size: int = 64,
+                       internal_batch_size: int | None = None, method: str = "gausslegendre",
+                       progress: bool = True) -> Attributions:
+    """Neuron conductance [DSY18] via captum.attr.LayerConductance on each group's module.
+
+    forward_func is f(z) (output_fn on the logits with the example's target), baseline input zeros. The layer's
+    output (site "output") or input (site "input", attribute_to_layer_input=True) conductance is summed over
+    positions to one score per feature and over a unit's block. Continuous inputs only (CoarError otherwise).
+    """
+    return _captum_layer_scores("nc", model, cset, inputs, targets, output_fn, n_steps, batch_size,
+                                internal_batch_size, method, progress)
+
+
+def internal_influence(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
+                       output_fn: Callable, n_steps: int = 20, batch_size: int = 64,
+                       internal_batch_size: int | None = None, method: str = "gausslegendre",
+                       progress: bool = True) -> Attributions:
+    """Internal influence [LSD+18] via captum.attr.InternalInfluence; aggregation as in neuron_conductance."""
+    return _captum_layer_scores("ii", model, cset, inputs, targets, output_fn, n_steps, batch_size,
+                                internal_batch_size, method, progress)
+
+
+_FUNCS = {"loo": loo, "gp": grad_times_param, "nc": neuron_conductance, "ii": internal_influence}
+
+
+def compute_baseline(name: str, model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
+                     output_fn: Callable, **kwargs) -> Attributions:
+    """Dispatch by name: "loo" | "gp" | "nc" | "ii"; kwargs go to that function."""
+    key = str(name).lower()
+    if key not in _FUNCS:
+        raise CoarError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+    return _FUNCS[key](model, cset, inputs, targets, output_fn, **kwargs)
+
+
+__all__ = ["BASELINES", "loo", "grad_times_param", "neuron_conductance", "internal_influence", "compute_baseline"]

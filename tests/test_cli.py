@@ -1,0 +1,70 @@
+"""The `coar` command line: component counts of the paper's models, clear errors, and a full chain
+(prepare -> train -> sample -> fit -> baseline -> evaluate -> edit) on self-made Fashion-MNIST files."""
+import numpy as np
+import pytest
+
+from coar.cli import main
+
+
+@pytest.mark.parametrize("model,total", [("resnet50", "22,720"), ("vit_b_16", "82,944"), ("gpt2", "64,512"),
+                                         ("cifar_resnet", "2,304"), ("clip_vit_b_16", "82,944")])
+def test_components_counts(model, total, capsys):
+    assert main(["components", model]) == 0
+    out = capsys.readouterr().out
+    assert f"total components: {total}" in out
+    assert "module" in out and "site" in out and "units" in out
+
+
+def test_bad_arguments_give_clear_errors(capsys):
+    assert main(["components", "resnet51"]) == 2
+    assert "unknown model 'resnet51'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sample", "--checkpoint", "x", "--examples", "y", "--masks", "10", "--alpha", "1.5", "--out", "z"])
+    assert "alpha must be in (0, 1)" in capsys.readouterr().err
+    assert main(["fit", "--stores", "/nonexistent/store", "--out", "/tmp/x.npz"]) == 2
+    assert "nonexistent" in capsys.readouterr().err
+
+
+def test_cli_chain(tmp_path, capsys):
+    from tests.test_data import make_fake_root  # real IDX format, small
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "fm").mkdir()
+    make_fake_root(tmp_path / "fm", n_train=300, n_test=60)
+    d = str(tmp_path)
+    assert main(["prepare", "fashion-mnist", "--split", "test", "--n", "40", "--root", f"{d}/fm",
+                 "--out", f"{d}/ex.npz"]) == 0
+    assert main(["train", "--model", "resnet_tiny", "--root", f"{d}/fm", "--epochs", "1", "--out", f"{d}/m.pt",
+                 "--device", "cpu"]) == 0
+    for shard in (0, 1):
+        assert main(["sample", "--checkpoint", f"{d}/m.pt", "--examples", f"{d}/ex.npz", "--masks", "120",
+                     "--alpha", "0.1", "--shard", str(shard), "--out", f"{d}/train/{shard}", "--quiet",
+                     "--device", "cpu"]) == 0
+    assert main(["sample", "--checkpoint", f"{d}/m.pt", "--examples", f"{d}/ex.npz", "--masks", "50",
+                 "--alpha", "0.1", "--seed", "7", "--out", f"{d}/test/0", "--quiet", "--device", "cpu"]) == 0
+    # reopening a shard with other settings is refused with the key named
+    assert main(["sample", "--checkpoint", f"{d}/m.pt", "--examples", f"{d}/ex.npz", "--masks", "120",
+                 "--alpha", "0.2", "--out", f"{d}/train/0", "--quiet", "--device", "cpu"]) == 2
+    assert "alpha" in capsys.readouterr().err
+    assert main(["fit", "--stores", f"{d}/train/0", f"{d}/train/1", "--out", f"{d}/coar.npz"]) == 0
+    assert main(["baseline", "--method", "loo", "--checkpoint", f"{d}/m.pt", "--examples", f"{d}/ex.npz",
+                 "--out", f"{d}/loo.npz", "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--attributions", f"{d}/coar.npz", f"{d}/loo.npz", "--stores", f"{d}/test/0",
+                 "--out", f"{d}/corr.csv"]) == 0
+    printed = capsys.readouterr().out
+    assert "coar-ols" in printed and "loo" in printed
+    import pandas as pd
+
+    corr = pd.read_csv(f"{d}/corr.csv")
+    assert len(corr) == 80 and corr.query("method == 'coar-ols'").correlation.mean() > 0.3
+    assert main(["edit", "--attributions", f"{d}/coar.npz", "--checkpoint", f"{d}/m.pt", "--targets", "0",
+                 "--references-random", "20", "--k", "3", "--examples", f"{d}/ex.npz",
+                 "--out", f"{d}/edited.pt"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("tau=") == 3 and "wrote edited checkpoint" in printed
+    from coar.training import load_checkpoint
+
+    _, ck = load_checkpoint(f"{d}/edited.pt")
+    assert len(ck["meta"]["edit"]["ablated"]) == 3
+    del rng
