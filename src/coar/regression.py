@@ -62,8 +62,8 @@ ViT-B/16 (C = 82,944 components, M = 200,000 masks, N = 5,000 examples, float64)
             X^T Y C*N        3,317,760,000 B  (3.3 GB)
             eigvecs C^2     55,037,657,088 B (55.0 GB)   total 113.4 GB
     dual:   K M^2          320,000,000,000 B (320 GB)
-            X M*C          132,710,400,000 B (132.7 GB)
-            eigvecs M^2    320,000,000,000 B (320 GB)    total 772.7 GB
+            X M*C (bool)    16,588,800,000 B (16.6 GB)
+            eigvecs M^2    320,000,000,000 B (320 GB)    total 656.6 GB
     chosen: primal (m >= C)
 
 so at that M the primal form is the smaller one; below M = C = 82,944 masks the dual
@@ -670,15 +670,15 @@ def fit_dual(
 def memory_plan(m: int, n_components: int, n_examples: int, dtype_bytes: int = 8) -> dict:
     """Bytes of the large arrays of the primal and the dual form; ``chosen`` is "dual" iff m < C.
 
-    primal: gram C^2, xty C*N, eigvecs C^2.   dual: kernel M^2, masks M*C, eigvecs M^2.
-    (all times ``dtype_bytes``).
+    primal: gram C^2, xty C*N, eigvecs C^2.   dual: kernel M^2, eigvecs M^2 (times ``dtype_bytes``)
+    and masks M*C bytes (kept as bool; centred float blocks are formed on the fly).
     """
     m, c, n, d = int(m), int(n_components), int(n_examples), int(dtype_bytes)
     if min(m, c, n, d) < 1:
         raise ShapeError(f"memory_plan needs positive sizes, got m={m}, C={c}, N={n}, dtype_bytes={d}")
     primal = {"gram": c * c * d, "xty": c * n * d, "eigvecs": c * c * d}
     primal["total"] = sum(primal.values())
-    dual = {"kernel": m * m * d, "masks": m * c * d, "eigvecs": m * m * d}
+    dual = {"kernel": m * m * d, "masks": m * c, "eigvecs": m * m * d}  # masks stay bool: 1 byte each
     dual["total"] = sum(dual.values())
     return {
         "m": m,
