@@ -10,7 +10,6 @@ import argparse
 import platform
 import time
 
-import numpy as np
 import torch
 
 from coar.ablation import counterfactual_outputs, surgery_outputs

@@ -13,18 +13,9 @@ from coar.models import build_model, make_hookable
 from coar.models.attention import HookableMultiheadAttention
 from coar.models.cifar import vit_small
 from coar.outputs import margin, token_margin
+from tests.helpers import assert_no_hooks, randomize_bn
 
 
-def randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return model
 
 
 def random_keep(C, K, seed, alpha=0.3):
@@ -47,10 +38,6 @@ def assert_hooks_equal_surgery(model, cset, x, K=3, mode="zero", gamma=0.5, seed
     assert (hooked[0].view_as(plain) - plain).abs().max() > 1e-3
     assert_no_hooks(model)
 
-
-def assert_no_hooks(model):
-    for m in model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks, f"hook left on {type(m).__name__}"
 
 
 @pytest.mark.parametrize("mode", ["zero", "scale"])

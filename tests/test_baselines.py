@@ -10,23 +10,10 @@ from coar.components import ComponentGroup, ComponentSet, Rule, component_set
 from coar.errors import CoarError
 from coar.models import build_model
 from coar.outputs import class_logit, margin, token_margin
+from tests.helpers import assert_no_hooks, randomize_bn
 
 
-def randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return model
 
-
-def assert_no_hooks(model):
-    for m in model.modules():
-        assert not m._forward_hooks and not m._forward_pre_hooks, f"hook left on {type(m).__name__}"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The `coar` command line: component counts of the paper's models, clear errors, and a full chain
 (prepare -> train -> sample -> fit -> baseline -> evaluate -> edit) on self-made Fashion-MNIST files."""
-import numpy as np
 import pytest
 
 from coar.cli import main
@@ -28,7 +27,6 @@ def test_bad_arguments_give_clear_errors(capsys):
 def test_cli_chain(tmp_path, capsys):
     from tests.test_data import make_fake_root  # real IDX format, small
 
-    rng = np.random.default_rng(0)
     (tmp_path / "fm").mkdir()
     make_fake_root(tmp_path / "fm", n_train=300, n_test=60)
     d = str(tmp_path)
@@ -67,4 +65,3 @@ def test_cli_chain(tmp_path, capsys):
 
     _, ck = load_checkpoint(f"{d}/edited.pt")
     assert len(ck["meta"]["edit"]["ablated"]) == 3
-    del rng

@@ -7,7 +7,7 @@ import torch
 
 from coar.ablation import ablation_hooks
 from coar.attributions import Attributions
-from coar.components import component_set
+from coar.components import Rule, component_set
 from coar.editing import (apply_edit, choose_k, edit_scores, keep_mask, random_components, ranking,
                           select_components, sweep_outputs, sweep_table, t_statistic)
 from coar.errors import CoarError, ShapeError
@@ -81,9 +81,8 @@ def test_ranking_directions():
 def test_edit_raises_target_output_on_linear_model():
     """Exact attributions of a linear model: ablating bottom-k raises the target's output by the sum of
     the ablated weights, while references move less."""
-    rng = np.random.default_rng(4)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 1)).eval()
-    cset = component_set(model, [__import__("coar").Rule("0", ("Linear",))])
+    cset = component_set(model, [Rule("0", ("Linear",))])
     x = torch.randn(20, 8)
     with torch.no_grad():
         h = model[0](x) - model[0].bias  # contribution of each hidden unit's weight row

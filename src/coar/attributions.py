@@ -6,7 +6,6 @@ where keep[j] = 1 if component j is NOT ablated. Shapes: N examples, C component
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ShapeError, StoreError
+from .io import atomic_savez, read_header
 
 
 @dataclass
@@ -55,25 +55,8 @@ class Attributions:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically: a crash never leaves a half-written file under the final name."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                weights=self.weights,
-                bias=self.bias,
-                header=np.frombuffer(
-                    json.dumps(
-                        {"method": self.method, "components": self.components, "meta": self.meta},
-                        default=str,
-                    ).encode(),
-                    dtype=np.uint8,
-                ),
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_savez(path, header={"method": self.method, "components": self.components, "meta": self.meta},
+                     weights=self.weights, bias=self.bias)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Attributions":
@@ -82,9 +65,7 @@ class Attributions:
             raise StoreError(f"attribution file not found: {path}")
         try:
             with np.load(path) as z:
-                header = json.loads(bytes(z["header"]).decode())
+                header = read_header(z)
                 return cls(z["weights"], z["bias"], header["method"], header["components"], header["meta"])
-        except (KeyError, ValueError, OSError) as exc:
-            raise StoreError(f"attribution file {path} is unreadable or truncated: {exc}") from exc
-        except Exception as exc:  # BadZipFile and friends
+        except Exception as exc:  # KeyError, ValueError, OSError, BadZipFile...
             raise StoreError(f"attribution file {path} is unreadable or truncated: {exc}") from exc

@@ -200,7 +200,6 @@ def grad_times_param(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor,
         for gi, group in enumerate(cset.groups):
             if scores[gi] is not None:
                 weights[j: j + B, cset.group_range(gi)] = (scale * _per_unit(scores[gi], group)).cpu().numpy()
-        del records, grads, scores
     return _result(weights, "gp", cset, {"mode": mode, "gamma": gamma if mode == "scale" else 0.0})
 
 

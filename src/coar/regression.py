@@ -85,6 +85,7 @@ import numpy as np
 
 from .attributions import Attributions
 from .errors import CoarError, ShapeError, StoreError
+from .io import atomic_savez
 
 __all__ = [
     "GramAccumulator",
@@ -172,16 +173,6 @@ def _check_batch(keep, y, n_components: int, n_examples: int, what: str = "batch
     return keep, y
 
 
-def _atomic_savez(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------- accumulation
 class GramAccumulator:
     """Streaming sufficient statistics of (masks, outputs) for all examples at once.
@@ -259,7 +250,7 @@ class GramAccumulator:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as .npz atomically (temporary file + os.replace)."""
-        _atomic_savez(
+        atomic_savez(
             Path(path),
             version=np.array(_FORMAT_VERSION),
             m=np.array(self.m, dtype=np.int64),

@@ -6,7 +6,6 @@ decodes images again (this replaces the authors' FFCV loaders). Token inputs are
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CoarError, StoreError
+from ..io import atomic_savez, read_header
 
 
 def normalize(images: torch.Tensor, mean: float | list = 0.5, std: float | list = 0.5) -> torch.Tensor:
@@ -54,16 +54,8 @@ class Examples:
         return Examples(self.inputs[idx], self.targets[idx], self.kind, dict(self.meta))
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        header = {"kind": self.kind, "meta": self.meta, "fingerprint": self.fingerprint()}
-        with open(tmp, "wb") as fh:
-            np.savez(fh, inputs=self.inputs, targets=self.targets,
-                     header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_savez(path, header={"kind": self.kind, "meta": self.meta, "fingerprint": self.fingerprint()},
+                     inputs=self.inputs, targets=self.targets)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Examples":
@@ -72,7 +64,7 @@ class Examples:
             raise StoreError(f"examples file not found: {path}")
         try:
             with np.load(path) as z:
-                header = json.loads(bytes(z["header"]).decode())
+                header = read_header(z)
                 ex = cls(z["inputs"], z["targets"], header["kind"], header["meta"])
         except Exception as exc:
             raise StoreError(f"examples file {path} is unreadable or truncated: {exc}") from exc
