@@ -40,6 +40,8 @@ def test_cli_chain(tmp_path, capsys):
                      "--device", "cpu"]) == 0
     assert main(["sample", "--checkpoint", f"{d}/m.pt", "--examples", f"{d}/ex.npz", "--masks", "50",
                  "--alpha", "0.1", "--seed", "7", "--out", f"{d}/test/0", "--quiet", "--device", "cpu"]) == 0
+    assert main(["sample", "--checkpoint", f"{d}/m.pt", "--examples", f"{d}/ex.npz", "--masks", "50",
+                 "--alpha", "0.2", "--seed", "8", "--out", f"{d}/test/1", "--quiet", "--device", "cpu"]) == 0
     # reopening a shard with other settings is refused with the key named
     assert main(["sample", "--checkpoint", f"{d}/m.pt", "--examples", f"{d}/ex.npz", "--masks", "120",
                  "--alpha", "0.2", "--out", f"{d}/train/0", "--quiet", "--device", "cpu"]) == 2
@@ -49,13 +51,14 @@ def test_cli_chain(tmp_path, capsys):
                  "--out", f"{d}/loo.npz", "--device", "cpu"]) == 0
     capsys.readouterr()
     assert main(["evaluate", "--attributions", f"{d}/coar.npz", f"{d}/loo.npz", "--stores", f"{d}/test/0",
-                 "--out", f"{d}/corr.csv"]) == 0
+                 f"{d}/test/1", "--out", f"{d}/corr.csv"]) == 0
     printed = capsys.readouterr().out
     assert "coar-ols" in printed and "loo" in printed
     import pandas as pd
 
     corr = pd.read_csv(f"{d}/corr.csv")
-    assert len(corr) == 80 and corr.query("method == 'coar-ols'").correlation.mean() > 0.3
+    assert len(corr) == 160 and sorted(corr.alpha_test.unique()) == [0.1, 0.2]
+    assert corr.query("method == 'coar-ols' and alpha_test == 0.1").correlation.mean() > 0.3
     assert main(["edit", "--attributions", f"{d}/coar.npz", "--checkpoint", f"{d}/m.pt", "--targets", "0",
                  "--references-random", "20", "--k", "3", "--examples", f"{d}/ex.npz",
                  "--out", f"{d}/edited.pt"]) == 0

@@ -140,14 +140,16 @@ def cmd_fit(a):
     from .store import load_shards, read_meta
 
     metas = [read_meta(p) for p in a.stores]
-    acc = regression.GramAccumulator(metas[0]["n_components"], metas[0]["n_examples"])
+    device = None if a.device == "cpu" else str(_device(a.device))
+    acc = regression.GramAccumulator(metas[0]["n_components"], metas[0]["n_examples"], device=device)
     for keep, y in load_shards(a.stores):
         acc.add(keep, y)
     fp = metas[0]["components_fingerprint"]
     if a.method == "ols":
-        attr = regression.fit_ols(acc, standardize=not a.no_standardize, components=fp)
+        attr = regression.fit_ols(acc, standardize=not a.no_standardize, components=fp, device=device)
     else:
-        attr = regression.fit_ridge(acc, a.lambdas, select="gcv", standardize=not a.no_standardize, components=fp)
+        attr = regression.fit_ridge(acc, a.lambdas, select="gcv", standardize=not a.no_standardize, components=fp,
+                                    device=device)
     attr.meta.update(stores=[str(p) for p in a.stores], alpha=metas[0]["alpha"])
     attr.save(a.out)
     print(f"fitted {attr.method} attributions for {attr.n_examples} examples x {attr.n_components} components "
@@ -183,14 +185,23 @@ def cmd_evaluate(a):
     for p in a.attributions:
         at = Attributions.load(p)
         attrs[at.method if at.method not in attrs else Path(p).stem] = at
-    keeps, outs = zip(*load_shards(a.stores))
-    keep, out = np.concatenate(keeps), np.concatenate(outs)
-    fp = read_meta(a.stores[0])["components_fingerprint"]
+    metas = {str(p): read_meta(p) for p in a.stores}
+    fps = {m["components_fingerprint"] for m in metas.values()}
+    if len(fps) != 1:
+        raise CoarError(f"the test stores were made for different component sets: {sorted(fps)}")
+    fp = fps.pop()
     for name, at in attrs.items():
         if at.components != fp:
             raise CoarError(f"attributions {name} were computed for component set {at.components}, "
                             f"the test stores use {fp}")
-    table = correlations(attrs, keep, out, alpha_test=read_meta(a.stores[0])["alpha"])
+    by_alpha: dict[float, list[str]] = {}
+    for p, m in metas.items():  # one evaluation per alpha_test: stores of equal alpha are pooled
+        by_alpha.setdefault(float(m["alpha"]), []).append(p)
+    tables = []
+    for alpha, paths in sorted(by_alpha.items()):
+        keep, out = (np.concatenate(parts) for parts in zip(*load_shards(paths)))
+        tables.append(correlations(attrs, keep, out, alpha_test=alpha))
+    table = pd.concat(tables, ignore_index=True)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(a.out, index=False)
@@ -323,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", choices=["ols", "ridge"], default="ols")
     s.add_argument("--lambdas", type=_floats, default=[0.1, 1, 10, 100, 1000])
     s.add_argument("--no-standardize", action="store_true")
+    s.add_argument("--device", default="cpu", help="cpu (numpy) or cuda: float64 matrix products on the GPU")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fit)
 
