@@ -330,6 +330,7 @@ WORKER = textwrap.dedent(
         time.sleep(sleep)
         return keep.astype(np.float32) @ W
 
+    (path.parent / "started.flag").touch()  # imports done: kill times are measured from here
     store = ShardStore.create_or_open(path, meta)
     run_shard(store, evaluate, masks_per_call=4, progress=False)
     """
@@ -400,10 +401,16 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
     for attempt in range(8):
         if attempt >= 3 and any(0 < n < 96 for n in progress):
             break
+        started = work / "started.flag"
+        started.unlink(missing_ok=True)
         with open(log_path, "ab") as log:
             proc = _start(script, path, 0.1, log=log)
+            deadline = time.monotonic() + 60
+            while not started.exists() and proc.poll() is None:  # interpreter start + imports vary with load
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
             try:
-                proc.wait(timeout=rng.uniform(0.2, 1.5))
+                proc.wait(timeout=rng.uniform(0.0, 1.5))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=10)

@@ -105,55 +105,31 @@ def cmd_train(a):
 
 
 def cmd_sample(a):
-    import torch
-
-    from .ablation import counterfactual_outputs
-    from .components import component_set, model_fingerprint
+    from .components import component_set
     from .data.examples import Examples
     from .outputs import get_output_fn
-    from .store import ShardStore, run_shard
+    from .pipeline import sample_store
     from .training import load_checkpoint
 
     device = _device(a.device)
     model, ck = load_checkpoint(a.checkpoint, device)
     cset = component_set(model, a.components or ck["arch"])
-    ex = Examples.load(a.examples)
-    output_fn = get_output_fn(a.output)
-    meta = {"model_fingerprint": model_fingerprint(model), "components_fingerprint": cset.fingerprint(),
-            "examples_fingerprint": ex.fingerprint(), "n_components": cset.size, "n_examples": len(ex),
-            "m": a.masks, "alpha": a.alpha, "seed": a.seed, "shard": a.shard, "output_fn": a.output,
-            "scheme": a.scheme, "ablation": a.ablation, "gamma": a.gamma if a.ablation == "scale" else None,
-            "dtype": a.dtype}
-    store = ShardStore.create_or_open(a.out, meta)
-    x, y = ex.tensors(device)
-
-    def evaluate(keep):
-        return counterfactual_outputs(model, cset, x, y, torch.from_numpy(keep), output_fn, a.ablation, a.gamma,
-                                      a.batch_size, a.masks_per_pass)
-
-    n = run_shard(store, evaluate, masks_per_call=a.masks_per_pass, progress=not a.quiet)
-    print(f"shard {a.out}: evaluated {n} masks this run; complete={store.is_complete}")
+    get_output_fn(a.output)  # fail on a bad output name before creating anything
+    store = sample_store(a.out, model, cset, Examples.load(a.examples), m=a.masks, alpha=a.alpha, seed=a.seed,
+                         shard=a.shard, output=a.output, scheme=a.scheme, ablation=a.ablation, gamma=a.gamma,
+                         dtype=a.dtype, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass, device=device,
+                         progress=not a.quiet)
+    print(f"shard {a.out}: complete={store.is_complete} ({store.n_rows} masks x {store.n_examples} examples)")
 
 
 def cmd_fit(a):
-    from . import regression
-    from .store import load_shards, read_meta
+    from .pipeline import fit_stores
 
-    metas = [read_meta(p) for p in a.stores]
     device = None if a.device == "cpu" else str(_device(a.device))
-    acc = regression.GramAccumulator(metas[0]["n_components"], metas[0]["n_examples"], device=device)
-    for keep, y in load_shards(a.stores):
-        acc.add(keep, y)
-    fp = metas[0]["components_fingerprint"]
-    if a.method == "ols":
-        attr = regression.fit_ols(acc, standardize=not a.no_standardize, components=fp, device=device)
-    else:
-        attr = regression.fit_ridge(acc, a.lambdas, select="gcv", standardize=not a.no_standardize, components=fp,
-                                    device=device)
-    attr.meta.update(stores=[str(p) for p in a.stores], alpha=metas[0]["alpha"])
+    attr = fit_stores(a.stores, a.method, a.lambdas, standardize=not a.no_standardize, device=device)
     attr.save(a.out)
     print(f"fitted {attr.method} attributions for {attr.n_examples} examples x {attr.n_components} components "
-          f"from {acc.m} masks; wrote {a.out}")
+          f"from {attr.meta['n_masks']} masks; wrote {a.out}")
 
 
 def cmd_baseline(a):
@@ -178,30 +154,14 @@ def cmd_evaluate(a):
     import pandas as pd
 
     from .attributions import Attributions
-    from .evaluate import correlations, summarize
-    from .store import load_shards, read_meta
+    from .evaluate import summarize
+    from .pipeline import evaluate_stores
 
     attrs = {}
     for p in a.attributions:
         at = Attributions.load(p)
         attrs[at.method if at.method not in attrs else Path(p).stem] = at
-    metas = {str(p): read_meta(p) for p in a.stores}
-    fps = {m["components_fingerprint"] for m in metas.values()}
-    if len(fps) != 1:
-        raise CoarError(f"the test stores were made for different component sets: {sorted(fps)}")
-    fp = fps.pop()
-    for name, at in attrs.items():
-        if at.components != fp:
-            raise CoarError(f"attributions {name} were computed for component set {at.components}, "
-                            f"the test stores use {fp}")
-    by_alpha: dict[float, list[str]] = {}
-    for p, m in metas.items():  # one evaluation per alpha_test: stores of equal alpha are pooled
-        by_alpha.setdefault(float(m["alpha"]), []).append(p)
-    tables = []
-    for alpha, paths in sorted(by_alpha.items()):
-        keep, out = (np.concatenate(parts) for parts in zip(*load_shards(paths)))
-        tables.append(correlations(attrs, keep, out, alpha_test=alpha))
-    table = pd.concat(tables, ignore_index=True)
+    table = evaluate_stores(attrs, a.stores)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(a.out, index=False)

@@ -188,6 +188,7 @@ TABLES: dict[str, list[Rule]] = {
     "resnet50": CONV_NOT_DOWNSAMPLE,
     "vit_b_16": VIT_TORCHVISION,
     "vit_small": VIT_TORCHVISION,
+    "vit_tiny": VIT_TORCHVISION,
     "clip_vit_b_16": CLIP_VISION,
     "gpt2": GPT2,
     "gpt2_tiny": GPT2,

@@ -13,20 +13,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
-from . import regression
-from .ablation import counterfactual_outputs
 from .attributions import Attributions
 from .baselines import compute_baseline
-from .components import component_set, model_fingerprint
+from .components import component_set
 from .data.examples import fashion_mnist_examples
-from .evaluate import correlations, summarize
+from .evaluate import summarize
 from .models import build_model
 from .outputs import get_output_fn
-from .store import ShardStore, load_shards, run_shard
+from .pipeline import evaluate_stores, fit_stores, sample_store
 from .training import accuracy, load_checkpoint, save_checkpoint, train_classifier
 
 
@@ -55,16 +52,10 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
-def _shard(out: Path, model, cset, x, y, ex_fp: str, m: int, alpha: float, seed: int, shard: int, cfg: DemoConfig,
+def _shard(out: Path, model, cset, ex, m: int, alpha: float, seed: int, shard: int, cfg: DemoConfig,
            progress: bool) -> Path:
-    meta = {"model_fingerprint": model_fingerprint(model), "components_fingerprint": cset.fingerprint(),
-            "examples_fingerprint": ex_fp, "n_components": cset.size, "n_examples": len(x), "m": m,
-            "alpha": alpha, "seed": seed, "shard": shard, "output_fn": cfg.output, "dtype": "float32"}
-    store = ShardStore.create_or_open(out, meta)
-    fn = get_output_fn(cfg.output)
-    run_shard(store, lambda keep: counterfactual_outputs(model, cset, x, y, torch.from_numpy(keep), fn,
-                                                         batch_size=cfg.batch_size, masks_per_pass=cfg.masks_per_pass),
-              masks_per_call=cfg.masks_per_pass * 4, progress=progress)
+    sample_store(out, model, cset, ex, m=m, alpha=alpha, seed=seed, shard=shard, output=cfg.output,
+                 dtype="float32", batch_size=cfg.batch_size, masks_per_pass=cfg.masks_per_pass, progress=progress)
     return out
 
 
@@ -100,19 +91,15 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, quiet
     # 2. fixed evaluation examples (test split), kept as uint8 and normalised once
     ex = fashion_mnist_examples("test", cfg.n_examples, cfg.seed + 1, cfg.root)
     x, y = ex.tensors()
-    ex_fp = ex.fingerprint()
 
     # 3. training masks, sharded
     per = -(-cfg.masks // cfg.shards)
-    train_stores = [_shard(out / "stores" / "train" / f"shard-{s:03d}", model, cset, x, y, ex_fp,
+    train_stores = [_shard(out / "stores" / "train" / f"shard-{s:03d}", model, cset, ex,
                            min(per, cfg.masks - s * per), cfg.alpha_train, cfg.seed, s, cfg, progress)
                     for s in range(cfg.shards) if cfg.masks - s * per > 0]
 
     # 4. COAR fit: one streaming pass, one factorisation
-    acc = regression.GramAccumulator(cset.size, len(x))
-    for keep, yy in load_shards(train_stores):
-        acc.add(keep, yy)
-    attrs = {"coar": regression.fit_ols(acc, components=cset.fingerprint())}
+    attrs = {"coar": fit_stores(train_stores)}
     attrs["coar"].save(out / "attributions" / "coar.npz")
 
     # 5. baselines
@@ -128,13 +115,9 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, quiet
         _log(f"[demo] baseline {name}: {time.time() - t:.0f} s", quiet)
 
     # 6. evaluation on fresh masks (different seed range from the training shards)
-    tables = []
-    for i, a in enumerate(cfg.alpha_test):
-        store = _shard(out / "stores" / "test" / f"alpha-{a:g}", model, cset, x, y, ex_fp, cfg.test_masks, a,
-                       cfg.seed + 1000 + i, 0, cfg, progress)
-        keep, yy = map(np.concatenate, zip(*load_shards([store])))
-        tables.append(correlations(attrs, keep, yy, alpha_test=a))
-    table = pd.concat(tables, ignore_index=True)
+    test_stores = [_shard(out / "stores" / "test" / f"alpha-{a:g}", model, cset, ex, cfg.test_masks, a,
+                          cfg.seed + 1000 + i, 0, cfg, progress) for i, a in enumerate(cfg.alpha_test)]
+    table = evaluate_stores(attrs, test_stores)
     (out / "results").mkdir(exist_ok=True)
     table.to_csv(out / "results" / "correlations.csv", index=False)
     summary = summarize(table)

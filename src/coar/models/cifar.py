@@ -88,11 +88,21 @@ class MLP(nn.Module):
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
 
 
-def vit_small(num_classes=10, in_channels=3, image_size=32, patch_size=4):
+def _vit(num_classes, in_channels, image_size, patch_size, layers, heads, hidden, mlp):
     from torchvision.models import VisionTransformer
 
-    m = VisionTransformer(image_size, patch_size, num_layers=6, num_heads=8, hidden_dim=256, mlp_dim=512,
-                          num_classes=num_classes)
+    m = VisionTransformer(image_size, patch_size, num_layers=layers, num_heads=heads, hidden_dim=hidden,
+                          mlp_dim=mlp, num_classes=num_classes)
     if in_channels != 3:
-        m.conv_proj = nn.Conv2d(in_channels, 256, patch_size, patch_size)
+        m.conv_proj = nn.Conv2d(in_channels, hidden, patch_size, patch_size)
     return m
+
+
+def vit_small(num_classes=10, in_channels=3, image_size=32, patch_size=4):
+    """A small torchvision ViT for 32 px images: 6 blocks x (768 + 256 + 512 + 256) = 10,752 components."""
+    return _vit(num_classes, in_channels, image_size, patch_size, 6, 8, 256, 512)
+
+
+def vit_tiny(num_classes=10, in_channels=3, image_size=28, patch_size=7):
+    """A CPU-sized ViT (the offline stand-in for ViT-B/16): 2 blocks x (96 + 32 + 64 + 32) = 448 components."""
+    return _vit(num_classes, in_channels, image_size, patch_size, 2, 4, 32, 64)

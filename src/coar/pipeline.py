@@ -1,0 +1,108 @@
+"""The steps of COAR as functions over artifacts on disk, shared by the CLI, `coar demo` and the
+Snakemake workflow's scripts: sample a resumable shard, fit from complete shards, evaluate on test shards.
+Nothing here reads a config file; callers pass plain values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import regression
+from .ablation import counterfactual_outputs
+from .attributions import Attributions
+from .components import ComponentSet, model_fingerprint
+from .data.examples import Examples
+from .errors import CoarError
+from .evaluate import correlations
+from .outputs import get_output_fn
+from .store import ShardStore, load_shards, read_meta, run_shard
+
+
+def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int, alpha: float, seed: int,
+               shard: int, output: str = "margin", scheme: str = "exact", ablation: str = "zero",
+               gamma: float = 0.5, dtype: str = "float16") -> dict:
+    """Everything that determines a shard's contents; a store reopened with other values is refused."""
+    return {"model_fingerprint": model_fingerprint(model), "components_fingerprint": cset.fingerprint(),
+            "examples_fingerprint": examples.fingerprint(), "n_components": cset.size, "n_examples": len(examples),
+            "m": int(m), "alpha": float(alpha), "seed": int(seed), "shard": int(shard), "output_fn": output,
+            "scheme": scheme, "ablation": ablation, "gamma": float(gamma) if ablation == "scale" else None,
+            "dtype": dtype}
+
+
+def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, examples: Examples, *, m: int,
+                 alpha: float, seed: int, shard: int, output: str = "margin", scheme: str = "exact",
+                 ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", batch_size: int = 256,
+                 masks_per_pass: int = 8, device: str | torch.device = "cpu", progress: bool = True) -> ShardStore:
+    """Create or resume the shard at `path` and evaluate every pending mask. Returns the complete store."""
+    meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype)
+    store = ShardStore.create_or_open(path, meta)
+    x, y = examples.tensors(device)
+    fn = get_output_fn(output)
+
+    def evaluate(keep: np.ndarray) -> np.ndarray:
+        return counterfactual_outputs(model, cset, x, y, torch.from_numpy(keep), fn, ablation, gamma, batch_size,
+                                      masks_per_pass)
+
+    # a few passes per call keep the done-flag granularity fine without per-mask I/O
+    run_shard(store, evaluate, masks_per_call=masks_per_pass * 4, progress=progress)
+    return store
+
+
+def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequence[float] = (0.1, 1, 10, 100, 1000),
+               standardize: bool = True, device: str | None = None) -> Attributions:
+    """One streaming pass over complete, verified shards and one factorisation for all examples."""
+    if not paths:
+        raise CoarError("no mask stores given to fit")
+    meta = read_meta(paths[0])
+    acc = regression.GramAccumulator(meta["n_components"], meta["n_examples"], device=device)
+    for keep, y in load_shards(paths):
+        acc.add(keep, y)
+    fp = meta["components_fingerprint"]
+    if method == "ols":
+        attr = regression.fit_ols(acc, standardize=standardize, components=fp, device=device)
+    elif method == "ridge":
+        attr = regression.fit_ridge(acc, list(lambdas), select="gcv", standardize=standardize, components=fp,
+                                    device=device)
+    else:
+        raise CoarError(f"regression method must be 'ols' or 'ridge', got {method!r}")
+    attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"))
+    return attr
+
+
+def evaluate_stores(attributions: Mapping[str, Attributions], paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Tidy per-example correlations; test stores are grouped by their alpha (one alpha_test each)."""
+    metas = {str(p): read_meta(p) for p in paths}
+    if not metas:
+        raise CoarError("no test stores given to evaluate")
+    fps = {m["components_fingerprint"] for m in metas.values()}
+    if len(fps) != 1:
+        raise CoarError(f"the test stores were made for different component sets: {sorted(fps)}")
+    fp = fps.pop()
+    for name, at in attributions.items():
+        if at.components != fp:
+            raise CoarError(f"attributions {name!r} were computed for component set {at.components}, "
+                            f"the test stores use {fp}")
+    by_alpha: dict[float, list[str]] = {}
+    for p, m in metas.items():
+        by_alpha.setdefault(float(m["alpha"]), []).append(p)
+    tables = []
+    for alpha, group in sorted(by_alpha.items()):
+        keep, out = (np.concatenate(parts) for parts in zip(*load_shards(group)))
+        tables.append(correlations(attributions, keep, out, alpha_test=alpha))
+    return pd.concat(tables, ignore_index=True)
+
+
+def scatter_table(attributions: Mapping[str, Attributions], path: str | Path, example: int) -> pd.DataFrame:
+    """True vs estimated counterfactuals of one example on one test store (the left panels of Fig. 2)."""
+    keep, out = (np.concatenate(parts) for parts in zip(*load_shards([path])))
+    rows = []
+    for name, at in attributions.items():
+        pred = at.predict(keep)[:, example]
+        rows.append(pd.DataFrame({"method": name, "example": example, "mask": np.arange(len(keep)),
+                                  "true": out[:, example], "predicted": pred}))
+    return pd.concat(rows, ignore_index=True)
