@@ -1,0 +1,18 @@
+# The model of each setup: trained by us (CIFAR-style models) or published weights (ImageNet models).
+
+
+rule model:
+    output:
+        "results/{setup}/model.pt",
+    params:
+        spec=lambda w: setup_spec(w.setup),
+        data_root=config["data_root"],
+        download_root=config["download_root"],
+    resources:
+        gpu=lambda w: 0 if setup_spec(w.setup)["pretrained"] else 1,
+    log:
+        "logs/{setup}/model.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/train.py"

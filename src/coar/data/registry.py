@@ -1,0 +1,69 @@
+"""One entry point for every image dataset the workflow uses: uint8 images [N, C, H, W] and int64 labels.
+
+fashion-mnist  offline (Debian's package, COAR_FASHION_MNIST, or torchvision's download)
+cifar10        torchvision's download (MD5-checked by torchvision) into `root`
+imagenet       manual: the validation set must be laid out as root/val/<wnid>/*.JPEG (it cannot be
+               downloaded without an account); a missing or partial layout fails with instructions
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CoarError
+from .examples import Examples
+
+DATASETS = {
+    "fashion-mnist": {"mean": 0.2860, "std": 0.3530, "channels": 1, "size": 28, "classes": 10},
+    "cifar10": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "channels": 3, "size": 32,
+                "classes": 10},
+    "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": 3, "size": 224,
+                 "classes": 1000},
+}
+
+
+def load_images(dataset: str, split: str, root: str | Path | None = None, download: bool = True):
+    """(uint8 [N, C, H, W], int64 [N]) for a dataset split."""
+    if dataset not in DATASETS:
+        raise CoarError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if dataset == "fashion-mnist":
+        from .fashion_mnist import load_fashion_mnist
+
+        images, labels = load_fashion_mnist(split, root, download=download)
+        return images[:, None], labels
+    if dataset == "cifar10":
+        from torchvision.datasets import CIFAR10
+
+        target = Path(root or "data/raw/cifar10")
+        try:
+            ds = CIFAR10(str(target), train=split == "train", download=download)
+        except Exception as exc:
+            raise CoarError(f"CIFAR-10 could not be loaded from or downloaded into {target}: {exc}") from exc
+        return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, dtype=np.int64)
+    root = Path(root or "data/raw/imagenet")
+    val = root / "val"
+    n_classes = len([d for d in val.iterdir() if d.is_dir()]) if val.is_dir() else 0
+    if n_classes != 1000:
+        raise CoarError(
+            f"ImageNet validation set not found at {val} (found {n_classes} class folders, need 1000). ImageNet "
+            "cannot be downloaded automatically: get ILSVRC2012_img_val.tar from image-net.org (account needed), "
+            f"extract it into {val}/<wnid>/*.JPEG (e.g. with the valprep.sh layout) and set `imagenet_root`.")
+    raise CoarError("decoding ImageNet into a uint8 evaluation set is part of the data issue and not built yet")
+
+
+def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
+                  every: int | None = None) -> Examples:
+    """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all."""
+    images, labels = load_images(dataset, split, root)
+    idx = np.arange(len(images))
+    if every:
+        idx = idx[::every]
+    if n is not None:
+        if n > len(idx):
+            raise CoarError(f"asked for {n} {dataset} {split} examples, only {len(idx)} are available")
+        idx = np.sort(np.random.default_rng(seed).permutation(idx)[:n])
+    info = DATASETS[dataset]
+    return Examples(np.ascontiguousarray(images[idx]), labels[idx], "image",
+                    {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"],
+                     "std": info["std"]})

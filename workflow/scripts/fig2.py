@@ -1,0 +1,26 @@
+"""Rule fig2: attribution accuracy (paper Fig. 2) from the setups' evaluation tables."""
+import sys
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
+sm = snakemake  # noqa: F821
+
+import pandas as pd  # noqa: E402
+
+import coar  # noqa: E402
+from coar.evaluate import summarize  # noqa: E402
+from coar.plotting import fig_attribution_accuracy, save_figure  # noqa: E402
+
+setups = sm.params.setups
+names = list(setups)
+corr = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(names, sm.input.correlations)], ignore_index=True)
+scatter = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(names, sm.input.scatter)], ignore_index=True)
+parts = [f"{s}: {v['model']} on {v['dataset']}, {v['masks']:,} masks at alpha {v['alpha_train']:g}, "
+         f"{v['examples'].get('n') or 'all'} {v['examples']['split']} examples" for s, v in setups.items()]
+provenance = f"preset: {sm.params.preset} | " + " | ".join(parts) + f" | coar {coar.__version__}"
+fig = fig_attribution_accuracy(corr, scatter, {s: v["alpha_train"] for s, v in setups.items()}, provenance,
+                               {s: v["title"] for s, v in setups.items()})
+save_figure(fig, sm.output.figure)
+corr.to_csv(sm.output.table, index=False)
+summary = pd.concat([summarize(corr[corr.setup == s]).assign(setup=s) for s in names], ignore_index=True)
+summary.to_csv(sm.output.summary, index=False)
+print(summary.to_string(index=False))
