@@ -14,7 +14,7 @@ rule baseline:
         method="loo|gp|nc|ii",
     resources:
         gpu=1,
-        batch_size=256,
+        batch_size=32,
         masks_per_pass=8,
     log:
         "logs/{setup}/baseline-{method}.log",

@@ -19,7 +19,7 @@ rule sample_shard:
         shard=r"\d+",
     resources:
         gpu=1,
-        batch_size=256,
+        batch_size=32,
         masks_per_pass=8,
     log:
         "logs/{setup}/masks/{split}/shard-{shard}.log",

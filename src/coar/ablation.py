@@ -178,11 +178,13 @@ def _repeat(t: torch.Tensor, K: int) -> torch.Tensor:
 @torch.no_grad()
 def counterfactual_outputs(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                            keep, output_fn: Callable, mode: str = "zero", gamma: float = 0.5,
-                           batch_size: int = 256, masks_per_pass: int = 8, progress: bool = False) -> np.ndarray:
+                           batch_size: int = 32, masks_per_pass: int = 8, progress: bool = False) -> np.ndarray:
     """f_M(z, C_i) for every mask i and example z: returns float32 [M, N].
 
     Each forward pass runs `masks_per_pass` masks on a batch of `batch_size` examples, i.e.
-    masks_per_pass * batch_size rows.
+    masks_per_pass * batch_size rows. On a CPU keep that product near 256: passes of a few thousand rows
+    make glibc return the activation buffers to the OS after every pass (mmap/munmap and page faults),
+    which measured 3x slower (BENCHMARKS.md). On a GPU, raise both.
     """
     keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
     if keep.dim() != 2 or keep.shape[1] != cset.size:

@@ -95,7 +95,7 @@ def _result(weights: np.ndarray, method: str, cset: ComponentSet, meta: dict) ->
 # --------------------------------------------------------------------------------------------------
 # LOO
 def loo(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor, output_fn: Callable,
-        mode: str = "zero", gamma: float = 0.5, batch_size: int = 256, masks_per_pass: int = 8,
+        mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8,
         progress: bool = True, chunk: int | None = None) -> Attributions:
     """Leave-one-out: w_j = f(z, {}) - f(z, {c_j}) for every component j and example z.
 

@@ -185,6 +185,7 @@ TABLES: dict[str, list[Rule]] = {
     "resnet18_cifar": CONV_NOT_DOWNSAMPLE,
     "resnet_small": CONV_NOT_DOWNSAMPLE,
     "resnet_tiny": CONV_NOT_DOWNSAMPLE,
+    "resnet_mini": CONV_NOT_DOWNSAMPLE,
     "resnet50": CONV_NOT_DOWNSAMPLE,
     "vit_b_16": VIT_TORCHVISION,
     "vit_small": VIT_TORCHVISION,

@@ -42,7 +42,7 @@ class DemoConfig:
     baselines: list = field(default_factory=lambda: ["loo", "gp", "nc", "ii"])
     output: str = "margin"
     seed: int = 0
-    batch_size: int = 256
+    batch_size: int = 32
     masks_per_pass: int = 8
     root: str | None = None  # Fashion-MNIST directory (default: Debian's package)
 

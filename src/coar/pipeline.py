@@ -36,7 +36,7 @@ def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int,
 
 def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, examples: Examples, *, m: int,
                  alpha: float, seed: int, shard: int, output: str = "margin", scheme: str = "exact",
-                 ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", batch_size: int = 256,
+                 ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", batch_size: int = 32,
                  masks_per_pass: int = 8, device: str | torch.device = "cpu", progress: bool = True) -> ShardStore:
     """Create or resume the shard at `path` and evaluate every pending mask. Returns the complete store."""
     meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype)

@@ -4,12 +4,17 @@ import sys
 sys.stderr = sys.stdout = open(snakemake.log[0], "a", buffering=1)  # noqa: F821 (append: resumed runs)
 sm = snakemake  # noqa: F821
 
-import json  # noqa: E402
 import os  # noqa: E402
+
+os.environ.setdefault("TQDM_MININTERVAL", "15")  # progress lines in the log every 15 s, not every step
+import torch  # noqa: E402
+
+torch.set_num_threads(sm.threads)  # one job = its declared threads: no oversubscription of the cores
+
+import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import torch  # noqa: E402
 
 from coar.components import component_set  # noqa: E402
 from coar.data.examples import Examples  # noqa: E402

@@ -4,8 +4,14 @@ import sys
 sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
 sm = snakemake  # noqa: F821
 
-import numpy as np  # noqa: E402
+import os  # noqa: E402
+
+os.environ.setdefault("TQDM_MININTERVAL", "15")  # progress lines in the log every 15 s, not every step
 import torch  # noqa: E402
+
+torch.set_num_threads(sm.threads)  # one job = its declared threads: no oversubscription of the cores
+
+import numpy as np  # noqa: E402
 
 from coar.data.examples import Examples  # noqa: E402
 from coar.data.registry import DATASETS, load_images  # noqa: E402

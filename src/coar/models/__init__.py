@@ -13,9 +13,9 @@ from torch import nn
 
 from ..errors import CoarError
 from .attention import HookableMultiheadAttention, make_hookable
-from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet_small, resnet_tiny, vit_small, vit_tiny
+from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet_mini, resnet_small, resnet_tiny, vit_small, vit_tiny
 
-IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "vit_tiny", "mlp", "vit_small", "resnet50", "vit_b_16",
+IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "vit_small", "resnet50", "vit_b_16",
                 "clip_vit_b_16"}
 TEXT_MODELS = {"gpt2", "gpt2_tiny", "phi2", "phi2_tiny"}
 MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
@@ -60,11 +60,11 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
 
 
 def _build(name, num_classes, in_channels, image_size, pretrained):
-    if name in ("cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "vit_small", "vit_tiny"):
+    if name in ("cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "resnet_mini", "vit_small", "vit_tiny"):
         if pretrained:
             raise CoarError(f"{name} has no published weights: train it with the workflow's training rule")
         return {"cifar_resnet": cifar_resnet, "resnet18_cifar": resnet18_cifar, "resnet_small": resnet_small,
-                "resnet_tiny": resnet_tiny, "vit_small": vit_small, "vit_tiny": vit_tiny}[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+                "resnet_tiny": resnet_tiny, "resnet_mini": resnet_mini, "vit_small": vit_small, "vit_tiny": vit_tiny}[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
     if name == "mlp":
         return MLP(in_channels * image_size * image_size, 3072, num_classes)
     if name in ("resnet50", "vit_b_16"):

@@ -71,6 +71,11 @@ def resnet_small(num_classes=10, in_channels=3, image_size=32):
     return CifarResNet(16, [(16, 1, 1), (32, 1, 2), (64, 1, 2)], num_classes, in_channels, None, image_size)
 
 
+def resnet_mini(num_classes=10, in_channels=3, image_size=32):
+    """Deeper than resnet_tiny at the same width (two blocks per stage): 8 + 2x(16+16) + 2x(32+32) = 200."""
+    return CifarResNet(8, [(16, 2, 2), (32, 2, 2)], num_classes, in_channels, None, image_size)
+
+
 def resnet_tiny(num_classes=10, in_channels=3, image_size=32):
     """The smallest ResNet used by tests and the offline preset: 8 + (16+16) + (32+32) = 104 filters."""
     return CifarResNet(8, [(16, 1, 2), (32, 1, 2)], num_classes, in_channels, None, image_size)
