@@ -134,6 +134,12 @@ def buildable_figures():
     return [f"figures/fig{n}.pdf" for n, (_, status) in FIGURES.items() if status == "built"]
 
 
+def unbuilt_figure_pattern():
+    """Figure numbers without a rule of their own (so the fallback never competes with a real rule)."""
+    built = [str(n) for n, (_, status) in FIGURES.items() if status == "built"]
+    return rf"(?!(?:{'|'.join(built)})(?!\d))\d+"  # not a built number (20 is allowed when 2 is built)
+
+
 def _unavailable(wildcards):
     n = int(wildcards.n)
     if n not in FIGURES:

@@ -35,7 +35,7 @@ rule figure_unavailable:
     output:
         "figures/fig{n}.pdf",
     wildcard_constraints:
-        n=r"\d+",
+        n=unbuilt_figure_pattern(),
     log:
         "logs/fig{n}.log",
     conda:
@@ -43,5 +43,3 @@ rule figure_unavailable:
     shell:
         "false"
 
-
-ruleorder: fig2 > figure_unavailable
