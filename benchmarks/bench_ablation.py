@@ -39,7 +39,7 @@ def main():
     p.add_argument("--n", type=int, nargs="+", default=[500, 16])
     p.add_argument("--masks", type=int, default=32, help="masks timed per configuration")
     p.add_argument("--masks-per-pass", type=int, nargs="+", default=[1, 8, 32])
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=256, help="max rows per forward pass (examples x masks)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     a = p.parse_args()

@@ -233,3 +233,20 @@ def test_token_margin_lm_counterfactuals():
     fast = counterfactual_outputs(model, cset, ids, labels, keep, token_margin, batch_size=2, masks_per_pass=2)
     slow = surgery_outputs(model, cset, ids, labels, keep, token_margin)
     np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_input_site_hook_leaves_a_shared_input_untouched():
+    """One tensor feeds two modules; ablating input features of one must not change what the other sees."""
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 3), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x)
+
+    torch.manual_seed(10)
+    model = Shared().eval()
+    cset = component_set(model, [Rule("a", ("Linear",), site="input")])
+    assert_hooks_equal_surgery(model, cset, torch.randn(4, 6), K=3)

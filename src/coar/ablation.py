@@ -93,8 +93,13 @@ def ablate_weights(model: nn.Module, cset: ComponentSet, keep, mode: str = "zero
     return target
 
 
-def _scaler(t: torch.Tensor, s: torch.Tensor, bterm: torch.Tensor | None, chan_dim: int) -> torch.Tensor:
-    """Apply per-block factors s [K, W] (and additive bias term [K, W]) to t [K*B, ...]."""
+def _scaler(t: torch.Tensor, s: torch.Tensor, bterm: torch.Tensor | None, chan_dim: int,
+            inplace: bool = False) -> torch.Tensor:
+    """Apply per-block factors s [K, W] (and additive bias term [K, W]) to t [K*B, ...].
+
+    inplace: only for a module's own fresh output (never for an input, which other modules may share),
+    and only when autograd does not need the original values.
+    """
     K, W = s.shape
     if t.shape[0] % K:
         raise ShapeError(f"batch of {t.shape[0]} rows is not a multiple of the {K} masks in this pass")
@@ -102,12 +107,19 @@ def _scaler(t: torch.Tensor, s: torch.Tensor, bterm: torch.Tensor | None, chan_d
         raise ShapeError(f"hooked tensor of shape {tuple(t.shape)} has {t.shape[chan_dim]} features at dim "
                          f"{chan_dim}, component group expects {W}")
     s = s.to(t.dtype)
-    if chan_dim == 1 and t.dim() > 2:  # conv: [R, W, *spatial]
-        v = t.reshape(K, t.shape[0] // K, W, -1)
-        s_, b_ = s[:, None, :, None], (bterm[:, None, :, None].to(t.dtype) if bterm is not None else None)
-    else:  # features last: [R, ..., W]
-        v = t.reshape(K, -1, W)
-        s_, b_ = s[:, None, :], (bterm[:, None, :].to(t.dtype) if bterm is not None else None)
+    conv = chan_dim == 1 and t.dim() > 2
+    shape = (K, t.shape[0] // K, W, -1) if conv else (K, -1, W)
+    s_ = s[:, None, :, None] if conv else s[:, None, :]
+    b_ = None
+    if bterm is not None:
+        b_ = (bterm[:, None, :, None] if conv else bterm[:, None, :]).to(t.dtype)
+    if inplace and not (t.requires_grad and torch.is_grad_enabled()) and t.is_contiguous():
+        v = t.view(shape)  # in place: no extra activation-sized allocation per hooked layer
+        v.mul_(s_)
+        if b_ is not None:
+            v.add_(b_)
+        return t
+    v = t.reshape(shape)
     out = torch.addcmul(b_, v, s_) if b_ is not None else v * s_
     return out.reshape(t.shape)
 
@@ -150,7 +162,7 @@ def ablation_hooks(model: nn.Module, cset: ComponentSet, keep, mode: str = "zero
                 bterm = None if bias is None else bias.detach()[None, :] * (1.0 - s)
 
                 def hook(mod, args, out, s=s, bterm=bterm, chan=chan):
-                    return _scaler(out, s, bterm, chan)
+                    return _scaler(out, s, bterm, chan, inplace=True)
 
                 handles.append(module.register_forward_hook(hook))
             else:
