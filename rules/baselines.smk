@@ -9,7 +9,7 @@ rule baseline:
     output:
         "results/{setup}/attributions/{method}.npz",
     params:
-        spec=lambda w: setup_spec(w.setup),
+        spec=lambda w: setup_spec(w.setup, "baseline"),
     wildcard_constraints:
         method="loo|gp|nc|ii",
     resources:

@@ -57,8 +57,22 @@ def _check_config():
 _check_config()
 
 
-def setup_spec(setup):
-    return SETUPS[setup]
+# The keys of a setup each rule depends on. Rules get only these as params, so Snakemake's params rerun
+# trigger reruns exactly the jobs a config change affects (e.g. test_masks reruns the evaluation masks,
+# not training).
+RULE_KEYS = {
+    "examples": ("dataset", "examples", "seed"),
+    "model": ("dataset", "model", "pretrained", "num_classes", "in_channels", "image_size", "train", "seed"),
+    "sample_shard": ("model", "components", "output", "scheme", "ablation", "gamma", "dtype"),
+    "fit": ("regression", "lambdas"),
+    "baseline": ("model", "components", "output", "ablation", "gamma"),
+    "evaluate": ("alpha_train",),
+    "fig2": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
+}
+
+
+def setup_spec(setup, rule):
+    return {k: SETUPS[setup][k] for k in RULE_KEYS[rule]}
 
 
 def shard_sizes(setup):

@@ -5,7 +5,7 @@ rule examples:
     output:
         "data/{setup}/examples.npz",
     params:
-        spec=lambda w: setup_spec(w.setup),
+        spec=lambda w: setup_spec(w.setup, "examples"),
         data_root=config["data_root"],
         download_root=config["download_root"],
         imagenet_root=config["imagenet_root"],

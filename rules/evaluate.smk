@@ -9,7 +9,7 @@ rule evaluate:
         correlations="results/{setup}/evaluation/correlations.csv",
         scatter="results/{setup}/evaluation/scatter.csv",
     params:
-        spec=lambda w: setup_spec(w.setup),
+        spec=lambda w: setup_spec(w.setup, "evaluate"),
         scatter_alpha=config["figures"].get("fig2", {}).get("scatter_alpha"),
     log:
         "logs/{setup}/evaluate.log",

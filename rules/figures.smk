@@ -19,7 +19,7 @@ rule fig2:
         table="results/fig2/correlations.csv",
         summary="results/fig2/summary.csv",
     params:
-        setups=lambda w: {s: setup_spec(s) for s in config["figures"]["fig2"]["setups"]},
+        setups=lambda w: {s: setup_spec(s, "fig2") for s in config["figures"]["fig2"]["setups"]},
         preset=config["preset"],
     log:
         "logs/fig2.log",

@@ -12,7 +12,7 @@ rule sample_shard:
         "results/{setup}/masks/{split}/shard-{shard}.json",
     params:
         store=lambda w: f"results/{w.setup}/masks/{w.split}/shard-{w.shard}",
-        spec=lambda w: setup_spec(w.setup),
+        spec=lambda w: setup_spec(w.setup, "sample_shard"),
         settings=lambda w: mask_settings(w.setup, w.split, w.shard),
     wildcard_constraints:
         split=r"train|test-[0-9.e-]+",

@@ -7,7 +7,7 @@ rule fit:
     output:
         "results/{setup}/attributions/coar.npz",
     params:
-        spec=lambda w: setup_spec(w.setup),
+        spec=lambda w: setup_spec(w.setup, "fit"),
     resources:
         gpu=1,
     log:

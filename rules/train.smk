@@ -5,11 +5,11 @@ rule model:
     output:
         "results/{setup}/model.pt",
     params:
-        spec=lambda w: setup_spec(w.setup),
+        spec=lambda w: setup_spec(w.setup, "model"),
         data_root=config["data_root"],
         download_root=config["download_root"],
     resources:
-        gpu=lambda w: 0 if setup_spec(w.setup)["pretrained"] else 1,
+        gpu=lambda w: 0 if SETUPS[w.setup]["pretrained"] else 1,
     log:
         "logs/{setup}/model.log",
     conda:
