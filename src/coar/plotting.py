@@ -204,7 +204,7 @@ def _scatter_panel(ax, data: pd.DataFrame, methods: Sequence[str], styles: Mappi
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal", adjustable="box")
-    ax.set_title(f"{title}: example z = {example}", loc="left")
+    ax.set_title(f"{title}example z = {example}", loc="left")
     ax.set_xlabel("true counterfactual $f(z, C')$ (z-scored)")
     ax.set_ylabel("estimate $g(z)(C')$ (z-scored)")
     leg = ax.legend([handles[m] for m in present], [handles[m].get_label() for m in present],
@@ -241,7 +241,7 @@ def _correlation_panel(ax, summary: pd.DataFrame, methods: Sequence[str], styles
     pad = 0.06 * max(hi - lo, 0.1)
     ax.set_ylim(lo - pad, min(hi + pad, 1.05))
     ax.axhline(0.0, color="0.6", lw=0.6, zorder=0)
-    ax.set_title(f"{title}: mean over {n_examples} examples (± 1.96 SE)", loc="left")
+    ax.set_title(f"{title}mean over {n_examples} examples (± 1.96 SE)", loc="left")
     ax.set_xlabel(r"ablation fraction $\alpha_\mathrm{test}$")
     ax.set_ylabel(r"mean correlation $\mathbb{E}_z[\rho(z)]$")
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), borderaxespad=0.0)
@@ -283,14 +283,17 @@ def fig_attribution_accuracy(correlations: pd.DataFrame, scatter: pd.DataFrame, 
         footer = _footer(fig, provenance, _WIDTH_IN)
         fig.get_layout_engine().set(rect=(0.0, footer, 1.0, 1.0 - footer), h_pad=0.04, w_pad=0.04,
                                     hspace=0.06, wspace=0.04)
-        axes = fig.subplots(len(setups), 2, squeeze=False, gridspec_kw={"width_ratios": [1.0, 1.15]})
+        rows = fig.subfigures(len(setups), 1, squeeze=False)[:, 0]
         for row, setup in enumerate(setups):
-            title = titles.get(setup, str(setup))
+            # the setup's (long) title once per row, over both panels; panels get short titles
+            rows[row].suptitle(titles.get(setup, str(setup)), x=0.01, ha="left", fontsize="medium",
+                               fontweight="semibold")
+            axes = rows[row].subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.15]})
             sc = scatter[scatter["setup"] == setup]
-            _scatter_panel(axes[row, 0], sc, methods, styles, title)
+            _scatter_panel(axes[0], sc, methods, styles, "")
             su = summary[summary["setup"] == setup]
             n_ex = correlations.loc[correlations["setup"] == setup, "example"].nunique()
-            _correlation_panel(axes[row, 1], su, methods, styles, float(alpha_train[setup]), n_ex, title)
+            _correlation_panel(axes[1], su, methods, styles, float(alpha_train[setup]), n_ex, "")
         fig.suptitle(SUPTITLE_FIG2, fontweight="bold")
     return fig
 
