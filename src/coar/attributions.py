@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from .errors import ShapeError, StoreError
-from .io import atomic_savez, read_header
+from .errors import ShapeError
+from .io import atomic_savez, load_npz
 
 
 @dataclass
@@ -60,12 +59,5 @@ class Attributions:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Attributions":
-        path = Path(path)
-        if not path.exists():
-            raise StoreError(f"attribution file not found: {path}")
-        try:
-            with np.load(path) as z:
-                header = read_header(z)
-                return cls(z["weights"], z["bias"], header["method"], header["components"], header["meta"])
-        except Exception as exc:  # KeyError, ValueError, OSError, BadZipFile...
-            raise StoreError(f"attribution file {path} is unreadable or truncated: {exc}") from exc
+        arrays, header = load_npz(path, "attribution", ("weights", "bias"))
+        return cls(arrays["weights"], arrays["bias"], header["method"], header["components"], header["meta"])

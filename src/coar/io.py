@@ -25,3 +25,18 @@ def atomic_savez(path: str | os.PathLike, header: dict | None = None, **arrays) 
 def read_header(z) -> dict:
     """The JSON header stored by atomic_savez in an open np.load archive."""
     return json.loads(bytes(z["header"]).decode())
+
+
+def load_npz(path: str | os.PathLike, what: str, keys: tuple[str, ...]) -> tuple[dict, dict]:
+    """(arrays named `keys`, JSON header) of a file written by atomic_savez. A missing, truncated or
+    incomplete file raises StoreError naming `what` and the path, never a half-read result."""
+    from .errors import StoreError
+
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{what} file not found: {path}")
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in keys}, read_header(z)
+    except Exception as exc:  # KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError...
+        raise StoreError(f"{what} file {path} is unreadable or truncated: {exc}") from exc

@@ -1,15 +1,11 @@
 """Rule fig2: attribution accuracy (paper Fig. 2) from the setups' evaluation tables."""
 import sys
 
-sys.stderr = sys.stdout = open(snakemake.log[0], "w", buffering=1)  # noqa: F821
 sm = snakemake  # noqa: F821
+sys.path.insert(0, sm.scriptdir)
+from _job import start  # noqa: E402
 
-import os  # noqa: E402
-
-os.environ.setdefault("TQDM_MININTERVAL", "15")  # progress lines in the log every 15 s, not every step
-import torch  # noqa: E402
-
-torch.set_num_threads(sm.threads)  # one job = its declared threads: no oversubscription of the cores
+device = start(sm)
 
 import pandas as pd  # noqa: E402
 

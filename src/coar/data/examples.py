@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import CoarError, StoreError
-from ..io import atomic_savez, read_header
+from ..io import atomic_savez, load_npz
 
 
 def normalize(images: torch.Tensor, mean: float | list = 0.5, std: float | list = 0.5) -> torch.Tensor:
@@ -59,15 +58,8 @@ class Examples:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Examples":
-        path = Path(path)
-        if not path.exists():
-            raise StoreError(f"examples file not found: {path}")
-        try:
-            with np.load(path) as z:
-                header = read_header(z)
-                ex = cls(z["inputs"], z["targets"], header["kind"], header["meta"])
-        except Exception as exc:
-            raise StoreError(f"examples file {path} is unreadable or truncated: {exc}") from exc
+        arrays, header = load_npz(path, "examples", ("inputs", "targets"))
+        ex = cls(arrays["inputs"], arrays["targets"], header["kind"], header["meta"])
         if ex.fingerprint() != header["fingerprint"]:
             raise StoreError(f"examples file {path}: checksum mismatch (file corrupted)")
         return ex

@@ -1,0 +1,22 @@
+"""What every workflow script does first: log to the job's log file, throttle progress bars, run torch
+with the job's declared threads (no oversubscription), pick the device, load the setup's model."""
+import os
+import sys
+
+
+def start(sm, append: bool = False) -> str:
+    """Redirect output to the log, set threads; returns the device ("cuda" only for rules with gpu > 0)."""
+    sys.stderr = sys.stdout = open(sm.log[0], "a" if append else "w", buffering=1)
+    os.environ.setdefault("TQDM_MININTERVAL", "15")  # a progress line every 15 s in the log, not every step
+    import torch
+
+    torch.set_num_threads(sm.threads)
+    return "cuda" if torch.cuda.is_available() and sm.resources.get("gpu", 0) else "cpu"
+
+
+def model_and_components(checkpoint, spec, device):
+    from coar.components import component_set
+    from coar.training import load_checkpoint
+
+    model, ck = load_checkpoint(checkpoint, device)
+    return model, component_set(model, spec["components"] or spec["model"])
