@@ -53,11 +53,13 @@ def test_dvc_round_trip(tmp_path):
     assert "marked up to date" in sync.stdout
     r = dry_run(clone)
     assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "missing provenance" not in r.stdout + r.stderr, r.stdout + r.stderr  # every job has its record
 
     # a config change reruns exactly what depends on it: the fresh evaluation masks and what follows
     cfg = clone / "config/test.yaml"
     cfg.write_text(cfg.read_text().replace("test_masks: 60", "test_masks: 70"))
-    counts = job_counts(dry_run(clone).stdout)
+    changed = dry_run(clone)
+    counts = job_counts(changed.stdout + changed.stderr)
     assert counts.get("sample_shard") == 2 and counts.get("gather_masks") == 2, counts
     assert counts.get("evaluate") == 1 and counts.get("fig2") == 1, counts
     assert not {"model", "examples", "fit", "baseline"} & set(counts), counts

@@ -26,7 +26,8 @@ def snakemake(*args, cwd=ROOT, timeout=600):
 def job_counts(output: str) -> dict:
     """The "Job stats" table of a dry run as {rule: count}."""
     lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
+    start = next((i for i, line in enumerate(lines) if line.startswith("Job stats")), None)
+    assert start is not None, f"no 'Job stats' table in the dry run's output:\n{output[-4000:]}"
     counts = {}
     for line in lines[start + 3:]:
         parts = line.split()

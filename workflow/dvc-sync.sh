@@ -5,8 +5,10 @@
 # (.snakemake/metadata) are not shared, so Snakemake alone would rerun jobs, or, with only mtimes, miss
 # parameter changes. This script refuses unless `dvc status STAGE` is clean (the pulled outputs are exactly
 # those recorded in dvc.lock for the current code and config), then runs `snakemake --touch`, which marks
-# the outputs up to date in DAG order and records the current code and parameters. Any later config change
-# then reruns exactly the affected rules.
+# the outputs up to date in DAG order and records the current code and parameters. --forceall makes it do
+# so for EVERY job: without it, jobs whose pulled files happen to have mtimes in a valid order are skipped
+# and get no provenance record, and a later parameter change to them would go unnoticed. Any later config
+# change then reruns exactly the affected rules.
 #
 #   bash workflow/dvc-sync.sh default    # the default preset (outputs in ./)
 #   bash workflow/dvc-sync.sh test       # the CI preset (outputs in runs/test/)
@@ -23,9 +25,9 @@ if ! grep -q "Data and pipelines are up to date" <<<"$status"; then
   exit 1
 fi
 case "$stage" in
-  default) "$bin/snakemake" --cores 1 --touch --quiet all ;;
+  default) "$bin/snakemake" --cores 1 --touch --forceall --quiet all ;;
   test) (cd runs/test && "$bin/snakemake" --snakefile ../../Snakefile --configfile=../../config/test.yaml \
-          --cores 1 --touch --quiet all) ;;
+          --cores 1 --touch --forceall --quiet all) ;;
   *) echo "dvc-sync: unknown stage '$stage' (default | test)" >&2; exit 2 ;;
 esac
 echo "dvc-sync: outputs of stage '$stage' marked up to date; 'snakemake -n' now has nothing to do."
