@@ -52,6 +52,11 @@ def _check_config():
         for s in spec.get("setups", []):
             if s not in SETUPS:
                 _config_error(f"figures.{fig}.setups", f"unknown setup {s!r}; defined: {', '.join(SETUPS)}")
+    for s in config["figures"].get("fig14", {}).get("setups", []):
+        if SETUPS[s]["alpha_train"] not in SETUPS[s]["alpha_test"]:
+            _config_error(f"setups.{s}.alpha_test", "Fig. 14 evaluates at alpha_train, which must be one of alpha_test")
+        if "loo" not in SETUPS[s]["baselines"]:
+            _config_error(f"setups.{s}.baselines", "Fig. 14 compares with leave-one-out: include loo")
 
 
 _check_config()
@@ -68,6 +73,7 @@ RULE_KEYS = {
     "baseline": ("model", "components", "output", "ablation", "gamma"),
     "evaluate": ("alpha_train",),
     "fig2": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
+    "fig14": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
 }
 
 
@@ -108,6 +114,22 @@ def test_receipts(setup):
     return [f"results/{setup}/masks/{test_split(a)}.json" for a in SETUPS[setup]["alpha_test"]]
 
 
+def figure_setups(fig):
+    """Setups a figure uses; a figure the preset does not configure fails at once, naming the key."""
+    if fig not in config["figures"]:
+        raise WorkflowError(
+            f"figures/{fig}.pdf: preset {config['preset']!r} has no `figures.{fig}` entry "
+            f"(add e.g. `figures: {{{fig}: {{setups: [{next(iter(SETUPS))}]}}}}` to the config)"
+        )
+    return config["figures"][fig]["setups"]
+
+
+def sample_sizes(setup):
+    """Fig. 14: numbers of masks (the first ones, in shard order) COAR is refitted on."""
+    m = SETUPS[setup]["masks"]
+    return sorted({max(2, round(f * m)) for f in config["figures"]["fig14"]["fractions"]})
+
+
 def attribution_files(setup):
     methods = ["coar"] + list(SETUPS[setup]["baselines"])
     return [f"results/{setup}/attributions/{m}.npz" for m in methods]
@@ -127,7 +149,7 @@ FIGURES = {
     11: ("CIFAR ViT and MLP", "not built yet"),
     12: ("Waterbirds, CelebA, MIMIC-CXR, CLIP", "needs those datasets (issue 4)"),
     13: ("alpha_train 0.05 vs 0.10", "not built yet"),
-    14: ("correlation vs sample size m", "not built yet"),
+    14: ("correlation vs sample size m", "built"),
     15: ("example-level scatters for every method (A, B)", "not built yet"),
     16: ("example-level scatters for every method (C)", "not built yet"),
     17: ("top-attribution examples per component (A)", "not built yet"),
@@ -145,7 +167,9 @@ FIGURES = {
 
 
 def buildable_figures():
-    return [f"figures/fig{n}.pdf" for n, (_, status) in FIGURES.items() if status == "built"]
+    """Figures with a rule that the active preset configures (rule all builds these)."""
+    return [f"figures/fig{n}.pdf" for n, (_, status) in FIGURES.items()
+            if status == "built" and f"fig{n}" in config["figures"]]
 
 
 def unbuilt_figure_pattern():

@@ -17,3 +17,20 @@ rule evaluate:
         ENV
     script:
         "../workflow/scripts/evaluate.py"
+
+
+rule sample_size_table:
+    """Per-example correlation at alpha_train and cosine similarity to the full fit, per sample size."""
+    input:
+        fits=lambda w: expand("results/{{setup}}/sample_size/coar-m{m}.npz", m=sample_sizes(w.setup)),
+        full="results/{setup}/attributions/coar.npz",
+        loo="results/{setup}/attributions/loo.npz",
+        test=lambda w: f"results/{w.setup}/masks/{test_split(SETUPS[w.setup]['alpha_train'])}.json",
+    output:
+        "results/{setup}/sample_size/table.csv",
+    log:
+        "logs/{setup}/sample_size.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/sample_size.py"

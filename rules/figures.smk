@@ -4,12 +4,10 @@
 rule fig2:
     input:
         correlations=lambda w: expand(
-            "results/{setup}/evaluation/correlations.csv", setup=config["figures"]["fig2"]["setups"]
+            "results/{setup}/evaluation/correlations.csv", setup=figure_setups("fig2")
         ),
-        scatter=lambda w: expand(
-            "results/{setup}/evaluation/scatter.csv", setup=config["figures"]["fig2"]["setups"]
-        ),
-        models=lambda w: expand("results/{setup}/model.pt", setup=config["figures"]["fig2"]["setups"]),
+        scatter=lambda w: expand("results/{setup}/evaluation/scatter.csv", setup=figure_setups("fig2")),
+        models=lambda w: expand("results/{setup}/model.pt", setup=figure_setups("fig2")),
     output:
         figure=report(
             "figures/fig2.pdf",
@@ -19,7 +17,7 @@ rule fig2:
         table="results/fig2/correlations.csv",
         summary="results/fig2/summary.csv",
     params:
-        setups=lambda w: {s: setup_spec(s, "fig2") for s in config["figures"]["fig2"]["setups"]},
+        setups=lambda w: {s: setup_spec(s, "fig2") for s in figure_setups("fig2")},
         preset=config["preset"],
     log:
         "logs/fig2.log",
@@ -27,6 +25,27 @@ rule fig2:
         ENV
     script:
         "../workflow/scripts/fig2.py"
+
+
+rule fig14:
+    input:
+        tables=lambda w: expand("results/{setup}/sample_size/table.csv", setup=figure_setups("fig14")),
+    output:
+        figure=report(
+            "figures/fig14.pdf",
+            caption="../workflow/report/fig14.rst",
+            category="Attribution accuracy",
+        ),
+        table="results/fig14/sample_size.csv",
+    params:
+        setups=lambda w: {s: setup_spec(s, "fig14") for s in figure_setups("fig14")},
+        preset=config["preset"],
+    log:
+        "logs/fig14.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig14.py"
 
 
 rule figure_unavailable:

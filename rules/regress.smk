@@ -8,10 +8,30 @@ rule fit:
         "results/{setup}/attributions/coar.npz",
     params:
         spec=lambda w: setup_spec(w.setup, "fit"),
+        max_masks=None,
     resources:
         gpu=1,
     log:
         "logs/{setup}/fit.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fit.py"
+
+
+rule fit_sample_size:
+    """COAR refitted on the first m training masks (paper Fig. 14)."""
+    input:
+        "results/{setup}/masks/train.json",
+    output:
+        "results/{setup}/sample_size/coar-m{m}.npz",
+    params:
+        spec=lambda w: setup_spec(w.setup, "fit"),
+        max_masks=lambda w: int(w.m),
+    wildcard_constraints:
+        m=r"\d+",
+    log:
+        "logs/{setup}/fit-m{m}.log",
     conda:
         ENV
     script:

@@ -52,3 +52,32 @@ def test_linear_network_gives_correlation_one(tmp_path):
         exact = (h * head).numpy()  # [25, 30]
     w = attr.weights
     np.testing.assert_allclose(w - w.mean(1, keepdims=True), exact - exact.mean(1, keepdims=True), atol=1e-4)
+
+
+def test_fit_on_a_prefix_of_the_masks_equals_fitting_those_masks(tmp_path):
+    """max_masks uses the first masks in shard order (the sample-size study of Fig. 14)."""
+    import pytest
+
+    from coar.errors import CoarError
+    from coar.pipeline import fit_stores
+
+    rng = np.random.default_rng(3)
+    C, N, W = 12, 4, np.random.default_rng(4).normal(size=(12, 4))
+    stores = []
+    for shard in range(2):
+        meta = {"model_fingerprint": "m", "components_fingerprint": "c", "examples_fingerprint": "e",
+                "n_components": C, "n_examples": N, "m": 50, "alpha": 0.25, "seed": 1, "shard": shard,
+                "output_fn": "margin", "dtype": "float32"}
+        store = ShardStore.create_or_open(tmp_path / f"s{shard}", meta)
+        run_shard(store, lambda k: k.astype(np.float32) @ W + rng.normal(size=(len(k), N)).astype(np.float32),
+                  progress=False)
+        stores.append(tmp_path / f"s{shard}")
+    keep, out = (np.concatenate(p) for p in zip(*load_shards(stores)))
+    part = fit_stores(stores, max_masks=70)
+    acc = regression.GramAccumulator(C, N)
+    acc.add(keep[:70], out[:70])
+    ref = regression.fit_ols(acc)
+    np.testing.assert_allclose(part.weights, ref.weights, rtol=1e-6, atol=1e-8)
+    assert part.meta["n_masks"] == 70
+    with pytest.raises(CoarError, match="only 100"):
+        fit_stores(stores, max_masks=150)

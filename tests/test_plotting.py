@@ -57,3 +57,40 @@ def test_missing_column_and_setup_errors():
         fig_attribution_accuracy(corr, scat, {}, "p")
     with pytest.raises(CoarError, match="Z"):
         fig_attribution_accuracy(corr, scat.assign(setup="Z"), {"A": 0.1}, "p")
+
+
+def test_sample_size_figure():
+    from coar.plotting import fig_sample_size
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for s in ("A", "B"):
+        for m in (100, 200, 500, 1000):
+            rows.append(pd.DataFrame({"setup": s, "method": "coar", "m": m, "example": np.arange(30),
+                                      "correlation": rng.uniform(0.3, 0.9, 30), "cosine": rng.uniform(0.5, 1, 30)}))
+        rows.append(pd.DataFrame({"setup": s, "method": "loo", "m": np.nan, "example": np.arange(30),
+                                  "correlation": rng.uniform(0.2, 0.7, 30), "cosine": np.nan}))
+    table = pd.concat(rows, ignore_index=True)
+    fig = fig_sample_size(table, "preset: test", {"A": "A: one", "B": "B: two"})
+    axes = fig.get_axes()
+    assert len(axes) == 4 and any("preset: test" in t.get_text() for t in fig.texts)
+    assert [t.get_text() for t in axes[1].get_xticklabels()] == ["100", "200", "500", "1,000"]
+    assert any(lab.startswith("Leave-one-out") for lab in axes[1].get_legend_handles_labels()[1])
+    with pytest.raises(CoarError, match="cosine"):
+        fig_sample_size(table.drop(columns="cosine"), "p")
+
+
+def test_nan_counts_as_zero_style_is_local_and_unscattered_methods_keyed():
+    import matplotlib
+
+    corr, scat = tables(("A", "B"))
+    corr.loc[corr["method"] == "ii", "correlation"] = np.nan
+    before = dict(matplotlib.rcParams)
+    fig = fig_attribution_accuracy(corr, scat[scat["setup"] == "A"], {"A": 0.1, "B": 0.1}, "p")
+    assert dict(matplotlib.rcParams) == before  # style applied in a local context only
+    curve_a, curve_b = fig.get_axes()[1], fig.get_axes()[3]
+    ii = [c for c in curve_a.containers if c.get_label() == method_label("ii")][0]
+    assert np.allclose(ii.lines[0].get_ydata(), 0.0)  # undefined correlations count as 0
+    # row B has no scatter (so no method key beside it): its curve legend names every method
+    labels_b = [t.get_text() for t in curve_b.get_legend().get_texts()]
+    assert [method_label(m) for m in METHODS] == labels_b[:5] and "alpha" in labels_b[5]

@@ -52,6 +52,14 @@ def test_paper_preset_plans_fig2():
     assert counts["sample_shard"] == 359 and counts["model"] == 3 and counts["baseline"] == 12
 
 
+def test_figure_not_configured_by_the_preset_names_the_key(tmp_path):
+    cfg = tmp_path / "nofig14.yaml"
+    text = (ROOT / "config/test.yaml").read_text()
+    cfg.write_text(text[: text.index("  fig14:")])
+    r = snakemake("-n", "figures/fig14.pdf", f"--configfile={cfg}", "--directory", str(tmp_path))
+    assert r.returncode != 0 and "has no `figures.fig14` entry" in r.stdout + r.stderr
+
+
 def test_unbuilt_figure_fails_before_any_job_with_reason():
     r = snakemake("-n", "figures/fig6.pdf")
     assert r.returncode != 0
@@ -79,6 +87,12 @@ def test_ci_preset_end_to_end(tmp_path):
     summary = pd.read_csv(tmp_path / "results/fig2/summary.csv")
     assert set(summary.method) == {"coar", "loo", "gp", "nc", "ii"}
     assert summary.query("method == 'coar'").mean_correlation.min() > 0.3  # tiny preset: the chain, not quality
+    # rule all also builds Fig. 14: COAR refitted on the first half and on all masks
+    assert (tmp_path / "figures/fig14.pdf").read_bytes()[:4] == b"%PDF"
+    sizes = pd.read_csv(tmp_path / "results/fig14/sample_size.csv")
+    assert sorted(sizes.query("method == 'coar'").m.unique()) == [120, 240]
+    full = sizes.query("method == 'coar' and m == 240")
+    assert full.cosine.min() > 0.999999  # the full-size refit is the same fit
     # every shard has a receipt and a complete store beside it
     receipts = sorted((tmp_path / "results/T/masks/train").glob("shard-*.json"))
     assert len(receipts) == 2 and all((r.with_suffix("") / "COMPLETE").exists() for r in receipts)

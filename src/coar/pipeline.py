@@ -54,14 +54,23 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
 
 
 def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequence[float] = (0.1, 1, 10, 100, 1000),
-               standardize: bool = True, device: str | None = None) -> Attributions:
-    """One streaming pass over complete, verified shards and one factorisation for all examples."""
+               standardize: bool = True, device: str | None = None, max_masks: int | None = None) -> Attributions:
+    """One streaming pass over complete, verified shards and one factorisation for all examples.
+
+    max_masks: use only the first max_masks masks (shards in the given order), for sample-size studies.
+    """
     if not paths:
         raise CoarError("no mask stores given to fit")
     meta = read_meta(paths[0])
     acc = regression.GramAccumulator(meta["n_components"], meta["n_examples"], device=device)
     for keep, y in load_shards(paths):
+        if max_masks is not None:
+            keep, y = keep[: max_masks - acc.m], y[: max_masks - acc.m]
+            if len(keep) == 0:
+                break
         acc.add(keep, y)
+    if max_masks is not None and acc.m < max_masks:
+        raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {acc.m}")
     fp = meta["components_fingerprint"]
     if method == "ols":
         attr = regression.fit_ols(acc, standardize=standardize, components=fp, device=device)

@@ -1,4 +1,4 @@
-"""Figures for the attribution-accuracy evaluation (paper Fig. 2): tidy tables in, matplotlib Figure out.
+"""Figures for the attribution evaluation (paper Figs. 2 and 14): tidy tables in, matplotlib Figure out.
 
 This module only draws. It reads no files and keeps no global matplotlib state: every figure is built
 on a `matplotlib.figure.Figure` (no pyplot figure manager) inside a local style context, so importing
@@ -27,7 +27,8 @@ from matplotlib.figure import Figure
 
 from .errors import CoarError
 
-__all__ = ["METHOD_NAMES", "METHOD_COLORS", "method_label", "fig_attribution_accuracy", "save_figure"]
+__all__ = ["METHOD_NAMES", "METHOD_COLORS", "method_label", "fig_attribution_accuracy", "fig_sample_size",
+           "save_figure"]
 
 METHOD_NAMES: dict[str, str] = {
     "coar": "COAR",
@@ -165,7 +166,7 @@ def _summarise(correlations: pd.DataFrame) -> pd.DataFrame:
 
 def _footer(fig: Figure, provenance: str, width_in: float) -> float:
     """Provenance text at the bottom of the figure; returns the height (figure fraction) it takes."""
-    chars_per_line = max(40, int(width_in * 72 / (_SMALL * 0.52)))
+    chars_per_line = max(40, int(width_in * 72 / (_SMALL * 0.6)))
     lines = textwrap.wrap(" ".join(str(provenance).split()), chars_per_line) or [""]
     height_in = 0.08 + len(lines) * _SMALL * 1.3 / 72
     fig.text(0.01, 0.04 / fig.get_figheight(), "\n".join(lines), ha="left", va="bottom",
@@ -176,7 +177,9 @@ def _footer(fig: Figure, provenance: str, width_in: float) -> float:
 def _scatter_panel(ax, data: pd.DataFrame, methods: Sequence[str], styles: Mapping[str, dict], title: str) -> None:
     if data is None or data.empty:
         ax.text(0.5, 0.5, "no example selected", transform=ax.transAxes, ha="center", va="center", color="0.4")
-        ax.set_title(title, loc="left")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"{title}example-level scatter", loc="left")
         ax.set_xlabel("true counterfactual $f(z, C')$ (z-scored)")
         ax.set_ylabel("estimate $g(z)(C')$ (z-scored)")
         return
@@ -207,7 +210,8 @@ def _scatter_panel(ax, data: pd.DataFrame, methods: Sequence[str], styles: Mappi
     ax.set_xlabel("true counterfactual $f(z, C')$ (z-scored)")
     ax.set_ylabel("estimate $g(z)(C')$ (z-scored)")
     leg = ax.legend([handles[m] for m in present], [handles[m].get_label() for m in present],
-                    loc="upper left", markerscale=1.6, handletextpad=0.2, borderaxespad=0.4)
+                    loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0.0, markerscale=1.6,
+                    handletextpad=0.2, title="method (Pearson r)")
     for h in leg.legend_handles:
         h.set_alpha(1.0)
 
@@ -220,20 +224,24 @@ def _alpha_ticks(ax, alphas: np.ndarray) -> None:
 
 
 def _correlation_panel(ax, summary: pd.DataFrame, methods: Sequence[str], styles: Mapping[str, dict],
-                       alpha_train: float, n_examples: int, title: str) -> None:
+                       alpha_train: float, n_examples: int, title: str, keyed: Iterable[str] = ()) -> None:
+    """`keyed`: methods already named in this row's scatter legend; the others get an entry here."""
     alphas = np.sort(summary["alpha_test"].unique())
     span = float(max(alphas.max(), alpha_train) - min(alphas.min(), alpha_train))
     step = (0.012 * span) if span > 0 else 0.004
     present = [m for m in methods if m in set(summary["method"])]
+    handles = []
     for i, m in enumerate(present):
         d = summary[summary["method"] == m].sort_values("alpha_test")
         s = styles[m]
         dodge = (i - (len(present) - 1) / 2) * step  # small horizontal offset so error bars do not overlap
-        ax.errorbar(d["alpha_test"] + dodge, d["mean"], yerr=d["err"], color=s["color"], marker=s["marker"],
-                    markersize=3.5, capsize=2, elinewidth=0.9, markeredgewidth=0.6, label=s["label"],
-                    zorder=3 + (len(present) - i))
-    ax.axvline(alpha_train, ls=":", lw=1.3, color="0.25", zorder=1, gid="alpha_train",
-               label=rf"$\alpha_\mathrm{{train}}$ = {alpha_train:g}")
+        eb = ax.errorbar(d["alpha_test"] + dodge, d["mean"], yerr=d["err"], color=s["color"], marker=s["marker"],
+                         markersize=3.5, capsize=2, elinewidth=0.9, markeredgewidth=0.6, label=s["label"],
+                         zorder=3 + (len(present) - i))
+        if m not in set(keyed):
+            handles.append(eb)
+    train_line = ax.axvline(alpha_train, ls=":", lw=1.3, color="0.25", zorder=1, gid="alpha_train",
+                            label=rf"$\alpha_\mathrm{{train}}$ = {alpha_train:g}")
     _alpha_ticks(ax, alphas)
     lo = min(0.0, float((summary["mean"] - summary["err"]).min()))
     hi = max(0.0, float((summary["mean"] + summary["err"]).max()))
@@ -243,7 +251,9 @@ def _correlation_panel(ax, summary: pd.DataFrame, methods: Sequence[str], styles
     ax.set_title(f"{title}mean over {n_examples} examples (± 1.96 SE)", loc="left")
     ax.set_xlabel(r"ablation fraction $\alpha_\mathrm{test}$")
     ax.set_ylabel(r"mean correlation $\mathbb{E}_z[\rho(z)]$")
-    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), borderaxespad=0.0)
+    # The method key (with each method's r) sits beside the scatter panel of the same row; this legend
+    # names the dotted alpha_train line and any method that has no scatter in this row.
+    ax.legend(handles=handles + [train_line], loc="best")
 
 
 def fig_attribution_accuracy(correlations: pd.DataFrame, scatter: pd.DataFrame, alpha_train: Mapping[str, float],
@@ -286,15 +296,76 @@ def fig_attribution_accuracy(correlations: pd.DataFrame, scatter: pd.DataFrame, 
         for row, setup in enumerate(setups):
             # the setup's (long) title once per row, over both panels; panels get short titles
             rows[row].suptitle(titles.get(setup, str(setup)), x=0.01, ha="left", fontsize="medium",
-                               fontweight="semibold")
-            axes = rows[row].subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.15]})
+                               fontweight="bold")
+            axes = rows[row].subplots(1, 2, gridspec_kw={"width_ratios": [1.0, 1.05]})
             sc = scatter[scatter["setup"] == setup]
             _scatter_panel(axes[0], sc, methods, styles, "")
             su = summary[summary["setup"] == setup]
             n_ex = correlations.loc[correlations["setup"] == setup, "example"].nunique()
-            _correlation_panel(axes[1], su, methods, styles, float(alpha_train[setup]), n_ex, "")
+            keyed = set(sc.loc[sc["example"] == sc["example"].iloc[0], "method"]) if len(sc) else set()
+            _correlation_panel(axes[1], su, methods, styles, float(alpha_train[setup]), n_ex, "", keyed=keyed)
         fig.suptitle(SUPTITLE_FIG2, fontweight="bold")
     return fig
+
+
+SUPTITLE_FIG14 = "COAR with fewer masks (cf. paper Fig. 14)"
+SAMPLE_SIZE_COLUMNS = ("setup", "method", "m", "example", "correlation", "cosine")
+
+
+def fig_sample_size(table: pd.DataFrame, provenance: str, setup_titles: Mapping[str, str] | None = None) -> Figure:
+    """Paper Fig. 14 layout: one row per setup. Left: per-example cosine similarity between attributions
+    fitted on m masks and on all masks (weights centred per example: exact-alpha masks leave a constant
+    offset unidentified). Right: mean correlation at alpha_train vs m, with the leave-one-out baseline.
+
+    table: columns setup, method ("coar" rows carry m and cosine; "loo" rows the baseline), m, example,
+    correlation (NaN counts as 0), cosine.
+    """
+    _require(table, SAMPLE_SIZE_COLUMNS, "sample-size table")
+    table = _numeric(table, ["m", "correlation", "cosine"], "sample-size table")
+    coar = table[table["method"] == "coar"]
+    if coar.empty:
+        raise CoarError("sample-size table has no 'coar' rows")
+    titles = dict(setup_titles or {})
+    present = _ordered_unique(table["setup"])
+    setups = [x for x in titles if x in set(present)] + [x for x in present if x not in titles]
+    styles = _styles_for(_method_order(["coar", "loo"]))
+    with matplotlib.rc_context(_style()):
+        fig = Figure(figsize=(_WIDTH_IN, _ROW_HEIGHT_IN * len(setups) + 0.7), layout="constrained")
+        footer = _footer(fig, provenance, _WIDTH_IN)
+        fig.get_layout_engine().set(rect=(0.0, footer, 1.0, 1.0 - footer), h_pad=0.04, w_pad=0.04)
+        rows = fig.subfigures(len(setups), 1, squeeze=False)[:, 0]
+        for row, setup in enumerate(setups):
+            rows[row].suptitle(titles.get(setup, str(setup)), x=0.01, ha="left", fontsize="medium",
+                               fontweight="bold")
+            ax_cos, ax_corr = rows[row].subplots(1, 2)
+            d = coar[coar["setup"] == setup]
+            ms = sorted(d["m"].dropna().unique())
+            data = [d.loc[d["m"] == m, "cosine"].dropna().to_numpy() for m in ms]
+            ax_cos.boxplot(data, orientation="horizontal", tick_labels=[f"{int(m):,}" for m in ms], widths=0.6,
+                           flierprops={"markersize": 2}, medianprops={"color": styles["coar"]["color"]})
+            ax_cos.set_xlabel(f"cosine similarity with attributions from {int(max(ms)):,} masks")
+            ax_cos.set_ylabel("masks m")
+            ax_cos.set_title("per example (weights centred)", loc="left")
+            filled = d.assign(correlation=d["correlation"].fillna(0.0))
+            g = filled.groupby("m")["correlation"]
+            mean, err = g.mean(), Z95 * g.sem().fillna(0.0)
+            ax_corr.errorbar(mean.index, mean.to_numpy(), yerr=err.to_numpy(), color=styles["coar"]["color"],
+                             marker=styles["coar"]["marker"], markersize=3.5, capsize=2, label="COAR")
+            loo = table[(table["setup"] == setup) & (table["method"] == "loo")]
+            if not loo.empty:
+                v = float(loo["correlation"].fillna(0.0).mean())
+                ax_corr.axhline(v, ls="--", color=styles["loo"]["color"], label=f"Leave-one-out: {v:.2f}")
+            ax_corr.set_xscale("log")
+            ax_corr.set_xticks(ms)
+            ax_corr.set_xticklabels([f"{int(m):,}" for m in ms])
+            ax_corr.minorticks_off()
+            ax_corr.set_xlabel("masks m used to fit COAR")
+            ax_corr.set_ylabel(r"mean correlation $\mathbb{E}_z[\rho(z)]$")
+            ax_corr.set_title(r"fresh masks at $\alpha_\mathrm{train}$", loc="left")
+            ax_corr.legend(loc="lower right")
+        fig.suptitle(SUPTITLE_FIG14, fontweight="bold")
+    return fig
+
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 200) -> Path:

@@ -13,7 +13,8 @@ from coar.pipeline import fit_stores  # noqa: E402
 
 spec = sm.params.spec
 stores = json.load(open(sm.input[0]))["stores"]
-attr = fit_stores(stores, spec["regression"], spec["lambdas"], device=None if device == "cpu" else device)
+attr = fit_stores(stores, spec["regression"], spec["lambdas"], device=None if device == "cpu" else device,
+                  max_masks=sm.params.max_masks)
 attr.method = "coar"
 attr.save(sm.output[0])
 print(f"COAR ({spec['regression']}) for {attr.n_examples} examples x {attr.n_components} components")
