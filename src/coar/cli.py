@@ -170,8 +170,6 @@ def cmd_evaluate(a):
 
 
 def cmd_edit(a):
-    import torch
-
     from .attributions import Attributions
     from .components import component_set
     from .data.examples import Examples
@@ -213,7 +211,6 @@ def cmd_edit(a):
                                              "references": [int(r) for r in refs], "direction": a.direction})
         save_checkpoint(a.out, edited, ck["arch"], ck["kwargs"], meta)
         print(f"wrote edited checkpoint {a.out}")
-    del torch
 
 
 def cmd_demo(a):

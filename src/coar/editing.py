@@ -9,7 +9,6 @@ misclassified example); ablating the top-k LOWERS them (e.g. forgets a class).
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable, Sequence
 
 import numpy as np
@@ -114,6 +113,3 @@ def choose_k(table: pd.DataFrame, target_split: str, reference_split: str, max_d
     best = cand.max() if maximize else cand.min()
     return int(cand[cand == best].index.min())
 
-
-def copy_model(model: nn.Module) -> nn.Module:
-    return copy.deepcopy(model)
