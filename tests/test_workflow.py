@@ -42,9 +42,9 @@ def test_lint_is_clean():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_paper_preset_plans_fig2():
+def test_paper_preset_plans_fig2(tmp_path):
     r = snakemake("-n", "figures/fig2.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory",
-                  "/tmp/coar-plan")
+                  str(tmp_path))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     counts = job_counts(out)
