@@ -196,6 +196,7 @@ TABLES: dict[str, list[Rule]] = {
     "phi2": PHI2,
     "phi2_tiny": PHI2,
     "mlp": MLP_HIDDEN,
+    "mlp_small": MLP_HIDDEN,
 }
 
 

@@ -23,6 +23,24 @@ DATASETS = {
 }
 
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def class_names(dataset: str) -> list[str] | None:
+    """Display names of the classes (ImageNet's from torchvision's packaged weight metadata)."""
+    if dataset == "fashion-mnist":
+        from .fashion_mnist import CLASSES
+
+        return list(CLASSES)
+    if dataset == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if dataset == "imagenet":
+        from torchvision.models import ResNet50_Weights
+
+        return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    return None
+
+
 def load_images(dataset: str, split: str, root: str | Path | None = None, download: bool = True):
     """(uint8 [N, C, H, W], int64 [N]) for a dataset split."""
     if dataset not in DATASETS:
@@ -53,9 +71,21 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
 
 
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
-                  every: int | None = None) -> Examples:
-    """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all."""
-    images, labels = load_images(dataset, split, root)
+                  every: int | None = None, corruption: dict | None = None) -> Examples:
+    """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all.
+
+    corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
+    cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
+    """
+    from .corruptions import corrupt, load_cifar10c
+
+    if corruption and split != "test":
+        raise CoarError(f"corrupted examples are made from the test split, not {split!r}")
+    if corruption and dataset == "cifar10":
+        images, labels = load_cifar10c(Path(root or "data/raw/cifar10").parent, corruption["name"],
+                                       corruption["severity"])
+    else:
+        images, labels = load_images(dataset, split, root)
     idx = np.arange(len(images))
     if every:
         idx = idx[::every]
@@ -64,6 +94,11 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
             raise CoarError(f"asked for {n} {dataset} {split} examples, only {len(idx)} are available")
         idx = np.sort(np.random.default_rng(seed).permutation(idx)[:n])
     info = DATASETS[dataset]
-    return Examples(np.ascontiguousarray(images[idx]), labels[idx], "image",
-                    {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"],
-                     "std": info["std"]})
+    chosen = np.ascontiguousarray(images[idx])
+    meta = {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"], "std": info["std"]}
+    if corruption:
+        source = "CIFAR-10-C" if dataset == "cifar10" else "synthetic"
+        meta["corruption"] = {**corruption, "source": source}
+        if source == "synthetic":
+            chosen = corrupt(chosen, corruption["name"], corruption["severity"], seed)
+    return Examples(chosen, labels[idx], "image", meta)

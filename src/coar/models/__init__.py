@@ -15,7 +15,7 @@ from ..errors import CoarError
 from .attention import HookableMultiheadAttention, make_hookable
 from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet_mini, resnet_small, resnet_tiny, vit_small, vit_tiny
 
-IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "vit_small", "resnet50", "vit_b_16",
+IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "mlp_small", "vit_small", "resnet50", "vit_b_16",
                 "clip_vit_b_16"}
 TEXT_MODELS = {"gpt2", "gpt2_tiny", "phi2", "phi2_tiny"}
 MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
@@ -65,8 +65,11 @@ def _build(name, num_classes, in_channels, image_size, pretrained):
             raise CoarError(f"{name} has no published weights: train it with the workflow's training rule")
         return {"cifar_resnet": cifar_resnet, "resnet18_cifar": resnet18_cifar, "resnet_small": resnet_small,
                 "resnet_tiny": resnet_tiny, "resnet_mini": resnet_mini, "vit_small": vit_small, "vit_tiny": vit_tiny}[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)
-    if name == "mlp":
-        return MLP(in_channels * image_size * image_size, 3072, num_classes)
+    if name in ("mlp", "mlp_small"):
+        if pretrained:
+            raise CoarError(f"{name} has no published weights: train it with the workflow's training rule")
+        # mlp: the paper's one-layer CIFAR-10 MLP (3,072 hidden neurons); mlp_small: 256, the CPU stand-in
+        return MLP(in_channels * image_size * image_size, 3072 if name == "mlp" else 256, num_classes)
     if name in ("resnet50", "vit_b_16"):
         import torchvision
 
