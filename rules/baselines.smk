@@ -4,8 +4,8 @@
 
 rule baseline:
     input:
-        model="results/{setup}/model.pt",
-        examples="data/{setup}/examples.npz",
+        model=lambda w: model_file(w.setup),
+        examples=lambda w: examples_file(w.setup),
     output:
         "results/{setup}/attributions/{method}.npz",
     params:

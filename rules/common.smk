@@ -5,10 +5,46 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
+def _resolve_parents():
+    """A setup with `parent: X` is X with the keys it sets replaced (nested dicts merged one level). The
+    variant shares every artifact its changes leave untouched (model, examples, masks, baselines): see
+    `owner`. Resolved in place, before validation, so errors name the merged setup's keys."""
+    setups = config.get("setups")
+    if not isinstance(setups, dict):
+        return
+    raw = {k: dict(v) for k, v in setups.items() if isinstance(v, dict)}
+
+    def merged(name, chain):
+        s = raw[name]
+        parent = s.get("parent")
+        if parent is None:
+            return dict(s)
+        if parent not in raw:
+            raise WorkflowError(f"config error at `setups.{name}.parent`: unknown setup {parent!r}; "
+                                f"defined: {', '.join(raw)}")
+        if parent in chain:
+            raise WorkflowError(f"config error at `setups.{name}.parent`: cycle {' -> '.join(chain + [parent])}")
+        base = {k: v for k, v in merged(parent, chain + [parent]).items() if k != "parent"}
+        changed = {k: v for k, v in s.items() if k not in ("parent", "title")}
+        for k, v in changed.items():
+            base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        if "title" in s:
+            base["title"] = s["title"]
+        elif "title" in base:
+            base["title"] += " | variant " + ", ".join(f"{k}={v}" for k, v in changed.items())
+        base["parent"] = parent
+        return base
+
+    for name in raw:
+        setups[name] = merged(name, [name])
+
+
 def _validate_config():
     """Every schema violation, each named by its dotted key path, before any job runs."""
     import jsonschema
     import yaml
+
+    _resolve_parents()
 
     schema_path = workflow.source_path("../workflow/schemas/config.schema.yaml")
     with open(schema_path) as fh:
@@ -46,20 +82,39 @@ def _check_config():
             _config_error(f"setups.{name}.pretrained", f"model {s['model']!r} has no published weights")
         if not s["pretrained"] and s["dataset"] == "imagenet":
             _config_error(f"setups.{name}.pretrained", "ImageNet models are used pretrained (set pretrained: true)")
+        corruption = s["examples"].get("corruption")
+        if corruption:
+            from coar.data.corruptions import CIFAR10C_NAMES, SYNTHETIC_NAMES
+
+            names = CIFAR10C_NAMES if s["dataset"] == "cifar10" else SYNTHETIC_NAMES
+            if corruption["name"] not in names:
+                _config_error(f"setups.{name}.examples.corruption.name",
+                              f"{corruption['name']!r} is not a corruption for {s['dataset']} (one of {', '.join(names)})")
+            if s["examples"]["split"] != "test":
+                _config_error(f"setups.{name}.examples.split", "corrupted examples are made from the test split")
         if len(set(s["alpha_test"])) != len(s["alpha_test"]):
             _config_error(f"setups.{name}.alpha_test", f"repeated values in {s['alpha_test']}")
     for fig, spec in config["figures"].items():
-        for s in spec.get("setups", []):
-            if s not in SETUPS:
-                _config_error(f"figures.{fig}.setups", f"unknown setup {s!r}; defined: {', '.join(SETUPS)}")
+        for key in ("setups", "setup", "zero", "scale"):
+            for s in [spec[key]] if isinstance(spec.get(key), str) else spec.get(key, []):
+                if s not in SETUPS:
+                    _config_error(f"figures.{fig}.{key}", f"unknown setup {s!r}; defined: {', '.join(SETUPS)}")
+    if "fig27" in config["figures"]:
+        f27 = config["figures"]["fig27"]
+        same_model_and_examples(f27["zero"], f27["scale"], "figures.fig27")
+        for key, mode in (("zero", "zero"), ("scale", "scale")):
+            if SETUPS[f27[key]]["ablation"] != mode:
+                _config_error(f"figures.fig27.{key}", f"setup {f27[key]} has ablation {SETUPS[f27[key]]['ablation']!r}, "
+                                                      f"expected {mode!r}")
+    for s in config["figures"].get("fig25", {}).get("setups", []):
+        if SETUPS[s]["output"] != "margin":
+            _config_error(f"setups.{s}.output", "Fig. 25 reads accuracy off correct-class margins: output must be margin")
     for s in config["figures"].get("fig14", {}).get("setups", []):
         if SETUPS[s]["alpha_train"] not in SETUPS[s]["alpha_test"]:
             _config_error(f"setups.{s}.alpha_test", "Fig. 14 evaluates at alpha_train, which must be one of alpha_test")
         if "loo" not in SETUPS[s]["baselines"]:
             _config_error(f"setups.{s}.baselines", "Fig. 14 compares with leave-one-out: include loo")
 
-
-_check_config()
 
 
 # The keys of a setup each rule depends on. Rules get only these as params, so Snakemake's params rerun
@@ -74,11 +129,65 @@ RULE_KEYS = {
     "evaluate": ("alpha_train",),
     "fig2": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
     "fig14": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
+    "figure": ("title", "model", "components", "dataset", "masks", "alpha_train", "examples", "ablation", "gamma"),
 }
 
 
 def setup_spec(setup, rule):
     return {k: SETUPS[setup][k] for k in RULE_KEYS[rule]}
+
+
+# Which setup's artifact a setup uses: a variant (`parent:`) reuses its parent's artifact of a kind when the
+# keys that kind depends on, and the artifacts it is made from, are the same. So a variant that changes
+# alpha_train shares the model, examples, baselines and evaluation masks and samples only new training masks.
+OWNED = {
+    "examples": (RULE_KEYS["examples"], ()),
+    "model": (RULE_KEYS["model"], ()),
+    "baseline": (RULE_KEYS["baseline"], ("examples", "model")),
+    "test_masks": (RULE_KEYS["sample_shard"] + ("test_masks", "seed"), ("examples", "model")),
+    "train_masks": (RULE_KEYS["sample_shard"] + ("alpha_train", "masks", "shards", "scheme", "seed"),
+                    ("examples", "model")),
+    "fit": (RULE_KEYS["fit"], ("train_masks",)),
+}
+
+
+def owner(setup, kind):
+    keys, deps = OWNED[kind]
+    s = setup
+    while (parent := SETUPS[s].get("parent")) is not None:
+        if any(SETUPS[s][k] != SETUPS[parent][k] for k in keys):
+            break
+        if any(owner(s, d) != owner(parent, d) for d in deps):
+            break
+        s = parent
+    return s
+
+
+def examples_file(setup):
+    return f"data/{owner(setup, 'examples')}/examples.npz"
+
+
+def model_file(setup):
+    return f"results/{owner(setup, 'model')}/model.pt"
+
+
+def train_receipt(setup):
+    return f"results/{owner(setup, 'train_masks')}/masks/train.json"
+
+
+def test_receipt(setup, alpha):
+    return f"results/{owner(setup, 'test_masks')}/masks/{test_split(alpha)}.json"
+
+
+def attribution_file(setup, method):
+    who = owner(setup, "fit" if method == "coar" else "baseline")
+    return f"results/{who}/attributions/{method}.npz"
+
+
+def same_model_and_examples(a, b, key):
+    if (owner(a, "model"), owner(a, "examples")) != (owner(b, "model"), owner(b, "examples")):
+        _config_error(key, f"setups {a} and {b} must share the model and the examples (make one a `parent:` "
+                           f"variant of the other without changing model or example keys)")
 
 
 def shard_sizes(setup):
@@ -91,18 +200,26 @@ def test_split(alpha):
     return f"test-{alpha:g}"
 
 
+def split_alpha(split):
+    try:
+        alpha = float(split[len("test-"):])
+    except ValueError:
+        alpha = -1.0
+    if not 0 < alpha < 1:
+        raise WorkflowError(f"mask split {split!r}: expected test-<alpha> with 0 < alpha < 1")
+    return alpha
+
+
 def mask_settings(setup, split, shard):
     """alpha, m, seed and shard id of one mask store: training shards share the setup's seed and differ
-    by shard id; each alpha_test gets its own seed stream (seed + 1, shard = index of alpha)."""
+    by shard id; evaluation masks at alpha use the stream (seed + 1, round(alpha * 1e6)), so the masks at
+    an alpha do not depend on which other alphas a preset or figure asks for."""
     s = SETUPS[setup]
     shard = int(shard)
     if split == "train":
         return {"alpha": s["alpha_train"], "m": shard_sizes(setup)[shard], "seed": s["seed"], "shard": shard}
-    alphas = [test_split(a) for a in s["alpha_test"]]
-    if split not in alphas:
-        raise WorkflowError(f"setup {setup}: no alpha_test gives mask split {split!r} (have {alphas})")
-    i = alphas.index(split)
-    return {"alpha": s["alpha_test"][i], "m": s["test_masks"], "seed": s["seed"] + 1, "shard": i}
+    alpha = split_alpha(split)
+    return {"alpha": alpha, "m": s["test_masks"], "seed": s["seed"] + 1, "shard": round(alpha * 1e6)}
 
 
 def shard_receipts(setup, split):
@@ -110,16 +227,28 @@ def shard_receipts(setup, split):
     return [f"results/{setup}/masks/{split}/shard-{i:03d}.json" for i in range(n)]
 
 
-def test_receipts(setup):
-    return [f"results/{setup}/masks/{test_split(a)}.json" for a in SETUPS[setup]["alpha_test"]]
+def test_receipts(setup, alphas=None):
+    return [test_receipt(setup, a) for a in (SETUPS[setup]["alpha_test"] if alphas is None else alphas)]
+
+
+def evaluation_files(setup, alphas=None, on=None):
+    """Per-alpha correlation tables: the setup's methods on its own evaluation masks, or (on=other) its
+    COAR attributions on another setup's evaluation masks (e.g. scale-ablation attributions predicting
+    zero-ablation counterfactuals)."""
+    where = f"on-{on}/" if on else ""
+    alphas = SETUPS[setup]["alpha_test"] if alphas is None else alphas
+    return [f"results/{setup}/evaluation/{where}alpha-{a:g}.csv" for a in alphas]
 
 
 def figure_setups(fig):
     """Setups a figure uses; a figure the preset does not configure fails at once, naming the key."""
     if fig not in config["figures"]:
+        need = MISSING_AT_PAPER_SCALE.get(fig)
         raise WorkflowError(
-            f"figures/{fig}.pdf: preset {config['preset']!r} has no `figures.{fig}` entry "
-            f"(add e.g. `figures: {{{fig}: {{setups: [{next(iter(SETUPS))}]}}}}` to the config)"
+            f"figures/{fig}.pdf: preset {config['preset']!r} has no `figures.{fig}` entry"
+            + (f"; at the paper's scale it needs {need}" if need else "")
+            + f" (add one to the config; its keys are described under figures.{fig} in "
+            "workflow/schemas/config.schema.yaml)"
         )
     return config["figures"][fig]["setups"]
 
@@ -130,9 +259,15 @@ def sample_sizes(setup):
     return sorted({max(2, round(f * m)) for f in config["figures"]["fig14"]["fractions"]})
 
 
-def attribution_files(setup):
-    methods = ["coar"] + list(SETUPS[setup]["baselines"])
-    return [f"results/{setup}/attributions/{m}.npz" for m in methods]
+def attribution_files(setup, methods=None):
+    methods = ["coar"] + list(SETUPS[setup]["baselines"]) if methods is None else methods
+    return [attribution_file(setup, m) for m in methods]
+
+
+# Figures with a rule whose paper-scale setup is not in config/paper.yaml yet, and what it needs.
+MISSING_AT_PAPER_SCALE = {
+    "fig18": "a CelebA setup (CelebA and the fine-tuned ResNet-50 of Sec. 5.3: issue 4)",
+}
 
 
 # Every figure of the paper: built by a rule of rules/figures.smk, or failing at once with the reason.
@@ -145,25 +280,39 @@ FIGURES = {
     7: ("typographic attacks on CLIP", "needs CLIP and the typographic-attack images (issues 4, 5)"),
     8: ("GPT-2 on TinyStories", "needs TinyStories and GPT-2 (issue 4)"),
     9: ("Phi-2 on BoolQ", "needs BoolQ and Phi-2 (issue 4)"),
-    10: ("CIFAR-10 train set and CIFAR-10-C", "needs CIFAR-10-C (issue 4)"),
-    11: ("CIFAR ViT and MLP", "not built yet"),
+    10: ("COAR on training examples and corrupted test examples (CIFAR-10-C)", "built"),
+    11: ("COAR on other architectures (CIFAR-10 ViT and MLP)", "built"),
     12: ("Waterbirds, CelebA, MIMIC-CXR, CLIP", "needs those datasets (issue 4)"),
-    13: ("alpha_train 0.05 vs 0.10", "not built yet"),
+    13: ("alpha_train 0.05 vs 0.10", "built"),
     14: ("correlation vs sample size m", "built"),
-    15: ("example-level scatters for every method (A, B)", "not built yet"),
-    16: ("example-level scatters for every method (C)", "not built yet"),
-    17: ("top-attribution examples per component (A)", "not built yet"),
-    18: ("top-attribution examples per component (B)", "not built yet"),
+    15: ("example-level scatters for every method (CIFAR-10, setup A)", "built"),
+    16: ("example-level scatters for every method (ImageNet, setups B and C)", "built"),
+    17: ("examples with the most positive attribution per component (setup B)", "built"),
+    18: ("nearest neighbours in attribution space (CelebA)", "built"),
     19: ("fixing CIFAR misclassifications", "needs the editing rules (issue 5)"),
     20: ("fixing ImageNet misclassifications", "needs the editing rules (issue 5)"),
     21: ("inducing errors", "needs the editing rules (issue 5)"),
     22: ("layers targeted by edits", "needs the editing rules (issue 5)"),
     23: ("forgetting more classes", "needs the editing rules (issue 5)"),
     24: ("saliency of backdoor components", "needs the editing rules (issue 5)"),
-    25: ("effect of alpha on accuracy and output correlation", "not built yet"),
-    26: ("COAR with scale ablation (gamma 0.5)", "not built yet"),
-    27: ("zero vs scale attributions", "not built yet"),
+    25: ("effect of alpha on accuracy and output correlation", "built"),
+    26: ("COAR with scale ablation (gamma 0.5)", "built"),
+    27: ("zero vs scale attributions", "built"),
 }
+
+
+def figure_specs(fig, setups=None):
+    return {s: setup_spec(s, "figure") for s in (setups or figure_setups(fig))}
+
+
+def fig27_setting(key):
+    return config["figures"]["fig27"][key] if "fig27" in config["figures"] else figure_setups("fig27")
+
+
+def attribution_setup(n):
+    if f"fig{n}" not in config["figures"]:
+        figure_setups(f"fig{n}")  # fails, naming the missing key
+    return config["figures"][f"fig{n}"]["setup"]
 
 
 def buildable_figures():
@@ -184,3 +333,6 @@ def _unavailable(wildcards):
         raise WorkflowError(f"figures/fig{n}.pdf: the paper has figures 2 to 27 only")
     title, status = FIGURES[n]
     raise WorkflowError(f"figures/fig{n}.pdf ({title}) cannot be built at preset {config['preset']!r}: {status}")
+
+
+_check_config()  # after the helpers it uses (owner, same_model_and_examples)

@@ -7,7 +7,7 @@ rule fig2:
             "results/{setup}/evaluation/correlations.csv", setup=figure_setups("fig2")
         ),
         scatter=lambda w: expand("results/{setup}/evaluation/scatter.csv", setup=figure_setups("fig2")),
-        models=lambda w: expand("results/{setup}/model.pt", setup=figure_setups("fig2")),
+        models=lambda w: [model_file(s) for s in figure_setups("fig2")],
     output:
         figure=report(
             "figures/fig2.pdf",
@@ -46,6 +46,131 @@ rule fig14:
         ENV
     script:
         "../workflow/scripts/fig14.py"
+
+
+rule fig_alpha_profile:
+    """Figs. 13 and 26: COAR's mean correlation over one alpha_test grid, one line per setup."""
+    input:
+        tables=lambda w: [f for s in figure_setups(f"fig{w.n}")
+                          for f in evaluation_files(s, config["figures"][f"fig{w.n}"]["alpha_test"])],
+    output:
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution accuracy"),
+        table="results/fig{n}/correlations.csv",
+    params:
+        setups=lambda w: figure_specs(f"fig{w.n}"),
+        preset=config["preset"],
+    wildcard_constraints:
+        n="13|26",
+    log:
+        "logs/fig{n}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_alpha_profile.py"
+
+
+rule fig25:
+    input:
+        tables=lambda w: expand("results/{setup}/ablation_effect.csv", setup=figure_setups("fig25")),
+    output:
+        figure=report("figures/fig25.pdf", caption="../workflow/report/fig25.rst", category="Ablation"),
+        table="results/fig25/ablation_effect.csv",
+    params:
+        setups=lambda w: figure_specs("fig25"),
+        preset=config["preset"],
+    log:
+        "logs/fig25.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig25.py"
+
+
+rule fig27:
+    input:
+        zero=lambda w: attribution_file(fig27_setting("zero"), "coar"),
+        scale=lambda w: attribution_file(fig27_setting("scale"), "coar"),
+        scale_on_zero=lambda w: evaluation_files(fig27_setting("scale"), fig27_setting("alpha_test"), on=fig27_setting("zero")),
+        zero_on_zero=lambda w: evaluation_files(fig27_setting("zero"), fig27_setting("alpha_test")),
+    output:
+        figure=report("figures/fig27.pdf", caption="../workflow/report/fig27.rst", category="Ablation"),
+        cosine="results/fig27/cosine.csv",
+        table="results/fig27/correlations.csv",
+    params:
+        setups=lambda w: figure_specs("fig27", [fig27_setting("zero"), fig27_setting("scale")]),
+        preset=config["preset"],
+    log:
+        "logs/fig27.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig27.py"
+
+
+rule fig_example_scatters:
+    """Figs. 15 and 16: true vs estimated counterfactuals of random examples, every method."""
+    input:
+        tables=lambda w: expand("results/{setup}/evaluation/fig{n}-scatters.csv", setup=figure_setups(f"fig{w.n}"),
+                                n=w.n),
+    output:
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution accuracy"),
+        table="results/fig{n}/scatters.csv",
+    params:
+        setups=lambda w: figure_specs(f"fig{w.n}"),
+        preset=config["preset"],
+    wildcard_constraints:
+        n="15|16",
+    log:
+        "logs/fig{n}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_example_scatters.py"
+
+
+rule fig_attribution_examples:
+    """Fig. 17: examples with the most positive attribution per component; Fig. 18: nearest neighbours in
+    attribution space."""
+    input:
+        attributions=lambda w: attribution_file(attribution_setup(w.n), "coar"),
+        examples=lambda w: examples_file(attribution_setup(w.n)),
+        model=lambda w: model_file(attribution_setup(w.n)),
+    output:
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution examples"),
+        table="results/fig{n}/examples.csv",
+    params:
+        setups=lambda w: figure_specs(f"fig{w.n}", [attribution_setup(w.n)]),
+        options=lambda w: config["figures"][f"fig{w.n}"],
+        preset=config["preset"],
+    wildcard_constraints:
+        n="17|18",
+    log:
+        "logs/fig{n}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_attribution_examples.py"
+
+
+rule fig_correlation_panels:
+    """Figs. 10 and 11 (and the other "COAR on more models / data" figures): one panel per setup, mean correlation
+    vs alpha_test for every method of the setup."""
+    input:
+        tables=lambda w: expand("results/{setup}/evaluation/correlations.csv", setup=figure_setups(f"fig{w.n}")),
+    output:
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution accuracy"),
+        table="results/fig{n}/correlations.csv",
+    params:
+        setups=lambda w: figure_specs(f"fig{w.n}"),
+        preset=config["preset"],
+    wildcard_constraints:
+        n="10|11",
+    log:
+        "logs/fig{n}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_correlation_panels.py"
 
 
 rule figure_unavailable:

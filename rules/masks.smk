@@ -6,8 +6,8 @@
 
 rule sample_shard:
     input:
-        model="results/{setup}/model.pt",
-        examples="data/{setup}/examples.npz",
+        model=lambda w: model_file(w.setup),
+        examples=lambda w: examples_file(w.setup),
     output:
         "results/{setup}/masks/{split}/shard-{shard}.json",
     params:

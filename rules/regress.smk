@@ -3,7 +3,7 @@
 
 rule fit:
     input:
-        "results/{setup}/masks/train.json",
+        lambda w: train_receipt(w.setup),
     output:
         "results/{setup}/attributions/coar.npz",
     params:
@@ -22,7 +22,7 @@ rule fit:
 rule fit_sample_size:
     """COAR refitted on the first m training masks (paper Fig. 14)."""
     input:
-        "results/{setup}/masks/train.json",
+        lambda w: train_receipt(w.setup),
     output:
         "results/{setup}/sample_size/coar-m{m}.npz",
     params:

@@ -52,6 +52,41 @@ def test_paper_preset_plans_fig2(tmp_path):
     assert counts["sample_shard"] == 359 and counts["model"] == 3 and counts["baseline"] == 12
 
 
+def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
+    built = [2, 10, 11, 13, 14, 15, 16, 17, 25, 26, 27]
+    r = snakemake("-n", *[f"figures/fig{n}.pdf" for n in built], f"--configfile={ROOT / 'config/paper.yaml'}",
+                  "--directory", str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    counts = job_counts(out)
+    # pretrained ResNet-50 / ViT-B/16, and the trained CIFAR ResNet, ViT and MLP: variants reuse their parent's
+    assert counts["model"] == 5
+    # A, B, C, V, M and the Fig. 10 variants on their own example sets (train split + 6 CIFAR-10-C sets)
+    assert counts["examples"] == 12
+    r = snakemake("-n", "figures/fig18.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory", str(tmp_path))
+    assert r.returncode != 0 and "needs a CelebA setup" in r.stdout + r.stderr
+
+
+def test_variant_shares_what_it_does_not_change(tmp_path):
+    r = snakemake("-n", "figures/fig13.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory", str(tmp_path))
+    counts = job_counts(r.stdout + r.stderr)
+    # B at alpha_train 0.10 shares B's model, examples and the evaluation masks: 100 + 100 training shards
+    # and one store per alpha of the figure's grid
+    assert counts["model"] == 1 and counts["examples"] == 1 and counts["sample_shard"] == 206
+    assert counts["fit"] == 2
+
+
+@pytest.mark.parametrize("parent, message", [("Q", "unknown setup 'Q'"), ("T2", "cycle T2 -> T -> T2")])
+def test_bad_parent_is_named(tmp_path, parent, message):
+    cfg = tmp_path / "variant.yaml"
+    text = (ROOT / "config/test.yaml").read_text()
+    text = text.replace("  T:\n", f"  T2:\n    parent: T\n  T:\n    parent: {parent}\n" if parent == "T2"
+                        else f"  T:\n    parent: {parent}\n", 1)
+    cfg.write_text(text)
+    r = snakemake("-n", f"--configfile={cfg}", "--directory", str(tmp_path))
+    assert r.returncode != 0 and "setups.T.parent" in r.stdout + r.stderr and message in r.stdout + r.stderr
+
+
 def test_figure_not_configured_by_the_preset_names_the_key(tmp_path):
     cfg = tmp_path / "nofig14.yaml"
     text = (ROOT / "config/test.yaml").read_text()
@@ -93,6 +128,18 @@ def test_ci_preset_end_to_end(tmp_path):
     assert sorted(sizes.query("method == 'coar'").m.unique()) == [120, 240]
     full = sizes.query("method == 'coar' and m == 240")
     assert full.cosine.min() > 0.999999  # the full-size refit is the same fit
+    # the appendix figures of the preset, and the variant T_scale sharing T's model and examples
+    for n in (13, 15, 17, 18, 25, 26, 27):
+        assert (tmp_path / f"figures/fig{n}.pdf").read_bytes()[:4] == b"%PDF", n
+    assert not (tmp_path / "results/T_scale/model.pt").exists() and not (tmp_path / "data/T_scale").exists()
+    effect = pd.read_csv(tmp_path / "results/fig25/ablation_effect.csv")
+    clean = effect.query("alpha == 0")
+    assert len(clean) == 2 and (clean.correlation == 1).all()
+    # scale ablation (gamma 0.5) changes outputs less than zeroing the same fraction
+    by = effect.query("alpha == 0.2").groupby("setup").correlation.mean()
+    assert by["T_scale"] > by["T"]
+    cos = pd.read_csv(tmp_path / "results/fig27/cosine.csv").cosine
+    assert len(cos) == 40 and cos.between(-1, 1).all()
     # every shard has a receipt and a complete store beside it
     receipts = sorted((tmp_path / "results/T/masks/train").glob("shard-*.json"))
     assert len(receipts) == 2 and all((r.with_suffix("") / "COMPLETE").exists() for r in receipts)

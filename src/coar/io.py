@@ -40,3 +40,20 @@ def load_npz(path: str | os.PathLike, what: str, keys: tuple[str, ...]) -> tuple
             return {k: z[k] for k in keys}, read_header(z)
     except Exception as exc:  # KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError...
         raise StoreError(f"{what} file {path} is unreadable or truncated: {exc}") from exc
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write text to `path` via a temporary sibling + fsync + os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(table, path: str | os.PathLike) -> None:
+    """A pandas DataFrame as CSV (no index), atomically."""
+    atomic_write_text(path, table.to_csv(index=False))

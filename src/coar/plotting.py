@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from .errors import CoarError
 
 __all__ = ["METHOD_NAMES", "METHOD_COLORS", "method_label", "fig_attribution_accuracy", "fig_sample_size",
+           "fig_correlation_panels",
            "save_figure"]
 
 METHOD_NAMES: dict[str, str] = {
@@ -366,6 +367,45 @@ def fig_sample_size(table: pd.DataFrame, provenance: str, setup_titles: Mapping[
         fig.suptitle(SUPTITLE_FIG14, fontweight="bold")
     return fig
 
+
+
+def fig_correlation_panels(correlations: pd.DataFrame, alpha_train: Mapping[str, float], provenance: str,
+                           setup_titles: Mapping[str, str] | None = None, suptitle: str = "",
+                           columns: int = 3) -> Figure:
+    """One panel per setup: mean correlation vs alpha_test for every method present, 1.96-SE bars, a
+    dotted line at the setup's alpha_train (paper Figs. 8-12: COAR on other data, models and tasks).
+
+    correlations: columns setup, method, alpha_test, example, correlation (NaN counts as 0).
+    """
+    _require(correlations, CORRELATION_COLUMNS, "correlations")
+    correlations = _numeric(correlations, ["alpha_test", "correlation"], "correlations")
+    titles = dict(setup_titles or {})
+    present = _ordered_unique(correlations["setup"])
+    setups = [x for x in titles if x in set(present)] + [x for x in present if x not in titles]
+    missing = [x for x in setups if x not in alpha_train]
+    if missing:
+        raise CoarError(f"alpha_train has no entry for setup(s) {missing}")
+    methods = _method_order(correlations["method"])
+    styles = _styles_for(methods)
+    summary = _summarise(correlations)
+    ncol = max(1, min(columns, len(setups)))
+    nrow = -(-len(setups) // ncol)
+    with matplotlib.rc_context(_style()):
+        fig = Figure(figsize=(_WIDTH_IN, _ROW_HEIGHT_IN * nrow + 0.9), layout="constrained")
+        footer = _footer(fig, provenance, _WIDTH_IN)
+        fig.get_layout_engine().set(rect=(0.0, footer, 1.0, 1.0 - footer), h_pad=0.04, w_pad=0.04)
+        axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+        for ax, setup in zip(axes, setups):
+            n_ex = correlations.loc[correlations["setup"] == setup, "example"].nunique()
+            _correlation_panel(ax, summary[summary["setup"] == setup], methods, styles, float(alpha_train[setup]),
+                               n_ex, "")
+            wrap = int(118 / ncol)  # characters per title line that fit above one panel
+            ax.set_title("\n".join(textwrap.wrap(titles.get(setup, str(setup)), wrap)) + f"\n({n_ex} examples, ± 1.96 SE)",
+                         loc="left", fontsize=_SMALL)
+        for ax in axes[len(setups):]:
+            ax.set_visible(False)
+        fig.suptitle(suptitle, fontweight="bold")
+    return fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 200) -> Path:

@@ -20,3 +20,15 @@ def model_and_components(checkpoint, spec, device):
 
     model, ck = load_checkpoint(checkpoint, device)
     return model, component_set(model, spec["components"] or spec["model"])
+
+
+def provenance(preset, setups) -> str:
+    """Footer naming the preset, and for every setup its model, data, masks and examples."""
+    import coar
+
+    parts = []
+    for name, v in setups.items():
+        ablation = f", {v['ablation']} ablation (gamma {v['gamma']:g})" if v.get("ablation") == "scale" else ""
+        parts.append(f"{name}: {v['model']} on {v['dataset']}, {v['masks']:,} masks at alpha {v['alpha_train']:g}"
+                     f"{ablation}, {v['examples'].get('n') or 'all'} {v['examples']['split']} examples")
+    return f"preset: {preset} | " + " | ".join(parts) + f" | coar {coar.__version__}"

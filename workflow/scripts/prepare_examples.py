@@ -14,6 +14,6 @@ roots = {"fashion-mnist": sm.params.data_root, "cifar10": f"{sm.params.download_
          "imagenet": sm.params.imagenet_root}
 ex_spec = spec["examples"]
 ex = make_examples(spec["dataset"], ex_spec["split"], ex_spec.get("n"), spec["seed"] + 1,
-                   roots[spec["dataset"]], ex_spec.get("every"))
+                   roots[spec["dataset"]], ex_spec.get("every"), ex_spec.get("corruption"))
 ex.save(sm.output[0])
 print(f"{len(ex)} {spec['dataset']} {ex_spec['split']} examples, fingerprint {ex.fingerprint()}")

@@ -1,0 +1,21 @@
+"""Rules evaluate_alpha / evaluate_on: per-example correlations of the given attributions on one split
+of evaluation masks."""
+import sys
+
+sm = snakemake  # noqa: F821
+sys.path.insert(0, sm.scriptdir)
+from _job import start  # noqa: E402
+
+device = start(sm)
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from coar.attributions import Attributions  # noqa: E402
+from coar.io import atomic_write_csv  # noqa: E402
+from coar.pipeline import evaluate_stores  # noqa: E402
+
+attrs = {Path(p).stem: Attributions.load(p) for p in sm.input.attributions}
+table = evaluate_stores(attrs, json.load(open(sm.input.test))["stores"])
+atomic_write_csv(table, sm.output[0])
+print(table.groupby(["method", "alpha_test"]).correlation.mean().to_string())
