@@ -193,6 +193,7 @@ TABLES: dict[str, list[Rule]] = {
     "clip_vit_b_16": CLIP_VISION,
     "gpt2": GPT2,
     "gpt2_tiny": GPT2,
+    "gpt2_bytes": GPT2,
     "phi2": PHI2,
     "phi2_tiny": PHI2,
     "mlp": MLP_HIDDEN,

@@ -77,6 +77,50 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
             "seconds": time.time() - start}
 
 
+def train_language_model(model: nn.Module, tokens: torch.Tensor, steps: int = 1000, batch_size: int = 32,
+                         length: int = 64, lr: float = 3e-3, weight_decay: float = 0.01, seed: int = 0,
+                         progress: bool = True) -> dict:
+    """AdamW with linear warm-up and decay on random windows of a 1-D token stream (next-token loss).
+    `model` is a Hugging Face causal LM (logits from `.logits`), on the device of `tokens`."""
+    if tokens.dim() != 1 or len(tokens) <= length + 1:
+        raise CoarError(f"language-model training needs a 1-D token stream longer than {length + 1}, got "
+                        f"{tuple(tokens.shape)}")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1,
+                                                anneal_strategy="linear")
+    offsets = torch.arange(length + 1)
+    start, losses = time.time(), []
+    model.train()
+    for _ in tqdm(range(steps), desc="train LM", disable=not progress, leave=False):
+        begin = torch.randint(0, len(tokens) - length - 1, (batch_size,), generator=g)
+        batch = tokens[(begin[:, None] + offsets).to(tokens.device)]
+        logits = model(batch[:, :-1]).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    model.eval()
+    return {"steps": steps, "final_loss": sum(losses[-50:]) / max(len(losses[-50:]), 1), "seconds": time.time() - start}
+
+
+@torch.no_grad()
+def language_model_loss(model: nn.Module, tokens: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean next-token cross-entropy (nats) over windows [N, T]."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        b = tokens[i: i + batch_size]
+        logits = model(b[:, :-1]).logits
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), b[:, 1:].reshape(-1), reduction="sum").item()
+        count += b[:, 1:].numel()
+    return total / max(count, 1)
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, kwargs: dict, meta: dict | None = None):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

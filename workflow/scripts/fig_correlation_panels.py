@@ -12,8 +12,10 @@ import pandas as pd  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
 from coar.plotting import fig_correlation_panels, save_figure  # noqa: E402
 
-SUPTITLES = {10: "COAR on training and corrupted examples (cf. paper Fig. 10)",
-             11: "COAR on other architectures (cf. paper Fig. 11)"}
+SUPTITLES = {8: "COAR on a GPT-2 language model (cf. paper Fig. 8)",
+             10: "COAR on training and corrupted examples (cf. paper Fig. 10)",
+             11: "COAR on other architectures (cf. paper Fig. 11)",
+             12: "COAR on other tasks and output functions (cf. paper Fig. 12)"}
 setups, n = sm.params.setups, int(sm.wildcards.n)
 table = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(setups, sm.input.tables)], ignore_index=True)
 fig = fig_correlation_panels(table, {s: v["alpha_train"] for s, v in setups.items()},

@@ -16,6 +16,7 @@ from .examples import Examples
 
 DATASETS = {
     "fashion-mnist": {"mean": 0.2860, "std": 0.3530, "channels": 1, "size": 28, "classes": 10},
+    "fashion-mnist-spurious": {"mean": 0.40, "std": 0.30, "channels": 1, "size": 28, "classes": 2},
     "cifar10": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "channels": 3, "size": 32,
                 "classes": 10},
     "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": 3, "size": 224,
@@ -34,11 +35,24 @@ def class_names(dataset: str) -> list[str] | None:
         return list(CLASSES)
     if dataset == "cifar10":
         return list(CIFAR10_CLASSES)
+    if dataset == "fashion-mnist-spurious":
+        from .spurious import CLASS_NAMES
+
+        return list(CLASS_NAMES)
     if dataset == "imagenet":
         from torchvision.models import ResNet50_Weights
 
         return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
     return None
+
+
+def dataset_root(dataset: str, data_root=None, download_root="data/raw", imagenet_root="data/raw/imagenet"):
+    """Where a dataset's files live, from the workflow's three root settings."""
+    if dataset.startswith("fashion-mnist") or dataset == "os-text":
+        return data_root  # None: Debian's package, COAR_FASHION_MNIST or torchvision's download
+    if dataset == "imagenet":
+        return imagenet_root
+    return f"{download_root}/{dataset}"
 
 
 def load_images(dataset: str, split: str, root: str | Path | None = None, download: bool = True):
@@ -50,6 +64,11 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
 
         images, labels = load_fashion_mnist(split, root, download=download)
         return images[:, None], labels
+    if dataset == "fashion-mnist-spurious":
+        from .spurious import load_spurious_fashion_mnist
+
+        images, labels, _ = load_spurious_fashion_mnist(split, root, download=download)
+        return images, labels
     if dataset == "cifar10":
         from torchvision.datasets import CIFAR10
 
@@ -71,13 +90,18 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
 
 
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
-                  every: int | None = None, corruption: dict | None = None) -> Examples:
+                  every: int | None = None, corruption: dict | None = None, length: int | None = None) -> Examples:
     """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all.
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
     """
     from .corruptions import corrupt, load_cifar10c
+
+    if dataset == "os-text":
+        from .text import text_examples
+
+        return text_examples(split, n, length or 64, seed, root)
 
     if corruption and split != "test":
         raise CoarError(f"corrupted examples are made from the test split, not {split!r}")
@@ -96,6 +120,10 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     info = DATASETS[dataset]
     chosen = np.ascontiguousarray(images[idx])
     meta = {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"], "std": info["std"]}
+    if dataset == "fashion-mnist-spurious":  # groups (label x background) for subpopulation experiments
+        from .spurious import load_spurious_fashion_mnist
+
+        meta["groups"] = load_spurious_fashion_mnist(split, root)[2][idx].tolist()
     if corruption:
         source = "CIFAR-10-C" if dataset == "cifar10" else "synthetic"
         meta["corruption"] = {**corruption, "source": source}

@@ -17,7 +17,7 @@ from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet_mini, 
 
 IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "mlp_small", "vit_small", "resnet50", "vit_b_16",
                 "clip_vit_b_16"}
-TEXT_MODELS = {"gpt2", "gpt2_tiny", "phi2", "phi2_tiny"}
+TEXT_MODELS = {"gpt2", "gpt2_tiny", "gpt2_bytes", "phi2", "phi2_tiny"}
 MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
 HUB_IDS = {"gpt2": "gpt2", "phi2": "microsoft/phi-2", "clip_vit_b_16": "openai/clip-vit-base-patch16"}
 
@@ -37,6 +37,8 @@ def _hf_config(name: str):
         return t.GPT2Config()
     if name == "gpt2_tiny":
         return t.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=512)
+    if name == "gpt2_bytes":  # byte-level GPT-2 for the offline text stand-in (vocabulary 256)
+        return t.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, vocab_size=256)
     if name == "phi2":
         return t.PhiConfig(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
                            num_attention_heads=32, partial_rotary_factor=0.4, max_position_embeddings=2048)
