@@ -21,6 +21,7 @@ include: "rules/masks.smk"
 include: "rules/regress.smk"
 include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
+include: "rules/edit.smk"
 include: "rules/figures.smk"
 
 

@@ -105,6 +105,31 @@ def _check_config():
             for s in [spec[key]] if isinstance(spec.get(key), str) else spec.get(key, []):
                 if s not in SETUPS:
                     _config_error(f"figures.{fig}.{key}", f"unknown setup {s!r}; defined: {', '.join(SETUPS)}")
+    for name, e in config["edits"].items():
+        if e["setup"] not in SETUPS:
+            _config_error(f"edits.{name}.setup", f"unknown setup {e['setup']!r}; defined: {', '.join(SETUPS)}")
+        if 0 not in e["ks"]:
+            _config_error(f"edits.{name}.ks", f"the sweep must include k = 0 (the unedited model), got {e['ks']}")
+        if SETUPS[e["setup"]]["output"] != "margin":
+            _config_error(f"edits.{name}.setup", f"edits read accuracy off correct-class margins; setup "
+                                                 f"{e['setup']} has output {SETUPS[e['setup']]['output']!r}")
+        if e["kind"] == "forget":
+            bad = [c for c in e.get("classes", []) if c >= SETUPS[e["setup"]]["num_classes"]]
+            if not e.get("classes") or bad:
+                _config_error(f"edits.{name}.classes", f"forget needs classes below num_classes "
+                                                       f"{SETUPS[e['setup']]['num_classes']} (got {e.get('classes')})")
+    for fig in ("fig3", "fig19", "fig20", "fig21", "fig22", "fig4", "fig23"):
+        spec = config["figures"].get(fig)
+        if spec is None:
+            continue
+        kinds = ("forget",) if fig in ("fig4", "fig23") else ("fix", "induce")
+        e = config["edits"].get(spec["edit"])
+        if e is None or e["kind"] not in kinds:
+            _config_error(f"figures.{fig}.edit", f"needs an `edits` entry of kind {' or '.join(kinds)}, got "
+                                                 f"{spec['edit']!r}" + (f" of kind {e['kind']!r}" if e else " (undefined)"))
+        shown = [spec["class"]] if fig == "fig4" else (spec.get("classes") or []) if fig == "fig23" else []
+        if any(c not in e.get("classes", []) for c in shown):
+            _config_error(f"figures.{fig}", f"class(es) {shown} not among edits.{spec['edit']}.classes {e.get('classes')}")
     if "fig27" in config["figures"]:
         f27 = config["figures"]["fig27"]
         same_model_and_examples(f27["zero"], f27["scale"], "figures.fig27")
@@ -290,8 +315,8 @@ MISSING_AT_PAPER_SCALE = {
 # Every figure of the paper: built by a rule of rules/figures.smk, or failing at once with the reason.
 FIGURES = {
     2: ("attribution accuracy of COAR vs four baselines (setups A, B, C)", "built"),
-    3: ("editing one prediction", "needs the editing rules (issue 5)"),
-    4: ("forgetting a class", "needs the editing rules (issue 5)"),
+    3: ("editing one prediction", "built"),
+    4: ("forgetting a class", "built"),
     5: ("subpopulation robustness on Waterbirds / CelebA", "needs the editing rules (issue 5)"),
     6: ("backdoor localisation", "needs the editing rules and the backdoored model (issues 4, 5)"),
     7: ("typographic attacks on CLIP", "needs CLIP and the typographic-attack images (issues 4, 5)"),
@@ -306,11 +331,11 @@ FIGURES = {
     16: ("example-level scatters for every method (ImageNet, setups B and C)", "built"),
     17: ("examples with the most positive attribution per component (setup B)", "built"),
     18: ("nearest neighbours in attribution space (CelebA)", "built"),
-    19: ("fixing CIFAR misclassifications", "needs the editing rules (issue 5)"),
-    20: ("fixing ImageNet misclassifications", "needs the editing rules (issue 5)"),
-    21: ("inducing errors", "needs the editing rules (issue 5)"),
-    22: ("layers targeted by edits", "needs the editing rules (issue 5)"),
-    23: ("forgetting more classes", "needs the editing rules (issue 5)"),
+    19: ("fixing CIFAR misclassifications", "built"),
+    20: ("fixing ImageNet misclassifications", "built"),
+    21: ("inducing errors", "built"),
+    22: ("layers targeted by edits", "built"),
+    23: ("forgetting more classes", "built"),
     24: ("saliency of backdoor components", "needs the editing rules (issue 5)"),
     25: ("effect of alpha on accuracy and output correlation", "built"),
     26: ("COAR with scale ablation (gamma 0.5)", "built"),
@@ -330,6 +355,48 @@ def attribution_setup(n):
     if f"fig{n}" not in config["figures"]:
         figure_setups(f"fig{n}")  # fails, naming the missing key
     return config["figures"][f"fig{n}"]["setup"]
+
+
+def edit_setup(edit, kinds=None):
+    """The setup an `edits` entry works on; fails naming the key when the entry or its kind is wrong."""
+    if edit not in config.get("edits", {}):
+        raise WorkflowError(f"results/edits/{edit}: preset {config['preset']!r} has no `edits.{edit}` entry "
+                            f"(defined: {', '.join(config.get('edits', {})) or 'none'})")
+    e = config["edits"][edit]
+    if kinds and e["kind"] not in kinds:
+        raise WorkflowError(f"`edits.{edit}` is of kind {e['kind']!r}; this rule needs one of {kinds}")
+    return e["setup"]
+
+
+def heldout_file(edit):
+    """Held-out examples of an edit: the next `heldout` examples of the setup's split; when the setup uses the
+    whole split (the paper's scale), the setup's own examples (targets and references are a negligible part)."""
+    setup = edit_setup(edit)
+    if SETUPS[setup]["examples"].get("n") is None:
+        return examples_file(setup)
+    return f"data/{owner(setup, 'examples')}/heldout-{config['edits'][edit]['heldout']}.npz"
+
+
+def edit_figure(fig):
+    """The edits entry a figure draws from."""
+    spec = config["figures"].get(fig)
+    if spec is None:
+        figure_setups(fig)  # fails, naming the missing key
+    return spec["edit"]
+
+
+def forget_outputs(edit, name, classes=None):
+    classes = config["edits"][edit]["classes"] if classes is None else classes
+    return [f"results/edits/{edit}/class-{c}/{name}" for c in classes]
+
+
+def forget_classes_shown(n):
+    spec = config["figures"].get(f"fig{n}")
+    if spec is None:
+        figure_setups(f"fig{n}")  # fails, naming the missing key
+    if int(n) == 4:
+        return [spec["class"]]
+    return spec.get("classes") or config["edits"][spec["edit"]]["classes"]
 
 
 def buildable_figures():

@@ -173,6 +173,54 @@ rule fig_correlation_panels:
         "../workflow/scripts/fig_correlation_panels.py"
 
 
+rule fig_edit_single:
+    """Figs. 3, 19-22: single-example edits (fix or induce) with the random-components control."""
+    input:
+        sweep=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/sweep.csv",
+        summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
+        components=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/components.csv",
+    output:
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Editing"),
+        table="results/fig{n}/summary.csv",
+    params:
+        options=lambda w: config["figures"][f"fig{w.n}"],
+        edit=lambda w: config["edits"][edit_figure(f"fig{w.n}")],
+        setups=lambda w: figure_specs(f"fig{w.n}", [edit_setup(edit_figure(f"fig{w.n}"))]),
+        preset=config["preset"],
+    wildcard_constraints:
+        n="3|19|20|21|22",
+    log:
+        "logs/fig{n}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_edit.py"
+
+
+rule fig_edit_forget:
+    """Figs. 4 and 23: forgetting a class."""
+    input:
+        sweep=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "sweep.csv", forget_classes_shown(w.n)),
+        classwise=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "classwise.csv", forget_classes_shown(w.n)),
+        chosen=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "chosen.json", forget_classes_shown(w.n)),
+    output:
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Editing"),
+        table="results/fig{n}/summary.csv",
+    params:
+        options=lambda w: config["figures"][f"fig{w.n}"],
+        edit=lambda w: config["edits"][edit_figure(f"fig{w.n}")],
+        setups=lambda w: figure_specs(f"fig{w.n}", [edit_setup(edit_figure(f"fig{w.n}"))]),
+        preset=config["preset"],
+    wildcard_constraints:
+        n="4|23",
+    log:
+        "logs/fig{n}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_edit.py"
+
+
 rule figure_unavailable:
     input:
         _unavailable,

@@ -60,9 +60,11 @@ def test_dvc_round_trip(tmp_path):
     cfg.write_text(cfg.read_text().replace("test_masks: 60", "test_masks: 70"))
     changed = dry_run(clone)
     counts = job_counts(changed.stdout + changed.stderr)
-    assert counts.get("sample_shard") == 2 and counts.get("gather_masks") == 2, counts
+    # T's evaluation masks at the four alphas its figures use (0.05, 0.10, 0.15, 0.20) and those of its
+    # variant T_scale (which inherits test_masks) at 0.10 and 0.20; T_text sets its own test_masks
+    assert counts.get("sample_shard") == 6 and counts.get("gather_masks") == 6, counts
     assert counts.get("evaluate") == 1 and counts.get("fig2") == 1, counts
-    assert not {"model", "examples", "fit", "baseline"} & set(counts), counts
+    assert not {"model", "examples", "heldout_examples", "fit", "baseline", "edit_single", "edit_forget"} & set(counts), counts
 
     # and the sync refuses once the outputs no longer match dvc.lock for the current config
     refused = sh("bash workflow/dvc-sync.sh test", clone, check=False)

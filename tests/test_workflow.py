@@ -1,5 +1,6 @@
 """The Snakemake workflow: lint, the CI preset end to end in a scratch directory, plans of the paper
 preset, and failures that happen before any job runs with a message naming the problem."""
+import json
 import os
 import shutil
 import subprocess
@@ -53,7 +54,7 @@ def test_paper_preset_plans_fig2(tmp_path):
 
 
 def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
-    built = [2, 10, 11, 13, 14, 15, 16, 17, 25, 26, 27]
+    built = [2, 3, 4, 10, 11, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 25, 26, 27]
     r = snakemake("-n", *[f"figures/fig{n}.pdf" for n in built], f"--configfile={ROOT / 'config/paper.yaml'}",
                   "--directory", str(tmp_path))
     out = r.stdout + r.stderr
@@ -63,6 +64,9 @@ def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
     assert counts["model"] == 5
     # A, B, C, V, M and the Fig. 10 variants on their own example sets (train split + 6 CIFAR-10-C sets)
     assert counts["examples"] == 12
+    # fix_A, fix_B, induce_B; one forget job per class (489, 559, 652, 763); at full scale the held-out
+    # set is the setup's own examples, so no extra example sets
+    assert counts["edit_single"] == 3 and counts["edit_forget"] == 4 and "heldout_examples" not in counts
     for n, need in ((18, "needs a CelebA setup"), (8, "needs a GPT-2 setup on TinyStories"),
                     (12, "needs Waterbirds, CelebA, MIMIC-CXR and CLIP setups")):
         r = snakemake("-n", f"figures/fig{n}.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory",
@@ -132,7 +136,7 @@ def test_ci_preset_end_to_end(tmp_path):
     full = sizes.query("method == 'coar' and m == 240")
     assert full.cosine.min() > 0.999999  # the full-size refit is the same fit
     # the appendix figures of the preset, and the variant T_scale sharing T's model and examples
-    for n in (8, 13, 15, 17, 18, 25, 26, 27):
+    for n in (3, 4, 8, 13, 15, 17, 18, 22, 25, 26, 27):
         assert (tmp_path / f"figures/fig{n}.pdf").read_bytes()[:4] == b"%PDF", n
     assert not (tmp_path / "results/T_scale/model.pt").exists() and not (tmp_path / "data/T_scale").exists()
     effect = pd.read_csv(tmp_path / "results/fig25/ablation_effect.csv")
@@ -143,6 +147,11 @@ def test_ci_preset_end_to_end(tmp_path):
     assert by["T_scale"] > by["T"]
     cos = pd.read_csv(tmp_path / "results/fig27/cosine.csv").cosine
     assert len(cos) == 40 and cos.between(-1, 1).all()
+    # the edits: both methods swept from the same unedited model, k chosen among the swept values
+    sweep = pd.read_csv(tmp_path / "results/edits/fix_T/sweep.csv")
+    assert set(sweep.method) == {"coar", "random"} and sweep.query("k == 0").groupby(["target", "set"]).accuracy.nunique().max() == 1
+    chosen = json.loads((tmp_path / "results/edits/forget_T/class-1/chosen.json").read_text())
+    assert chosen["k"] in (0, 2, 8) and chosen["class_name"] == "Trouser"
     # every shard has a receipt and a complete store beside it
     receipts = sorted((tmp_path / "results/T/masks/train").glob("shard-*.json"))
     assert len(receipts) == 2 and all((r.with_suffix("") / "COMPLETE").exists() for r in receipts)

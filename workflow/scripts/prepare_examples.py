@@ -11,8 +11,12 @@ from coar.data.registry import dataset_root, make_examples  # noqa: E402
 
 spec = sm.params.spec
 ex_spec = spec["examples"]
-ex = make_examples(spec["dataset"], ex_spec["split"], ex_spec.get("n"), spec["seed"] + 1,
+# rule heldout_examples: the next n examples of the same seeded permutation, disjoint from the setup's own
+n, offset = ex_spec.get("n"), 0
+if "n" in sm.wildcards.keys():
+    n, offset = int(sm.wildcards.n), ex_spec["n"]
+ex = make_examples(spec["dataset"], ex_spec["split"], n, spec["seed"] + 1,
                    dataset_root(spec["dataset"], sm.params.data_root, sm.params.download_root, sm.params.imagenet_root),
-                   ex_spec.get("every"), ex_spec.get("corruption"), ex_spec.get("length"))
+                   ex_spec.get("every"), ex_spec.get("corruption"), ex_spec.get("length"), offset)
 ex.save(sm.output[0])
 print(f"{len(ex)} {spec['dataset']} {ex_spec['split']} examples, fingerprint {ex.fingerprint()}")

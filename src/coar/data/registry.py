@@ -90,7 +90,8 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
 
 
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
-                  every: int | None = None, corruption: dict | None = None, length: int | None = None) -> Examples:
+                  every: int | None = None, corruption: dict | None = None, length: int | None = None,
+                  offset: int = 0) -> Examples:
     """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all.
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
@@ -113,13 +114,16 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     idx = np.arange(len(images))
     if every:
         idx = idx[::every]
-    if n is not None:
-        if n > len(idx):
-            raise CoarError(f"asked for {n} {dataset} {split} examples, only {len(idx)} are available")
-        idx = np.sort(np.random.default_rng(seed).permutation(idx)[:n])
+    if n is not None:  # offset: the next n of the same permutation (disjoint held-out sets)
+        if offset + n > len(idx):
+            raise CoarError(f"asked for {n} {dataset} {split} examples after the first {offset}, only {len(idx)} "
+                            "are available")
+        idx = np.sort(np.random.default_rng(seed).permutation(idx)[offset:offset + n])
     info = DATASETS[dataset]
     chosen = np.ascontiguousarray(images[idx])
     meta = {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"], "std": info["std"]}
+    if offset:
+        meta["offset"] = offset
     if dataset == "fashion-mnist-spurious":  # groups (label x background) for subpopulation experiments
         from .spurious import load_spurious_fashion_mnist
 

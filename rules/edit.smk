@@ -1,0 +1,61 @@
+# COAR-EDIT experiments (paper Sec. 5, App. D): each entry of the config's `edits` is one experiment on a
+# setup's model and attributions; its tables feed the editing figures.
+
+
+rule edit_single:
+    """Sec. 5.1: fix misclassified examples (kind fix) or induce errors (kind induce), one target at a time,
+    with the random-components control."""
+    input:
+        model=lambda w: model_file(edit_setup(w.edit, ("fix", "induce"))),
+        examples=lambda w: examples_file(edit_setup(w.edit, ("fix", "induce"))),
+        attributions=lambda w: attribution_file(edit_setup(w.edit, ("fix", "induce")), "coar"),
+        heldout=lambda w: heldout_file(w.edit),
+    output:
+        sweep="results/edits/{edit}/sweep.csv",
+        summary="results/edits/{edit}/summary.csv",
+        components="results/edits/{edit}/components.csv",
+    params:
+        edit=lambda w: config["edits"][w.edit],
+        spec=lambda w: setup_spec(edit_setup(w.edit), "baseline"),
+    wildcard_constraints:
+        edit=r"[A-Za-z0-9_]+",
+    resources:
+        gpu=1,
+        batch_size=32,
+        masks_per_pass=8,
+    log:
+        "logs/edits/{edit}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/edit_single.py"
+
+
+rule edit_forget:
+    """Sec. 5.2: forget one class (k chosen on a validation half of the held-out examples)."""
+    input:
+        model=lambda w: model_file(edit_setup(w.edit, ("forget",))),
+        examples=lambda w: examples_file(edit_setup(w.edit, ("forget",))),
+        attributions=lambda w: attribution_file(edit_setup(w.edit, ("forget",)), "coar"),
+        heldout=lambda w: heldout_file(w.edit),
+    output:
+        sweep="results/edits/{edit}/class-{cls}/sweep.csv",
+        classwise="results/edits/{edit}/class-{cls}/classwise.csv",
+        chosen="results/edits/{edit}/class-{cls}/chosen.json",
+    params:
+        edit=lambda w: config["edits"][w.edit],
+        spec=lambda w: setup_spec(edit_setup(w.edit), "baseline"),
+        dataset=lambda w: SETUPS[edit_setup(w.edit)]["dataset"],
+    wildcard_constraints:
+        edit=r"[A-Za-z0-9_]+",
+        cls=r"\d+",
+    resources:
+        gpu=1,
+        batch_size=32,
+        masks_per_pass=8,
+    log:
+        "logs/edits/{edit}-class-{cls}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/edit_forget.py"

@@ -1,0 +1,148 @@
+"""COAR-EDIT experiments (paper Sec. 5.1-5.2, App. D.1-D.2) as functions from a model, its attributions and
+example sets to tidy tables. The workflow's edit rules are thin adapters over these.
+
+Every edit is compared with the random-components control: the same k, components drawn uniformly (a fresh
+seeded permutation per target). Ablation is weight zeroing (or scaling, `mode`), evaluated in batched
+hook passes that are tested equal to weight surgery.
+
+Tables:
+  sweep       experiment, target, method (coar | random), k, set, accuracy, mean_margin
+  summary     target, method, k (smallest swept k that flips the target; NaN if none), flipped,
+              accuracy_change (held-out accuracy at that k minus at k = 0; NaN if not flipped)
+  components  target, rank, component, module, module_index (COAR-EDIT's ablated components at that k)
+  classwise   class, class_name, before, after, forgotten (held-out accuracy per class)
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .ablation import counterfactual_outputs
+from .attributions import Attributions
+from .components import ComponentSet
+from .editing import choose_k, edit_scores, keep_mask, ranking
+from .errors import CoarError
+from .outputs import margin
+
+EvalSets = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _check_ks(ks: Sequence[int], n_components: int) -> list[int]:
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] != 0:
+        raise CoarError(f"the k sweep must start at 0 (the unedited model), got {ks}")
+    if ks[-1] > n_components:
+        raise CoarError(f"k = {ks[-1]} exceeds the {n_components} components")
+    return ks
+
+
+def sweep_margins(model: nn.Module, cset: ComponentSet, order: np.ndarray, ks: Sequence[int], sets: EvalSets,
+                  mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
+                  ) -> dict[str, np.ndarray]:
+    """Correct-class margins [len(ks), N] of every set after ablating the first k components of `order`."""
+    keep = np.stack([keep_mask(cset.size, order[:k]) for k in ks])
+    return {name: counterfactual_outputs(model, cset, x, y, keep, margin, mode, gamma, batch_size, masks_per_pass)
+            for name, (x, y) in sets.items()}
+
+
+def _rows(experiment: str, target: str, method: str, ks: Sequence[int], margins: Mapping[str, np.ndarray]) -> list[dict]:
+    return [{"experiment": experiment, "target": target, "method": method, "k": int(k), "set": name,
+             "accuracy": float((m[i] > 0).mean()), "mean_margin": float(m[i].mean())}
+            for name, m in margins.items() for i, k in enumerate(ks)]
+
+
+def _components(target: str, ablated: np.ndarray, cset: ComponentSet) -> list[dict]:
+    groups = cset.group_of()
+    return [{"target": target, "rank": r + 1, "component": cset.label(int(c)), "module": cset.groups[groups[c]].module,
+             "module_index": int(groups[c])} for r, c in enumerate(ablated)]
+
+
+def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Attributions, x: torch.Tensor,
+                         y: torch.Tensor, targets: Sequence[int], heldout: tuple[torch.Tensor, torch.Tensor],
+                         ks: Sequence[int], direction: str = "increase", n_references: int = 50, seed: int = 0,
+                         experiment: str = "fix", mode: str = "zero", gamma: float = 0.5, batch_size: int = 32,
+                         masks_per_pass: int = 8, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Sec. 5.1 / App. D.1: edit each target example on its own. x, y: the examples the attributions were
+    computed for; each target gets `n_references` random other examples of that set as references (seeded
+    per target). direction "increase" raises the target's margin (fix an error, bottom-k), "decrease"
+    lowers it (induce an error, top-k). Returns (sweep, summary, components)."""
+    ks = _check_ks(ks, cset.size)
+    n = attributions.n_examples
+    if len(x) != n:
+        raise CoarError(f"{len(x)} examples given for attributions of {n} examples")
+    sweep, summary, comps = [], [], []
+    for t in tqdm(list(targets), desc=experiment, disable=not progress):
+        rng = np.random.default_rng([seed, int(t)])
+        others = np.setdiff1d(np.arange(n), [t])
+        refs = rng.choice(others, size=min(n_references, len(others)), replace=False)
+        orders = {"coar": ranking(edit_scores(attributions, [t], refs), direction),
+                  "random": rng.permutation(cset.size)}
+        sets = {"target": (x[[t]], y[[t]]), "reference": (x[refs], y[refs]), "held-out": heldout}
+        for method, order in orders.items():
+            m = sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
+            sweep += _rows(experiment, str(t), method, ks, m)
+            tm = m["target"][:, 0]
+            hit = np.nonzero(tm > 0 if direction == "increase" else tm < 0)[0]
+            hit = hit[np.asarray(ks)[hit] > 0]
+            acc = (m["held-out"] > 0).mean(1)
+            k = ks[hit[0]] if len(hit) else np.nan
+            summary.append({"target": str(t), "method": method, "k": k, "flipped": bool(len(hit)),
+                            "accuracy_change": float(acc[hit[0]] - acc[0]) if len(hit) else np.nan})
+            if method == "coar" and len(hit):
+                comps += _components(str(t), order[: int(k)], cset)
+    return (pd.DataFrame(sweep), pd.DataFrame(summary),
+            pd.DataFrame(comps, columns=["target", "rank", "component", "module", "module_index"]))
+
+
+def forget_class(model: nn.Module, cset: ComponentSet, attributions: Attributions, y_attr: np.ndarray, cls: int,
+                 validation: tuple[torch.Tensor, torch.Tensor], heldout: tuple[torch.Tensor, torch.Tensor],
+                 ks: Sequence[int], n_targets: int = 10, n_references: int = 50, max_drop: float = 0.02,
+                 seed: int = 0, class_names: Sequence[str] | None = None, mode: str = "zero", gamma: float = 0.5,
+                 batch_size: int = 32, masks_per_pass: int = 8) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Sec. 5.2 / App. D.2: lower the margins of `n_targets` examples of class `cls` (top-k of eq. 8) against
+    `n_references` random examples of other classes, all from the attribution examples (labels `y_attr`).
+    k is chosen on `validation` (lowest forgotten-class accuracy whose other-class accuracy drops by at most
+    `max_drop`) and reported on `heldout`. Returns (sweep, classwise, chosen k)."""
+    ks = _check_ks(ks, cset.size)
+    y_attr = np.asarray(y_attr)
+    rng = np.random.default_rng([seed, cls])
+    mine, others = np.nonzero(y_attr == cls)[0], np.nonzero(y_attr != cls)[0]
+    if len(mine) < n_targets:
+        raise CoarError(f"class {cls}: {len(mine)} attribution examples, {n_targets} targets asked for")
+    targets = rng.choice(mine, n_targets, replace=False)
+    refs = rng.choice(others, min(n_references, len(others)), replace=False)
+    orders = {"coar": ranking(edit_scores(attributions, targets, refs), "decrease"),
+              "random": rng.permutation(cset.size)}
+    name = class_names[cls] if class_names else str(cls)
+
+    def split(prefix, xy):
+        x, y = xy
+        inside = (y == cls).cpu().numpy()
+        if not inside.any() or inside.all():
+            raise CoarError(f"{prefix} set needs examples of class {cls} and of other classes")
+        return {f"{prefix}: forgotten class": (x[inside], y[inside]), f"{prefix}: other classes": (x[~inside], y[~inside])}
+
+    sets = {**split("validation", validation), **split("held-out", heldout)}
+    rows, margins = [], {}
+    for method, order in orders.items():
+        margins[method] = sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
+        rows += _rows("forget", name, method, ks, margins[method])
+    sweep = pd.DataFrame(rows)
+    val = sweep[sweep.method == "coar"].rename(columns={"set": "split"})
+    k = choose_k(val, "validation: forgotten class", "validation: other classes", max_drop, maximize=False)
+    # class-wise held-out accuracy before and after the chosen edit
+    x, y = heldout
+    edited = counterfactual_outputs(model, cset, x, y, np.stack([keep_mask(cset.size, []),
+                                                                  keep_mask(cset.size, orders["coar"][:k])]),
+                                    margin, mode, gamma, batch_size, masks_per_pass)
+    yc = y.cpu().numpy()
+    classwise = pd.DataFrame([{"class": int(c), "class_name": class_names[c] if class_names else str(c),
+                               "before": float((edited[0][yc == c] > 0).mean()),
+                               "after": float((edited[1][yc == c] > 0).mean()), "forgotten": int(c) == cls}
+                              for c in np.unique(yc)])
+    return sweep, classwise, k

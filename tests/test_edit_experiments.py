@@ -1,0 +1,92 @@
+"""COAR-EDIT experiments (Sec. 5.1-5.2) on a model whose attributions are known exactly: a one-hidden-layer
+MLP with two classes, whose correct-class margin is exactly linear in the hidden-neuron keep mask (weight
+zeroing leaves relu(bias) in place of an ablated neuron)."""
+import numpy as np
+import pytest
+import torch
+
+from coar.attributions import Attributions
+from coar.components import component_set
+from coar.edit_experiments import edit_single_examples, forget_class
+from coar.errors import CoarError
+from coar.models.cifar import MLP
+
+
+@pytest.fixture(scope="module")
+def exact():
+    torch.manual_seed(0)
+    model = MLP(in_features=12, hidden=48, num_classes=2).eval()
+    with torch.no_grad():
+        model.fc1.bias.uniform_(-0.3, 0.3)
+    cset = component_set(model, "mlp")
+    x = torch.randn(600, 12)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    flip = torch.from_numpy(np.random.default_rng(1).random(600) < 0.2)
+    y = torch.where(flip, 1 - pred, pred)  # 20% label noise: the model "errs" on those
+    with torch.no_grad():
+        hz = torch.relu(model.fc1(x))
+        hb = torch.relu(model.fc1.bias)[None]
+        d = model.fc2.weight[y] - model.fc2.weight[1 - y]  # [N, H]
+        w = (d * (hz - hb)).numpy()
+        b = ((d * hb).sum(1) + model.fc2.bias[y] - model.fc2.bias[1 - y]).numpy()
+    attr = Attributions(w[:200], b[:200], "exact", cset.fingerprint())
+    return model, cset, attr, x, y, w, b
+
+
+def test_single_example_edits_fix_errors_exactly_as_predicted(exact):
+    model, cset, attr, x, y, w, b = exact
+    margins = w[:200].sum(1) + b[:200]
+    errors = np.nonzero(margins < 0)[0][:12]
+    assert len(errors) >= 8
+    ks = [0, 1, 2, 4, 8, 16]
+    sweep, summary, comps = edit_single_examples(model, cset, attr, x[:200], y[:200], errors,
+                                                 (x[200:], y[200:]), ks, "increase", n_references=50, seed=3,
+                                                 progress=False)
+    coar = summary[summary.method == "coar"]
+    rand = summary[summary.method == "random"]
+    assert coar.flipped.mean() >= 0.9 and coar.flipped.sum() > rand.flipped.sum()
+    # the swept target margin is the linear prediction of the ablated set, and rises with k
+    for t in errors[:3]:
+        s = sweep[(sweep.target == str(t)) & (sweep.method == "coar") & (sweep.set == "target")].sort_values("k")
+        first = comps[comps.target == str(t)].sort_values("rank")
+        k = int(coar.set_index("target").loc[str(t), "k"])
+        assert len(first) == k and list(first["rank"]) == list(range(1, k + 1))
+        ablated = [int(c.split("[")[1][:-1]) for c in first.component]
+        keep = np.ones(cset.size, bool)
+        keep[ablated] = False
+        got = float(s[s.k == k].mean_margin.iloc[0])
+        assert got == pytest.approx(float(w[t] @ keep + b[t]), rel=1e-4, abs=1e-4)
+        assert got > 0 and (np.diff(s.mean_margin.to_numpy()) > -1e-6).all()
+    # k = 0 is the unedited model: the same for both methods; accuracy change is measured from it
+    k0 = sweep[sweep.k == 0].groupby(["target", "set"]).accuracy.nunique()
+    assert (k0 == 1).all()
+    assert set(sweep.set) == {"target", "reference", "held-out"}
+
+
+def test_inducing_errors_uses_top_k(exact):
+    model, cset, attr, x, y, w, b = exact
+    right = np.nonzero(w[:200].sum(1) + b[:200] > 0)[0][:6]
+    _, summary, _ = edit_single_examples(model, cset, attr, x[:200], y[:200], right, (x[200:], y[200:]),
+                                         [0, 2, 4, 8, 16, 32], "decrease", seed=1, experiment="induce", progress=False)
+    assert summary[summary.method == "coar"].flipped.mean() >= 0.8
+
+
+def test_forget_class_picks_k_on_validation_within_the_drop(exact):
+    model, cset, attr, x, y, w, b = exact
+    val, held = (x[200:400], y[200:400]), (x[400:], y[400:])
+    sweep, classwise, k = forget_class(model, cset, attr, y[:200].numpy(), 0, val, held, [0, 1, 2, 4, 8, 16],
+                                       n_targets=10, n_references=50, max_drop=0.05, seed=0,
+                                       class_names=["zero", "one"])
+    coar = sweep[sweep.method == "coar"].set_index(["set", "k"]).accuracy
+    drop = coar[("validation: other classes", 0)] - coar[("validation: other classes", k)]
+    assert drop <= 0.05 + 1e-12
+    assert k > 0 and coar[("validation: forgotten class", k)] < coar[("validation: forgotten class", 0)]
+    row = classwise.set_index("class_name")
+    assert row.loc["zero", "forgotten"] and row.loc["zero", "after"] < row.loc["zero", "before"]
+    yb = y[400:].numpy()
+    with torch.no_grad():
+        acc0 = (model(x[400:]).argmax(1).numpy() == yb)[yb == 1].mean()
+    assert row.loc["one", "before"] == pytest.approx(acc0)
+    with pytest.raises(CoarError, match="must start at 0"):
+        forget_class(model, cset, attr, y[:200].numpy(), 0, val, held, [1, 2])

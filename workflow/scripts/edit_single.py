@@ -1,0 +1,43 @@
+"""Rule edit_single: fix misclassified examples (kind fix) or induce errors (kind induce) one at a time
+(paper Sec. 5.1, App. D.1), with the random-components control."""
+import sys
+
+sm = snakemake  # noqa: F821
+sys.path.insert(0, sm.scriptdir)
+from _job import model_and_components, start  # noqa: E402
+
+device = start(sm)
+
+import numpy as np  # noqa: E402
+
+from coar.ablation import counterfactual_outputs  # noqa: E402
+from coar.attributions import Attributions  # noqa: E402
+from coar.data.examples import Examples  # noqa: E402
+from coar.edit_experiments import edit_single_examples  # noqa: E402
+from coar.errors import CoarError  # noqa: E402
+from coar.io import atomic_write_csv  # noqa: E402
+from coar.outputs import margin  # noqa: E402
+
+spec, e, res = sm.params.spec, sm.params.edit, sm.resources
+model, cset = model_and_components(sm.input.model, spec, device)
+x, y = Examples.load(sm.input.examples).tensors(device)
+heldout = Examples.load(sm.input.heldout).tensors(device)
+attr = Attributions.load(sm.input.attributions)
+kw = dict(mode=spec["ablation"], gamma=spec["gamma"], batch_size=res.get("batch_size", 32),
+          masks_per_pass=res.get("masks_per_pass", 8))
+base = counterfactual_outputs(model, cset, x, y, np.ones((1, cset.size), bool), margin, **kw)[0]
+fix = e["kind"] == "fix"
+candidates = np.nonzero(base < 0 if fix else base > 0)[0]
+if not len(candidates):
+    raise CoarError(f"edits.{sm.wildcards.edit}: the model has no {'misclassified' if fix else 'correctly classified'}"
+                    f" example among the setup's {len(base)} examples")
+if e.get("targets") is not None and len(candidates) > e["targets"]:
+    candidates = np.sort(np.random.default_rng(e["seed"]).choice(candidates, e["targets"], replace=False))
+print(f"{len(candidates)} targets of {int((base < 0).sum())} errors among {len(base)} examples")
+sweep, summary, comps = edit_single_examples(model, cset, attr, x, y, candidates, heldout, e["ks"],
+                                             "increase" if fix else "decrease", e["references"], e["seed"],
+                                             experiment=e["kind"], **kw)
+atomic_write_csv(sweep, sm.output.sweep)
+atomic_write_csv(summary, sm.output.summary)
+atomic_write_csv(comps, sm.output.components)
+print(summary.groupby("method")[["flipped", "k", "accuracy_change"]].agg(["mean", "median"]).to_string())

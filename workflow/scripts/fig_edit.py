@@ -1,0 +1,53 @@
+"""Rules fig_edit_single / fig_edit_forget: the editing figures (paper Figs. 3, 4, 19-23) from the edit tables."""
+import sys
+
+sm = snakemake  # noqa: F821
+sys.path.insert(0, sm.scriptdir)
+from _job import provenance, start  # noqa: E402
+
+device = start(sm)
+
+import json  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from coar import plots_editing as pe  # noqa: E402
+from coar.io import atomic_write_csv  # noqa: E402
+from coar.plotting import save_figure  # noqa: E402
+
+SUPTITLES = {3: "Editing one prediction with COAR-EDIT (cf. paper Fig. 3)",
+             19: "Fixing misclassifications one at a time (cf. paper Fig. 19)",
+             20: "Fixing more misclassifications one at a time (cf. paper Fig. 20)",
+             21: "Inducing misclassifications (cf. paper Fig. 21)",
+             22: "Layers of the components COAR-EDIT ablates to fix errors (cf. paper Fig. 22)",
+             4: "Forgetting a class with COAR-EDIT (cf. paper Fig. 4)",
+             23: "Forgetting more classes (cf. paper Fig. 23)"}
+n, opt, e, setups = int(sm.wildcards.n), sm.params.options, sm.params.edit, sm.params.setups
+title = next(iter(setups.values()))["title"]
+prov = (provenance(sm.params.preset, setups) + f" | edit {opt['edit']}: {e['kind']}, {e['references']} random "
+        f"references, k in {e['ks']}, random-components control with the same k")
+if n in (4, 23):
+    sweep = pd.concat([pd.read_csv(p) for p in sm.input.sweep], ignore_index=True)
+    chosen = [json.load(open(p)) for p in sm.input.chosen]
+    ks = {c["class_name"]: c["k"] for c in chosen}
+    if n == 4:
+        fig = pe.fig_forget_class(sweep, pd.read_csv(sm.input.classwise[0]), chosen[0]["class_name"], chosen[0]["k"],
+                                  prov, SUPTITLES[n], title)
+    else:
+        fig = pe.fig_forget_classes(sweep, ks, prov, SUPTITLES[n], title)
+    table = pd.DataFrame(chosen)
+else:
+    sweep, summary = pd.read_csv(sm.input.sweep, dtype={"target": str}), pd.read_csv(sm.input.summary, dtype={"target": str})
+    targets = sorted(summary.target.unique(), key=int)
+    if n == 3:
+        fixed = summary[(summary.method == "coar") & summary.flipped].target.tolist()
+        show = str(opt["show"]) if opt.get("show") is not None else (sorted(fixed, key=int) or targets)[0]
+        fig = pe.fig_edit_prediction(sweep, summary, show, prov, SUPTITLES[n], title)
+    elif n == 22:
+        fig = pe.fig_edit_layers(pd.read_csv(sm.input.components, dtype={"target": str}), prov, SUPTITLES[n], title)
+    else:
+        fig = pe.fig_edit_examples(sweep, targets[: opt.get("show") or 4], prov, SUPTITLES[n], title)
+    table = summary
+save_figure(fig, sm.output.figure)
+atomic_write_csv(table, sm.output.table)
+print(table.to_string())
