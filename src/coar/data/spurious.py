@@ -1,10 +1,14 @@
 """A spurious-feature variant of Fashion-MNIST: the offline stand-in for Waterbirds (paper App. C.3, Sec. 5.3).
 
-Task: "T-shirt/top" (label 0) vs "Shirt" (label 1), two classes that are hard to tell apart. Each image gets
+Task: "Sandal" (label 0) vs "Ankle boot" (label 1). Each image gets
 a background: black (cue 0, "land") or gray (cue 1, "water"), painted where the garment is not. In the
 training split the background agrees with the label for `TRAIN_AGREEMENT` (95%) of the images, as bird type
 and background do in Waterbirds' training set; in the test split it is independent of the label. Groups are
 2 * label + cue, so groups 1 and 2 (background disagreeing with the label) are the minority groups.
+
+With this pair and this gray, the background is the easier feature but not the only one: resnet_tiny trained
+for 2 epochs reached 80% test accuracy with group accuracies 99.8 / 53 / 70 / 98% (worst group 53%, cf.
+Waterbirds' ERM 64% in the paper). With T-shirt vs Shirt the model used the background alone (0% worst group).
 """
 from __future__ import annotations
 
@@ -12,12 +16,12 @@ import numpy as np
 
 from .fashion_mnist import load_fashion_mnist
 
-CLASS_IDS = (0, 6)  # Fashion-MNIST "T-shirt/top", "Shirt"
-CLASS_NAMES = ("T-shirt/top", "Shirt")
+CLASS_IDS = (5, 9)  # Fashion-MNIST "Sandal", "Ankle boot"
+CLASS_NAMES = ("Sandal", "Ankle boot")
 TRAIN_AGREEMENT = 0.95
 BACKGROUND_GRAY = 96  # uint8 value of the "water" background
 GARMENT_THRESHOLD = 8  # pixels at or below this value are background
-GROUP_NAMES = ("T-shirt, black bg", "T-shirt, gray bg", "Shirt, black bg", "Shirt, gray bg")
+GROUP_NAMES = ("Sandal, black bg", "Sandal, gray bg", "Ankle boot, black bg", "Ankle boot, gray bg")
 
 
 def paint_background(images: np.ndarray, cue: np.ndarray) -> np.ndarray:
