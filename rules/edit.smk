@@ -3,12 +3,12 @@
 
 
 rule edit_single:
-    """Sec. 5.1: fix misclassified examples (kind fix) or induce errors (kind induce), one target at a time,
-    with the random-components control."""
+    """Sec. 5.1: fix misclassified examples (kind fix) or induce errors (kind induce), one target at a time;
+    Sec. 5.3: raise the worst group's accuracy (kind subpop). Each with the random-components control."""
     input:
-        model=lambda w: model_file(edit_setup(w.edit, ("fix", "induce"))),
-        examples=lambda w: examples_file(edit_setup(w.edit, ("fix", "induce"))),
-        attributions=lambda w: attribution_file(edit_setup(w.edit, ("fix", "induce")), "coar"),
+        model=lambda w: model_file(edit_setup(w.edit, ("fix", "induce", "subpop"))),
+        examples=lambda w: examples_file(edit_setup(w.edit, ("fix", "induce", "subpop"))),
+        attributions=lambda w: attribution_file(edit_setup(w.edit, ("fix", "induce", "subpop")), "coar"),
         heldout=lambda w: heldout_file(w.edit),
     output:
         sweep="results/edits/{edit}/sweep.csv",

@@ -174,7 +174,7 @@ rule fig_correlation_panels:
 
 
 rule fig_edit_single:
-    """Figs. 3, 19-22: single-example edits (fix or induce) with the random-components control."""
+    """Figs. 3, 19-22: single-example edits (fix or induce); Fig. 5: subpopulations. With the random control."""
     input:
         sweep=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/sweep.csv",
         summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
@@ -188,7 +188,7 @@ rule fig_edit_single:
         setups=lambda w: figure_specs(f"fig{w.n}", [edit_setup(edit_figure(f"fig{w.n}"))]),
         preset=config["preset"],
     wildcard_constraints:
-        n="3|19|20|21|22",
+        n="3|5|19|20|21|22",
     log:
         "logs/fig{n}.log",
     conda:

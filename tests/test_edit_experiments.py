@@ -7,7 +7,7 @@ import torch
 
 from coar.attributions import Attributions
 from coar.components import component_set
-from coar.edit_experiments import edit_single_examples, forget_class
+from coar.edit_experiments import edit_single_examples, edit_subpopulation, forget_class
 from coar.errors import CoarError
 from coar.models.cifar import MLP
 
@@ -90,3 +90,28 @@ def test_forget_class_picks_k_on_validation_within_the_drop(exact):
     assert row.loc["one", "before"] == pytest.approx(acc0)
     with pytest.raises(CoarError, match="must start at 0"):
         forget_class(model, cset, attr, y[:200].numpy(), 0, val, held, [1, 2])
+
+
+def test_subpopulation_edit_chooses_k_by_validation_worst_group(exact):
+    model, cset, attr, x, y, w, b = exact
+    rng = np.random.default_rng(7)
+    g_all = 2 * y.numpy() + (rng.random(600) < 0.5)  # label x an arbitrary cue: four groups
+    val = (x[200:400], y[200:400], g_all[200:400])
+    held = (x[400:], y[400:], g_all[400:])
+    ks = [0, 1, 2, 4, 8, 16]
+    sweep, summary, comps, k = edit_subpopulation(model, cset, attr, g_all[:200], val, held, ks, n_targets=8,
+                                                  n_references=8, seed=0, group_names=["a", "b", "c", "d"])
+    coar = sweep[sweep.method == "coar"].set_index(["set", "k"]).accuracy
+    best = max(coar[("validation: worst group", kk)] for kk in ks)
+    assert coar[("validation: worst group", k)] == best
+    assert k == min(kk for kk in ks if coar[("validation: worst group", kk)] == best)
+    # k = 0: the unedited model's per-group accuracy, the same for both methods
+    yv = held[1].numpy()
+    with torch.no_grad():
+        right = model(held[0]).argmax(1).numpy() == yv
+    per_group = [right[held[2] == gg].mean() for gg in range(4)]
+    assert coar[("held-out: worst group", 0)] == pytest.approx(min(per_group))
+    assert coar[("held-out: average group", 0)] == pytest.approx(np.mean(per_group))
+    assert coar[("held-out: overall", 0)] == pytest.approx(right.mean())
+    row = summary[(summary.method == "coar") & (summary.split == "held-out") & summary.chosen]
+    assert len(row) == 1 and int(row.k.iloc[0]) == k and len(comps) == k

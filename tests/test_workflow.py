@@ -67,7 +67,7 @@ def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
     # fix_A, fix_B, induce_B; one forget job per class (489, 559, 652, 763); at full scale the held-out
     # set is the setup's own examples, so no extra example sets
     assert counts["edit_single"] == 3 and counts["edit_forget"] == 4 and "heldout_examples" not in counts
-    for n, need in ((18, "needs a CelebA setup"), (8, "needs a GPT-2 setup on TinyStories"),
+    for n, need in ((18, "needs a CelebA setup"), (5, "needs Waterbirds and CelebA setups"), (8, "needs a GPT-2 setup on TinyStories"),
                     (12, "needs Waterbirds, CelebA, MIMIC-CXR and CLIP setups")):
         r = snakemake("-n", f"figures/fig{n}.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory",
                       str(tmp_path))
@@ -136,7 +136,7 @@ def test_ci_preset_end_to_end(tmp_path):
     full = sizes.query("method == 'coar' and m == 240")
     assert full.cosine.min() > 0.999999  # the full-size refit is the same fit
     # the appendix figures of the preset, and the variant T_scale sharing T's model and examples
-    for n in (3, 4, 8, 13, 15, 17, 18, 22, 25, 26, 27):
+    for n in (3, 4, 5, 8, 13, 15, 17, 18, 22, 25, 26, 27):
         assert (tmp_path / f"figures/fig{n}.pdf").read_bytes()[:4] == b"%PDF", n
     assert not (tmp_path / "results/T_scale/model.pt").exists() and not (tmp_path / "data/T_scale").exists()
     effect = pd.read_csv(tmp_path / "results/fig25/ablation_effect.csv")
@@ -150,6 +150,8 @@ def test_ci_preset_end_to_end(tmp_path):
     # the edits: both methods swept from the same unedited model, k chosen among the swept values
     sweep = pd.read_csv(tmp_path / "results/edits/fix_T/sweep.csv")
     assert set(sweep.method) == {"coar", "random"} and sweep.query("k == 0").groupby(["target", "set"]).accuracy.nunique().max() == 1
+    subpop = pd.read_csv(tmp_path / "results/edits/subpop_S/summary.csv")
+    assert subpop.chosen.sum() == 4 and set(subpop.split) == {"validation", "held-out"}  # 2 methods x 2 splits
     chosen = json.loads((tmp_path / "results/edits/forget_T/class-1/chosen.json").read_text())
     assert chosen["k"] in (0, 2, 8) and chosen["class_name"] == "Trouser"
     # every shard has a receipt and a complete store beside it

@@ -146,3 +146,74 @@ def forget_class(model: nn.Module, cset: ComponentSet, attributions: Attribution
                                "after": float((edited[1][yc == c] > 0).mean()), "forgotten": int(c) == cls}
                               for c in np.unique(yc)])
     return sweep, classwise, k
+
+
+def edit_subpopulation(model: nn.Module, cset: ComponentSet, attributions: Attributions, groups: np.ndarray,
+                       validation: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+                       heldout: tuple[torch.Tensor, torch.Tensor, np.ndarray], ks: Sequence[int],
+                       target_group: int | None = None, n_targets: int = 10, n_references: int = 10, seed: int = 0,
+                       group_names: Sequence[str] | None = None, label: str = "subpopulations", mode: str = "zero",
+                       gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """Sec. 5.3 / App. D.3: raise the margins of `n_targets` attribution examples of the worst group (the
+    lowest validation accuracy of the unedited model, unless `target_group` is given) against `n_references`
+    examples of the other groups (bottom-k of eq. 8). k maximises worst-group accuracy on `validation`
+    (smallest k on ties); everything is reported on `heldout` too. validation / heldout: (x, y, groups).
+
+    Returns (sweep, summary, components, chosen k). sweep has, per method, k and split ("validation",
+    "held-out"), the sets "<split>: worst group", "<split>: average group" (mean over groups),
+    "<split>: overall" and "<split>: group <name>"; summary one row per (method, split) at k = 0 and at the
+    chosen k."""
+    ks = _check_ks(ks, cset.size)
+    groups = np.asarray(groups)
+    ids = sorted(set(np.asarray(validation[2]).tolist()) | set(np.asarray(heldout[2]).tolist()))
+    names = {g: (group_names[g] if group_names else f"group {g}") for g in ids}
+
+    def by_group(split, data):
+        x, y, g = data
+        g = np.asarray(g)
+        return {f"{split}: group {names[k]}": (x[g == k], y[g == k]) for k in ids if (g == k).any()}
+
+    base = sweep_margins(model, cset, np.arange(cset.size), [0], by_group("validation", validation),
+                         mode, gamma, batch_size, masks_per_pass)
+    if target_group is None:
+        accs = {k: float((base[f"validation: group {names[k]}"][0] > 0).mean()) for k in ids
+                if f"validation: group {names[k]}" in base}
+        target_group = min(accs, key=accs.get)
+    rng = np.random.default_rng([seed, 5])
+    mine, others = np.nonzero(groups == target_group)[0], np.nonzero(groups != target_group)[0]
+    if len(mine) < n_targets or len(others) < n_references:
+        raise CoarError(f"group {names.get(target_group, target_group)}: {len(mine)} attribution examples in the "
+                        f"group and {len(others)} outside it; {n_targets} targets and {n_references} references "
+                        "asked for")
+    targets = rng.choice(mine, n_targets, replace=False)
+    refs = rng.choice(others, n_references, replace=False)
+    orders = {"coar": ranking(edit_scores(attributions, targets, refs), "increase"),
+              "random": rng.permutation(cset.size)}
+    sets = {**by_group("validation", validation), **by_group("held-out", heldout)}
+    rows = []
+    for method, order in orders.items():
+        m = sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
+        for split in ("validation", "held-out"):
+            parts = {name: acc for name, acc in m.items() if name.startswith(split + ":")}
+            for i, k in enumerate(ks):
+                acc = {name: float((v[i] > 0).mean()) for name, v in parts.items()}
+                n_all = sum(v.shape[1] for v in parts.values())
+                overall = sum((v[i] > 0).sum() for v in parts.values()) / n_all
+                summary_sets = {"worst group": min(acc.values()), "average group": float(np.mean(list(acc.values()))),
+                                "overall": float(overall), **{name.split(": ", 1)[1]: a for name, a in acc.items()}}
+                rows += [{"experiment": "subpopulation", "target": label, "method": method, "k": int(k),
+                          "set": f"{split}: {s}", "accuracy": a, "mean_margin": np.nan} for s, a in summary_sets.items()]
+    sweep = pd.DataFrame(rows)
+    val = sweep[(sweep.method == "coar") & (sweep.set == "validation: worst group")].sort_values("k")
+    k = int(val.k.iloc[int(np.argmax(val.accuracy.to_numpy()))])
+    pick = sweep[sweep.k.isin([0, k]) & sweep.set.str.split(": ").str[1].isin(["worst group", "average group", "overall"])]
+    summary = (pick.assign(split=pick.set.str.split(": ").str[0], metric=pick.set.str.split(": ").str[1])
+               .pivot_table(index=["method", "split", "k"], columns="metric", values="accuracy").reset_index())
+    summary.columns.name = None
+    summary = summary.rename(columns={"worst group": "worst_group", "average group": "average_group"})
+    summary["chosen"] = summary.k == k
+    summary["target_group"] = names.get(target_group, str(target_group))
+    comps = pd.DataFrame(_components(label, orders["coar"][:k], cset),
+                         columns=["target", "rank", "component", "module", "module_index"])
+    return sweep, summary, comps, k

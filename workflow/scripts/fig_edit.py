@@ -19,6 +19,7 @@ SUPTITLES = {3: "Editing one prediction with COAR-EDIT (cf. paper Fig. 3)",
              19: "Fixing misclassifications one at a time (cf. paper Fig. 19)",
              20: "Fixing more misclassifications one at a time (cf. paper Fig. 20)",
              21: "Inducing misclassifications (cf. paper Fig. 21)",
+             5: "Improving subpopulation robustness with COAR-EDIT (cf. paper Fig. 5)",
              22: "Layers of the components COAR-EDIT ablates to fix errors (cf. paper Fig. 22)",
              4: "Forgetting a class with COAR-EDIT (cf. paper Fig. 4)",
              23: "Forgetting more classes (cf. paper Fig. 23)"}
@@ -38,8 +39,14 @@ if n in (4, 23):
     table = pd.DataFrame(chosen)
 else:
     sweep, summary = pd.read_csv(sm.input.sweep, dtype={"target": str}), pd.read_csv(sm.input.summary, dtype={"target": str})
-    targets = sorted(summary.target.unique(), key=int)
-    if n == 3:
+    targets = sorted(summary.target.unique(), key=int) if "target" in summary else []
+    if n == 5:  # worst-group, average-group and overall accuracy on the held-out half vs k
+        chosen = summary[(summary.method == "coar") & summary.chosen.astype(str).isin(["True", "1"])]
+        k = int(chosen.k.iloc[0])
+        keep = sweep.set.isin([f"held-out: {m}" for m in ("worst group", "average group", "overall")])
+        fig = pe.fig_forget_classes(sweep[keep], {sweep.target.iloc[0]: k}, prov, SUPTITLES[n],
+                                    f"{title} | target group: {chosen.target_group.iloc[0]}")
+    elif n == 3:
         fixed = summary[(summary.method == "coar") & summary.flipped].target.tolist()
         show = str(opt["show"]) if opt.get("show") is not None else (sorted(fixed, key=int) or targets)[0]
         fig = pe.fig_edit_prediction(sweep, summary, show, prov, SUPTITLES[n], title)
