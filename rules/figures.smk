@@ -54,7 +54,7 @@ rule fig_alpha_profile:
         tables=lambda w: [f for s in figure_setups(f"fig{w.n}")
                           for f in evaluation_files(s, config["figures"][f"fig{w.n}"]["alpha_test"])],
     output:
-        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution accuracy"),
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Attribution accuracy"),
         table="results/fig{n}/correlations.csv",
     params:
         setups=lambda w: figure_specs(f"fig{w.n}"),
@@ -113,7 +113,7 @@ rule fig_example_scatters:
         tables=lambda w: expand("results/{setup}/evaluation/fig{n}-scatters.csv", setup=figure_setups(f"fig{w.n}"),
                                 n=w.n),
     output:
-        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution accuracy"),
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Attribution accuracy"),
         table="results/fig{n}/scatters.csv",
     params:
         setups=lambda w: figure_specs(f"fig{w.n}"),
@@ -136,7 +136,7 @@ rule fig_attribution_examples:
         examples=lambda w: examples_file(attribution_setup(w.n)),
         model=lambda w: model_file(attribution_setup(w.n)),
     output:
-        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution examples"),
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Attribution examples"),
         table="results/fig{n}/examples.csv",
     params:
         setups=lambda w: figure_specs(f"fig{w.n}", [attribution_setup(w.n)]),
@@ -158,7 +158,7 @@ rule fig_correlation_panels:
     input:
         tables=lambda w: expand("results/{setup}/evaluation/correlations.csv", setup=figure_setups(f"fig{w.n}")),
     output:
-        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Attribution accuracy"),
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Attribution accuracy"),
         table="results/fig{n}/correlations.csv",
     params:
         setups=lambda w: figure_specs(f"fig{w.n}"),
@@ -180,7 +180,7 @@ rule fig_edit_single:
         summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
         components=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/components.csv",
     output:
-        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Editing"),
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
         table="results/fig{n}/summary.csv",
     params:
         options=lambda w: config["figures"][f"fig{w.n}"],
@@ -204,7 +204,7 @@ rule fig_edit_forget:
         classwise=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "classwise.csv", forget_classes_shown(w.n)),
         chosen=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "chosen.json", forget_classes_shown(w.n)),
     output:
-        figure=report("figures/fig{n}.pdf", caption="../workflow/report/fig{n}.rst", category="Editing"),
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
         table="results/fig{n}/summary.csv",
     params:
         options=lambda w: config["figures"][f"fig{w.n}"],

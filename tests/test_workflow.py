@@ -157,5 +157,11 @@ def test_ci_preset_end_to_end(tmp_path):
     # every shard has a receipt and a complete store beside it
     receipts = sorted((tmp_path / "results/T/masks/train").glob("shard-*.json"))
     assert len(receipts) == 2 and all((r.with_suffix("") / "COMPLETE").exists() for r in receipts)
+    # the report collects every figure with its caption (captions of multi-figure rules pick text by number)
+    report = tmp_path / "report.html"
+    rep = snakemake("--report", str(report), *args)
+    assert rep.returncode == 0, (rep.stdout + rep.stderr)[-3000:]
+    html = report.read_text(errors="ignore")
+    assert all(f"fig{n}.pdf" in html for n in (2, 3, 4, 5, 8, 13, 14, 25, 26, 27))
     again = snakemake("-n", *args)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
