@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from .ablation import counterfactual_outputs
 from .attributions import Attributions
 from .components import ComponentSet
-from .editing import choose_k, edit_scores, keep_mask, ranking
+from .editing import choose_k, edit_scores, keep_mask, ranking, sweep_outputs
 from .errors import CoarError
 from .outputs import margin
 
@@ -45,8 +45,7 @@ def sweep_margins(model: nn.Module, cset: ComponentSet, order: np.ndarray, ks: S
                   mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
                   ) -> dict[str, np.ndarray]:
     """Correct-class margins [len(ks), N] of every set after ablating the first k components of `order`."""
-    keep = np.stack([keep_mask(cset.size, order[:k]) for k in ks])
-    return {name: counterfactual_outputs(model, cset, x, y, keep, margin, mode, gamma, batch_size, masks_per_pass)
+    return {name: sweep_outputs(model, cset, order, ks, x, y, margin, mode, gamma, batch_size, masks_per_pass)
             for name, (x, y) in sets.items()}
 
 

@@ -511,6 +511,11 @@ def _as_factorization(data, standardize, rcond, device) -> Factorization:
 
 
 # ------------------------------------------------------------------------------- fits
+def _primal_meta(fac: Factorization) -> dict:
+    return {"solver": "primal-eigh", "standardize": fac.standardize, "n_masks": fac.m, "rank": fac.rank,
+            "rcond": fac.rcond}
+
+
 def fit_ols(
     acc: GramAccumulator | Factorization,
     standardize: bool = True,
@@ -522,14 +527,7 @@ def fit_ols(
     """Least squares with intercept for all examples (minimum-norm when rank-deficient)."""
     fac = _as_factorization(acc, standardize, rcond, device)
     w, b = fac.coefficients(None)
-    meta = {
-        "solver": "primal-eigh",
-        "standardize": fac.standardize,
-        "n_masks": fac.m,
-        "rank": fac.rank,
-        "rcond": fac.rcond,
-        "lambda": [0.0] * fac.n_examples,
-    }
+    meta = {**_primal_meta(fac), "lambda": [0.0] * fac.n_examples}
     return Attributions(w.T, b, "coar-ols", components, meta)
 
 
@@ -570,11 +568,7 @@ def fit_ridge(
     chosen = lams[chosen_idx]
     w, b = fac.coefficients(chosen)
     meta = {
-        "solver": "primal-eigh",
-        "standardize": fac.standardize,
-        "n_masks": fac.m,
-        "rank": fac.rank,
-        "rcond": fac.rcond,
+        **_primal_meta(fac),
         "select": select if lams.size > 1 else "fixed",
         "lambdas": lams.tolist(),
         "lambda": chosen.tolist(),
