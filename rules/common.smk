@@ -291,8 +291,9 @@ def evaluation_files(setup, alphas=None, on=None):
     return [f"results/{setup}/evaluation/{where}alpha-{a:g}.csv" for a in alphas]
 
 
-def figure_setups(fig):
-    """Setups a figure uses; a figure the preset does not configure fails at once, naming the key."""
+def figure_config(fig):
+    """The preset's `figures.<fig>` entry; a figure the preset does not configure fails at once, naming the
+    key (and, for figures the paper preset cannot build yet, what they need)."""
     if fig not in config["figures"]:
         need = MISSING_AT_PAPER_SCALE.get(fig)
         raise WorkflowError(
@@ -301,7 +302,11 @@ def figure_setups(fig):
             + f" (add one to the config; its keys are described under figures.{fig} in "
             "workflow/schemas/config.schema.yaml)"
         )
-    return config["figures"][fig]["setups"]
+    return config["figures"][fig]
+
+
+def figure_setups(fig):
+    return figure_config(fig)["setups"]
 
 
 def sample_sizes(setup):
@@ -360,13 +365,11 @@ def figure_specs(fig, setups=None):
 
 
 def fig27_setting(key):
-    return config["figures"]["fig27"][key] if "fig27" in config["figures"] else figure_setups("fig27")
+    return figure_config("fig27")[key]
 
 
 def attribution_setup(n):
-    if f"fig{n}" not in config["figures"]:
-        figure_setups(f"fig{n}")  # fails, naming the missing key
-    return config["figures"][f"fig{n}"]["setup"]
+    return figure_config(f"fig{n}")["setup"]
 
 
 def edit_setup(edit, kinds=None):
@@ -392,10 +395,7 @@ def heldout_file(edit):
 
 def edit_figure(fig):
     """The edits entry a figure draws from."""
-    spec = config["figures"].get(fig)
-    if spec is None:
-        figure_setups(fig)  # fails, naming the missing key
-    return spec["edit"]
+    return figure_config(fig)["edit"]
 
 
 def forget_outputs(edit, name, classes=None):
@@ -404,9 +404,7 @@ def forget_outputs(edit, name, classes=None):
 
 
 def forget_classes_shown(n):
-    spec = config["figures"].get(f"fig{n}")
-    if spec is None:
-        figure_setups(f"fig{n}")  # fails, naming the missing key
+    spec = figure_config(f"fig{n}")
     if int(n) == 4:
         return [spec["class"]]
     return spec.get("classes") or config["edits"][spec["edit"]]["classes"]

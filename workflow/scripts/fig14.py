@@ -3,20 +3,17 @@ import sys
 
 sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
-from _job import start  # noqa: E402
+from _job import provenance, start  # noqa: E402
 
 device = start(sm)
 
 import pandas as pd  # noqa: E402
 
-import coar  # noqa: E402
 from coar.plotting import fig_sample_size, save_figure  # noqa: E402
 
 setups = sm.params.setups
 table = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(setups, sm.input.tables)], ignore_index=True)
-parts = [f"{s}: {v['model']} on {v['dataset']}, up to {v['masks']:,} masks at alpha {v['alpha_train']:g}, "
-         f"{v['examples'].get('n') or 'all'} {v['examples']['split']} examples" for s, v in setups.items()]
-provenance = f"preset: {sm.params.preset} | " + " | ".join(parts) + f" | coar {coar.__version__}"
-fig = fig_sample_size(table, provenance, {s: v["title"] for s, v in setups.items()})
+footer = provenance(sm.params.preset, setups)
+fig = fig_sample_size(table, footer, {s: v["title"] for s, v in setups.items()})
 save_figure(fig, sm.output.figure)
 table.to_csv(sm.output.table, index=False)

@@ -3,13 +3,12 @@ import sys
 
 sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
-from _job import start  # noqa: E402
+from _job import provenance, start  # noqa: E402
 
 device = start(sm)
 
 import pandas as pd  # noqa: E402
 
-import coar  # noqa: E402
 from coar.evaluate import summarize  # noqa: E402
 from coar.plotting import fig_attribution_accuracy, save_figure  # noqa: E402
 
@@ -17,10 +16,8 @@ setups = sm.params.setups
 names = list(setups)
 corr = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(names, sm.input.correlations)], ignore_index=True)
 scatter = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(names, sm.input.scatter)], ignore_index=True)
-parts = [f"{s}: {v['model']} on {v['dataset']}, {v['masks']:,} masks at alpha {v['alpha_train']:g}, "
-         f"{v['examples'].get('n') or 'all'} {v['examples']['split']} examples" for s, v in setups.items()]
-provenance = f"preset: {sm.params.preset} | " + " | ".join(parts) + f" | coar {coar.__version__}"
-fig = fig_attribution_accuracy(corr, scatter, {s: v["alpha_train"] for s, v in setups.items()}, provenance,
+footer = provenance(sm.params.preset, setups)
+fig = fig_attribution_accuracy(corr, scatter, {s: v["alpha_train"] for s, v in setups.items()}, footer,
                                {s: v["title"] for s, v in setups.items()})
 save_figure(fig, sm.output.figure)
 corr.to_csv(sm.output.table, index=False)
