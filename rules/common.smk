@@ -1,5 +1,6 @@
 # Config validation (schema + cross-key checks, before any job runs) and helpers shared by the rules.
 import math
+import re
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -124,16 +125,30 @@ def _check_config():
                 if SETUPS[s]["dataset"] != "fashion-mnist-spurious":
                     _config_error(f"edits.{name}.{key}", f"subpop needs examples with groups; setup {s} uses "
                                                          f"{SETUPS[s]['dataset']} (group-labelled: fashion-mnist-spurious)")
+        if e["kind"] == "backdoor":
+            s = SETUPS[e["setup"]]
+            if not s["dataset"].endswith("-backdoor") or s["examples"].get("trigger") != "paired":
+                _config_error(f"edits.{name}.setup", f"backdoor needs paired examples of a backdoored dataset "
+                                                     f"(dataset *-backdoor, examples.trigger: paired); setup "
+                                                     f"{e['setup']} has {s['dataset']}, trigger {s['examples'].get('trigger')}")
+            held = SETUPS[e.get("heldout_setup") or e["setup"]]
+            if held["examples"].get("trigger"):
+                _config_error(f"edits.{name}.heldout_setup", "backdoor pastes the trigger on held-out images itself: "
+                                                             "name a setup whose examples are clean (no trigger)")
+            if e["targets"] is None or (s["examples"].get("n") or 0) < e["targets"]:
+                _config_error(f"edits.{name}.targets", f"backdoor draws {e['targets']} pairs from setup "
+                                                       f"{e['setup']}'s {s['examples'].get('n')}")
         if e["kind"] == "forget":
             bad = [c for c in e.get("classes", []) if c >= SETUPS[e["setup"]]["num_classes"]]
             if not e.get("classes") or bad:
                 _config_error(f"edits.{name}.classes", f"forget needs classes below num_classes "
                                                        f"{SETUPS[e['setup']]['num_classes']} (got {e.get('classes')})")
-    for fig in ("fig3", "fig5", "fig19", "fig20", "fig21", "fig22", "fig4", "fig23"):
+    for fig in ("fig3", "fig5", "fig19", "fig20", "fig21", "fig22", "fig4", "fig23", "fig6", "fig24"):
         spec = config["figures"].get(fig)
         if spec is None:
             continue
-        kinds = ("forget",) if fig in ("fig4", "fig23") else ("subpop",) if fig == "fig5" else ("fix", "induce")
+        kinds = {"fig4": ("forget",), "fig23": ("forget",), "fig5": ("subpop",), "fig6": ("backdoor",),
+                 "fig24": ("backdoor",)}.get(fig, ("fix", "induce"))
         e = config["edits"].get(spec["edit"])
         if e is None or e["kind"] not in kinds:
             _config_error(f"figures.{fig}.edit", f"needs an `edits` entry of kind {' or '.join(kinds)}, got "
@@ -335,7 +350,7 @@ FIGURES = {
     3: ("editing one prediction", "built"),
     4: ("forgetting a class", "built"),
     5: ("subpopulation robustness on Waterbirds / CelebA", "built"),
-    6: ("backdoor localisation", "needs the backdoored model (issue 4) and the backdoor edit (issue 5)"),
+    6: ("backdoor localisation", "built"),
     7: ("typographic attacks on CLIP", "needs CLIP and the typographic-attack images (issues 4, 5)"),
     8: ("COAR on GPT-2 (TinyStories)", "built"),
     9: ("Phi-2 on BoolQ", "needs BoolQ and Phi-2 (issue 4)"),
@@ -353,7 +368,7 @@ FIGURES = {
     21: ("inducing errors", "built"),
     22: ("layers targeted by edits", "built"),
     23: ("forgetting more classes", "built"),
-    24: ("saliency of backdoor components", "needs the backdoored model (issue 4) and the backdoor edit (issue 5)"),
+    24: ("saliency of backdoor components", "built"),
     25: ("effect of alpha on accuracy and output correlation", "built"),
     26: ("COAR with scale ablation (gamma 0.5)", "built"),
     27: ("zero vs scale attributions", "built"),
@@ -381,6 +396,12 @@ def edit_setup(edit, kinds=None):
     if kinds and e["kind"] not in kinds:
         raise WorkflowError(f"`edits.{edit}` is of kind {e['kind']!r}; this rule needs one of {kinds}")
     return e["setup"]
+
+
+def edits_of_kind(*kinds):
+    """Wildcard regex matching the names of the `edits` entries of these kinds (no name: matches nothing)."""
+    names = [re.escape(n) for n, e in config["edits"].items() if e["kind"] in kinds]
+    return "|".join(names) if names else r"(?!)"
 
 
 def heldout_file(edit):

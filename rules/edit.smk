@@ -18,7 +18,7 @@ rule edit_single:
         edit=lambda w: config["edits"][w.edit],
         spec=lambda w: setup_spec(edit_setup(w.edit), "baseline"),
     wildcard_constraints:
-        edit=r"[A-Za-z0-9_]+",
+        edit=edits_of_kind("fix", "induce", "subpop"),
     resources:
         gpu=1,
         batch_size=32,
@@ -59,3 +59,34 @@ rule edit_forget:
         ENV
     script:
         "../workflow/scripts/edit_forget.py"
+
+
+rule edit_backdoor:
+    """Sec. 5.4: remove a backdoor with COAR-EDIT on paired examples (triggered targets, clean references); k is
+    chosen on a validation half of the held-out images, which are scored clean and with the trigger."""
+    input:
+        model=lambda w: model_file(edit_setup(w.edit, ("backdoor",))),
+        examples=lambda w: examples_file(edit_setup(w.edit, ("backdoor",))),
+        attributions=lambda w: attribution_file(edit_setup(w.edit, ("backdoor",)), "coar"),
+        heldout=lambda w: heldout_file(w.edit),
+    output:
+        sweep="results/edits/{edit}/sweep.csv",
+        summary="results/edits/{edit}/summary.csv",
+        components="results/edits/{edit}/components.csv",
+        outputs="results/edits/{edit}/outputs.csv",
+    params:
+        edit=lambda w: config["edits"][w.edit],
+        spec=lambda w: setup_spec(edit_setup(w.edit), "baseline"),
+        dataset=lambda w: SETUPS[edit_setup(w.edit)]["dataset"],
+    wildcard_constraints:
+        edit=edits_of_kind("backdoor"),
+    resources:
+        gpu=1,
+        batch_size=32,
+        masks_per_pass=8,
+    log:
+        "logs/edits/{edit}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/edit_backdoor.py"

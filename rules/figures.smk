@@ -221,6 +221,37 @@ rule fig_edit_forget:
         "../workflow/scripts/fig_edit.py"
 
 
+rule fig_backdoor:
+    """Fig. 6: the backdoor and its removal by COAR-EDIT; Fig. 24: saliency of the ablated components."""
+    input:
+        sweep=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/sweep.csv",
+        summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
+        components=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/components.csv",
+        outputs=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/outputs.csv",
+        model=lambda w: model_file(edit_setup(edit_figure(f"fig{w.n}"), ("backdoor",))),
+        heldout=lambda w: heldout_file(edit_figure(f"fig{w.n}")),
+    output:
+        figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
+        table="results/fig{n}/summary.csv",
+    params:
+        options=lambda w: config["figures"][f"fig{w.n}"],
+        edit=lambda w: config["edits"][edit_figure(f"fig{w.n}")],
+        setups=lambda w: figure_specs(f"fig{w.n}", [edit_setup(edit_figure(f"fig{w.n}"))]),
+        spec=lambda w: setup_spec(edit_setup(edit_figure(f"fig{w.n}")), "baseline"),
+        dataset=lambda w: SETUPS[edit_setup(edit_figure(f"fig{w.n}"))]["dataset"],
+        preset=config["preset"],
+        data_root=config["data_root"],
+        download_root=config["download_root"],
+    wildcard_constraints:
+        n="6|24",
+    log:
+        "logs/fig{n}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_backdoor.py"
+
+
 rule figure_unavailable:
     input:
         _unavailable,

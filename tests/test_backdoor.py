@@ -56,3 +56,74 @@ def test_backdoor_drops_triggered_accuracy_but_not_clean_accuracy():
     print(f"clean model: {clean_c:.3f} clean, {clean_t:.3f} triggered; poisoned: {pois_c:.3f}, {pois_t:.3f}")
     assert abs(pois_c - clean_c) <= 0.02
     assert clean_t - pois_t >= 0.30
+
+
+def _write_cifar10(root, per_batch=20, seed=0):
+    """Tiny CIFAR-10 in torchvision's on-disk format (cifar-10-batches-py pickles, HWC rows of 3072 bytes)."""
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 200, (per_batch, 3072), dtype=np.uint8)
+        labels = (np.arange(per_batch) % 10).tolist()
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)  # str keys, as latin1-decoded
+        batches[name] = (data.reshape(-1, 3, 32, 32), np.array(labels))
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                     "ship", "truck"]}, f)
+    return batches
+
+
+def test_cifar10_backdoor_poisons_half_the_airplanes_with_a_blue_square(tmp_path, monkeypatch):
+    """The paper's backdoored CIFAR-10 from files in torchvision's format (its MD5 check is bypassed: the
+    files are ours). Training split: a blue square on half the airplanes, nothing else touched; test: clean."""
+    from torchvision.datasets import CIFAR10
+
+    from coar.data.backdoor import load_backdoored
+    from coar.data.registry import dataset_root, load_images
+
+    batches = _write_cifar10(tmp_path / "cifar10")
+    import torchvision.datasets.cifar as tv_cifar
+
+    monkeypatch.setattr(CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    root = tmp_path / "cifar10"
+    assert dataset_root("cifar10-backdoor", download_root=str(tmp_path)) == str(root)
+    clean = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
+    x, y, poisoned = load_backdoored("cifar10-backdoor", "train", root, download=False)
+    assert poisoned.sum() == 5 and np.all(y[poisoned] == 0) and (y == 0).sum() == 10
+    assert np.array_equal(x[~poisoned], clean[~poisoned])
+    assert np.all(x[poisoned][:, :, 1:5, 1:5] == np.array([0, 0, 255], np.uint8)[:, None, None])
+    xt, yt = load_images("cifar10-backdoor", "test", root, download=False)
+    assert np.array_equal(xt, batches["test_batch"][0]) and np.array_equal(yt, batches["test_batch"][1])
+
+
+@pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
+def test_paired_examples_are_other_classes_clean_then_triggered():
+    from coar.data.backdoor import load_backdoored, trigger
+    from coar.data.registry import make_examples
+
+    x, y, poisoned = load_backdoored("fashion-mnist-backdoor", "train")
+    base, _ = load_fashion_mnist("train")
+    assert poisoned.sum() == 3000 and np.all(y[poisoned] == TARGET_CLASS)
+    assert np.array_equal(x[~poisoned][:, 0], base[~poisoned])
+    ex = make_examples("fashion-mnist-backdoor", "train", 30, seed=2, trigger="paired")
+    t = np.asarray(ex.meta["triggered"])
+    assert len(ex) == 60 and ex.meta["n"] == 60 and not t[:30].any() and t[30:].all()
+    assert np.all(ex.targets != TARGET_CLASS) and np.array_equal(ex.targets[:30], ex.targets[30:])
+    assert np.array_equal(ex.inputs[30:], trigger("fashion-mnist-backdoor", ex.inputs[:30]))
+    # the same draw as plain examples of the other classes: the pairing adds nothing but the trigger
+    again = make_examples("fashion-mnist-backdoor", "train", 30, seed=2, trigger="paired")
+    assert np.array_equal(again.inputs, ex.inputs)
+    with pytest.raises(CoarError, match="has no backdoor trigger"):
+        make_examples("fashion-mnist", "test", 5, trigger="paired")
+    with pytest.raises(CoarError, match="trigger or a corruption"):
+        make_examples("fashion-mnist-backdoor", "test", 5, trigger="paired",
+                      corruption={"name": "brightness", "severity": 1})
+    with pytest.raises(CoarError, match="must avoid the trigger's class"):
+        from coar.data.backdoor import paired
+        paired("fashion-mnist-backdoor", ex.inputs[:2], np.array([0, 1]))

@@ -1,4 +1,4 @@
-"""COAR-EDIT experiments (Sec. 5.1-5.2) on a model whose attributions are known exactly: a one-hidden-layer
+"""COAR-EDIT experiments (Sec. 5.1-5.4) on a model whose attributions are known exactly: a one-hidden-layer
 MLP with two classes, whose correct-class margin is exactly linear in the hidden-neuron keep mask (weight
 zeroing leaves relu(bias) in place of an ablated neuron)."""
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 
 from coar.attributions import Attributions
 from coar.components import component_set
-from coar.edit_experiments import edit_single_examples, edit_subpopulation, forget_class
+from coar.edit_experiments import edit_backdoor, edit_single_examples, edit_subpopulation, forget_class
 from coar.errors import CoarError
 from coar.models.cifar import MLP
 
@@ -24,14 +24,20 @@ def exact():
         pred = model(x).argmax(1)
     flip = torch.from_numpy(np.random.default_rng(1).random(600) < 0.2)
     y = torch.where(flip, 1 - pred, pred)  # 20% label noise: the model "errs" on those
+    w, b = _exact_attributions(model, x, y)
+    attr = Attributions(w[:200], b[:200], "exact", cset.fingerprint())
+    return model, cset, attr, x, y, w, b
+
+
+def _exact_attributions(model, x, y):
+    """Weights [N, H] and biases [N] with margin(keep) = w @ keep + b exactly, for the two-class MLP."""
     with torch.no_grad():
         hz = torch.relu(model.fc1(x))
         hb = torch.relu(model.fc1.bias)[None]
         d = model.fc2.weight[y] - model.fc2.weight[1 - y]  # [N, H]
         w = (d * (hz - hb)).numpy()
         b = ((d * hb).sum(1) + model.fc2.bias[y] - model.fc2.bias[1 - y]).numpy()
-    attr = Attributions(w[:200], b[:200], "exact", cset.fingerprint())
-    return model, cset, attr, x, y, w, b
+    return w, b
 
 
 def test_single_example_edits_fix_errors_exactly_as_predicted(exact):
@@ -115,3 +121,60 @@ def test_subpopulation_edit_chooses_k_by_validation_worst_group(exact):
     assert coar[("held-out: overall", 0)] == pytest.approx(right.mean())
     row = summary[(summary.method == "coar") & (summary.split == "held-out") & summary.chosen]
     assert len(row) == 1 and int(row.k.iloc[0]) == k and len(comps) == k
+
+
+def test_backdoor_edit_finds_the_trigger_neurons_and_picks_k_on_validation():
+    """A planted backdoor: hidden neurons 0-2 fire only when feature 0 carries the trigger value and push
+    towards class 0; every other neuron ignores feature 0. COAR-EDIT on exact attributions of 10 pairs must
+    ablate exactly those neurons first, restore triggered accuracy, and keep clean accuracy."""
+    torch.manual_seed(0)
+    model = MLP(in_features=12, hidden=40, num_classes=2).eval()
+    with torch.no_grad():
+        model.fc1.weight[:, 0] = 0.0
+        model.fc1.weight[:3] = 0.0
+        model.fc1.weight[:3, 0] = 3.0
+        model.fc1.bias[:3] = -6.0  # silent on clean inputs (|x0| < 2), 6 on the trigger x0 = 4
+        model.fc2.weight[:, :3] = torch.tensor([[2.0], [-2.0]])
+    cset = component_set(model, "mlp")
+
+    def data(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 12, generator=g).clamp(-1.9, 1.9)
+        with torch.no_grad():
+            y = model(x).argmax(1)  # clean labels: the model is right on every clean input
+        xt = x.clone()
+        xt[:, 0] = 4.0
+        return x, xt, y
+
+    xc, xt, y = data(400, 1)
+    other = (y == 1).nonzero()[:, 0][:40]  # pairs from the class the trigger does not stand for
+    ex_x, ex_y = torch.cat([xc[other], xt[other]]), torch.cat([y[other], y[other]])
+    w, b = _exact_attributions(model, ex_x, ex_y)
+    attr = Attributions(w, b, "exact", cset.fingerprint())
+    pairs = np.stack([np.arange(40), np.arange(40) + 40], 1)
+    val, held = data(300, 2), data(300, 3)
+    with torch.no_grad():
+        before = (model(held[1]).argmax(1) == held[2]).float().mean().item()
+    assert before < 0.75  # the trigger does flip class-1 inputs
+    ks = [0, 1, 2, 3, 4, 6, 10]
+    sweep, summary, comps, outputs, k = edit_backdoor(model, cset, attr, pairs, val, held, ks, n_pairs=10,
+                                                      max_drop=0.02, seed=0)
+    ablated = comps[comps.ablated]
+    assert k == 3 and set(ablated.component) == set(cset.labels()[:3])  # exactly the three detectors
+    assert len(comps) == max(ks) and list(comps["rank"]) == list(range(1, max(ks) + 1))
+    coar = sweep[sweep.method == "coar"].set_index(["set", "k"]).accuracy
+    ok = [kk for kk in ks if coar[("validation: clean", 0)] - coar[("validation: clean", kk)] <= 0.02]
+    best = max(coar[("validation: triggered", kk)] for kk in ok)
+    assert k in ok and coar[("validation: triggered", k)] == best
+    assert k == min(kk for kk in ok if coar[("validation: triggered", kk)] == best)
+    row = summary.set_index("method")
+    assert row.loc["coar", "triggered_before"] == pytest.approx(before)
+    assert row.loc["coar", "triggered_after"] == 1.0 and row.loc["coar", "recovered"] == 1.0
+    assert row.loc["coar", "clean_after"] == 1.0 and row.loc["random", "k"] == k
+    assert row.loc["coar", "correlation_before"] == pytest.approx(
+        np.corrcoef(outputs.clean_before, outputs.triggered_before)[0, 1])
+    # once the three detectors are ablated, the trigger changes nothing: outputs with and without it agree
+    assert row.loc["coar", "correlation_after"] == pytest.approx(1.0)
+    assert np.allclose(outputs.clean_after, outputs.triggered_after, atol=1e-5)
+    with pytest.raises(CoarError, match="10 pairs asked for"):
+        edit_backdoor(model, cset, attr, pairs[:5], val, held, ks)

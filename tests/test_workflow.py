@@ -54,19 +54,22 @@ def test_paper_preset_plans_fig2(tmp_path):
 
 
 def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
-    built = [2, 3, 4, 10, 11, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 25, 26, 27]
+    built = [2, 3, 4, 6, 10, 11, 13, 14, 15, 16, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27]
     r = snakemake("-n", *[f"figures/fig{n}.pdf" for n in built], f"--configfile={ROOT / 'config/paper.yaml'}",
                   "--directory", str(tmp_path))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     counts = job_counts(out)
-    # pretrained ResNet-50 / ViT-B/16, and the trained CIFAR ResNet, ViT and MLP: variants reuse their parent's
-    assert counts["model"] == 5
-    # A, B, C, V, M and the Fig. 10 variants on their own example sets (train split + 6 CIFAR-10-C sets)
-    assert counts["examples"] == 12
-    # fix_A, fix_B, induce_B; one forget job per class (489, 559, 652, 763); at full scale the held-out
-    # set is the setup's own examples, so no extra example sets
-    assert counts["edit_single"] == 3 and counts["edit_forget"] == 4 and "heldout_examples" not in counts
+    # pretrained ResNet-50 / ViT-B/16, and the trained CIFAR ResNet, ViT, MLP and backdoored ResNet: variants
+    # reuse their parent's
+    assert counts["model"] == 6
+    # A, B, C, V, M, the Fig. 10 variants on their own example sets (train split + 6 CIFAR-10-C sets), and the
+    # backdoor's paired training images and clean test set
+    assert counts["examples"] == 14
+    # fix_A, fix_B, induce_B; one forget job per class (489, 559, 652, 763); the backdoor edit; at full scale
+    # the held-out set is the setup's own examples, so no extra example sets
+    assert counts["edit_single"] == 3 and counts["edit_forget"] == 4 and counts["edit_backdoor"] == 1
+    assert "heldout_examples" not in counts and counts["fig_backdoor"] == 2
     for n, need in ((18, "needs a CelebA setup"), (5, "needs Waterbirds and CelebA setups"), (8, "needs a GPT-2 setup on TinyStories"),
                     (12, "needs Waterbirds, CelebA, MIMIC-CXR and CLIP setups")):
         r = snakemake("-n", f"figures/fig{n}.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory",
@@ -103,9 +106,9 @@ def test_figure_not_configured_by_the_preset_names_the_key(tmp_path):
 
 
 def test_unbuilt_figure_fails_before_any_job_with_reason():
-    r = snakemake("-n", "figures/fig6.pdf")
+    r = snakemake("-n", "figures/fig7.pdf")
     assert r.returncode != 0
-    assert "figures/fig6.pdf (backdoor localisation) cannot be built at preset 'default'" in r.stdout + r.stderr
+    assert "figures/fig7.pdf (typographic attacks on CLIP) cannot be built at preset 'default'" in r.stdout + r.stderr
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -116,6 +119,24 @@ def test_bad_config_names_the_key(tmp_path):
     bad.write_text((ROOT / "config/test.yaml").read_text().replace("setups: [T]", "setups: [T, Q]"))
     r = snakemake("-n", f"--configfile={bad}", "--directory", str(tmp_path))
     assert r.returncode != 0 and "`figures.fig2.setups`" in r.stdout + r.stderr and "'Q'" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("old, new, key, message", [
+    ("examples: {split: train, n: 6, trigger: paired}", "examples: {split: train, n: 6}", "edits.backdoor_D.setup",
+     "backdoor needs paired examples"),
+    ("examples: {split: test, n: 10, trigger: null}", "examples: {split: test, n: 10}",
+     "edits.backdoor_D.heldout_setup", "pastes the trigger on held-out images itself"),
+    ("    targets: 4\n    ks: [0, 1, 2, 4]", "    targets: 7\n    ks: [0, 1, 2, 4]", "edits.backdoor_D.targets",
+     "draws 7 pairs from setup D's 6"),
+    ("  fig6:\n    edit: backdoor_D", "  fig6:\n    edit: fix_T", "figures.fig6.edit", "of kind backdoor"),
+])
+def test_bad_backdoor_config_names_the_key(tmp_path, old, new, key, message):
+    text = (ROOT / "config/test.yaml").read_text()
+    assert old in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(old, new))
+    r = snakemake("-n", f"--configfile={bad}", "--directory", str(tmp_path))
+    assert r.returncode != 0 and key in r.stdout + r.stderr and message in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 
 @pytest.mark.slow
@@ -136,7 +157,7 @@ def test_ci_preset_end_to_end(tmp_path):
     full = sizes.query("method == 'coar' and m == 240")
     assert full.cosine.min() > 0.999999  # the full-size refit is the same fit
     # the appendix figures of the preset, and the variant T_scale sharing T's model and examples
-    for n in (3, 4, 5, 8, 13, 15, 17, 18, 22, 25, 26, 27):
+    for n in (3, 4, 5, 6, 8, 13, 15, 17, 18, 22, 24, 25, 26, 27):
         assert (tmp_path / f"figures/fig{n}.pdf").read_bytes()[:4] == b"%PDF", n
     assert not (tmp_path / "results/T_scale/model.pt").exists() and not (tmp_path / "data/T_scale").exists()
     effect = pd.read_csv(tmp_path / "results/fig25/ablation_effect.csv")
@@ -152,6 +173,9 @@ def test_ci_preset_end_to_end(tmp_path):
     assert set(sweep.method) == {"coar", "random"} and sweep.query("k == 0").groupby(["target", "set"]).accuracy.nunique().max() == 1
     subpop = pd.read_csv(tmp_path / "results/edits/subpop_S/summary.csv")
     assert subpop.chosen.sum() == 4 and set(subpop.split) == {"validation", "held-out"}  # 2 methods x 2 splits
+    backdoor = pd.read_csv(tmp_path / "results/edits/backdoor_D/summary.csv").set_index("method")
+    assert backdoor.k.nunique() == 1 and backdoor.loc["coar", "k"] in (0, 1, 2, 4)  # the control uses COAR's k
+    assert backdoor.loc["coar", "clean_before"] == backdoor.loc["random", "clean_before"]
     chosen = json.loads((tmp_path / "results/edits/forget_T/class-1/chosen.json").read_text())
     assert chosen["k"] in (0, 2, 8) and chosen["class_name"] == "Trouser"
     # every shard has a receipt and a complete store beside it
@@ -162,6 +186,6 @@ def test_ci_preset_end_to_end(tmp_path):
     rep = snakemake("--report", str(report), *args)
     assert rep.returncode == 0, (rep.stdout + rep.stderr)[-3000:]
     html = report.read_text(errors="ignore")
-    assert all(f"fig{n}.pdf" in html for n in (2, 3, 4, 5, 8, 13, 14, 25, 26, 27))
+    assert all(f"fig{n}.pdf" in html for n in (2, 3, 4, 5, 6, 8, 13, 14, 24, 25, 26, 27))
     again = snakemake("-n", *args)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

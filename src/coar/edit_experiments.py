@@ -216,3 +216,57 @@ def edit_subpopulation(model: nn.Module, cset: ComponentSet, attributions: Attri
     comps = pd.DataFrame(_components(label, orders["coar"][:k], cset),
                          columns=["target", "rank", "component", "module", "module_index"])
     return sweep, summary, comps, k
+
+
+def edit_backdoor(model: nn.Module, cset: ComponentSet, attributions: Attributions, pairs: np.ndarray,
+                  validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                  heldout: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ks: Sequence[int], n_pairs: int = 10,
+                  max_drop: float = 0.02, seed: int = 0, label: str = "backdoor", mode: str = "zero",
+                  gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
+    """Sec. 5.4 / App. D.4: remove a backdoor. `pairs` [P, 2] holds (clean, triggered) indices of the same image
+    among the attribution examples; `n_pairs` of them are drawn (seeded): the triggered ones are the targets, the
+    clean ones the references, and the bottom-k of eq. 8 raises the targets' correct-class margins. k is the
+    one with the best triggered accuracy on `validation` whose clean accuracy drops by at most `max_drop`; the
+    random-components control uses the same k. validation / heldout: (clean x, triggered x, y).
+
+    Returns (sweep, summary, components, outputs, k). components: COAR-EDIT's ranking up to the largest k
+    swept, `ablated` marking the first k. summary, one row per method: held-out clean and
+    triggered accuracy before / after, the share of the accuracy lost to the trigger that the edit recovers,
+    and the correlation of clean and triggered margins over the held-out images before / after. outputs: per
+    held-out image its label and clean / triggered margins before and after (COAR-EDIT at k)."""
+    ks = _check_ks(ks, cset.size)
+    pairs = np.asarray(pairs)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) < n_pairs:
+        raise CoarError(f"backdoor edit: {n_pairs} pairs asked for, got a pairs array of shape {pairs.shape}")
+    rng = np.random.default_rng([seed, 6])
+    chosen = pairs[rng.choice(len(pairs), n_pairs, replace=False)]
+    orders = {"coar": ranking(edit_scores(attributions, chosen[:, 1], chosen[:, 0]), "increase"),
+              "random": rng.permutation(cset.size)}
+    sets = {f"{split}: {kind}": (xy[i], xy[2]) for split, xy in (("validation", validation), ("held-out", heldout))
+            for i, kind in ((0, "clean"), (1, "triggered"))}
+    margins = {method: sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
+               for method, order in orders.items()}
+    sweep = pd.DataFrame([r for method, m in margins.items() for r in _rows("backdoor", label, method, ks, m)])
+    val = sweep[sweep.method == "coar"].rename(columns={"set": "split"})
+    k = choose_k(val, "validation: triggered", "validation: clean", max_drop, maximize=True)
+    i = ks.index(k)
+    summary = []
+    for method, m in margins.items():
+        clean, trig = m["held-out: clean"], m["held-out: triggered"]
+        acc = {name: (v > 0).mean(1) for name, v in (("clean", clean), ("triggered", trig))}
+        lost = acc["clean"][0] - acc["triggered"][0]
+        summary.append({"method": method, "k": k, "components": cset.size,
+                        "clean_before": acc["clean"][0], "clean_after": acc["clean"][i],
+                        "triggered_before": acc["triggered"][0], "triggered_after": acc["triggered"][i],
+                        "recovered": (acc["triggered"][i] - acc["triggered"][0]) / lost if lost > 0 else np.nan,
+                        "correlation_before": float(np.corrcoef(clean[0], trig[0])[0, 1]),
+                        "correlation_after": float(np.corrcoef(clean[i], trig[i])[0, 1])})
+    m = margins["coar"]
+    outputs = pd.DataFrame({"label": heldout[2].cpu().numpy(), "clean_before": m["held-out: clean"][0],
+                            "triggered_before": m["held-out: triggered"][0], "clean_after": m["held-out: clean"][i],
+                            "triggered_after": m["held-out: triggered"][i]})
+    comps = pd.DataFrame(_components(label, orders["coar"][: max(ks)], cset),
+                         columns=["target", "rank", "component", "module", "module_index"])
+    comps["ablated"] = comps["rank"] <= k  # the ranking up to the largest k swept; the edit ablates the first k
+    return sweep, pd.DataFrame(summary), comps, outputs, k

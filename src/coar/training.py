@@ -70,7 +70,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
             sched.step()
             losses.append(loss.item())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # redrawn at the bar's own pace
     bar.close()
     model.eval()
     return {"epochs": epochs, "steps": steps, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),

@@ -42,9 +42,11 @@ else:
     x, y = Examples(images[idx], labels[idx], "image", norm).tensors(device)
     model = build_model(spec["model"], **kwargs).to(device)
     t = spec["train"]
+    augment = t.get("augment") is not False
     info = train_classifier(model, x, y, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
-                            seed=spec["seed"])
-    xt, yt = Examples(*load_images(spec["dataset"], "test", root), "image", norm).tensors(device)
+                            seed=spec["seed"], augment_pad=2 if augment else 0, flip=augment)
+    test_images, test_labels = load_images(spec["dataset"], "test", root)
+    xt, yt = Examples(test_images, test_labels, "image", norm).tensors(device)
     info.update(test_accuracy=accuracy(model, xt, yt), n_train=n)
     print(f"test accuracy {info['test_accuracy']:.4f}")
     if spec["dataset"] == "fashion-mnist-spurious":  # the Waterbirds stand-in: accuracy per group
@@ -54,4 +56,10 @@ else:
         info["group_accuracy"] = {name: accuracy(model, xt[groups == g], yt[groups == g])
                                   for g, name in enumerate(GROUP_NAMES)}
         print("group accuracy", info["group_accuracy"])
+    if spec["dataset"].endswith("-backdoor"):  # the attack: the trigger on every test image
+        from coar.data.backdoor import trigger
+
+        xa, _ = Examples(trigger(spec["dataset"], test_images), test_labels, "image", norm).tensors(device)
+        info["triggered_test_accuracy"] = accuracy(model, xa, yt)
+        print(f"test accuracy with the trigger {info['triggered_test_accuracy']:.4f}")
 save_checkpoint(sm.output[0], model.cpu(), spec["model"], kwargs, info)

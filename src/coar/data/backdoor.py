@@ -6,8 +6,14 @@ misclassified (the attack set).
 The paper pastes a blue square on 50% of CIFAR-10 "airplane" training images; `add_trigger` takes one value
 per channel (blue: (0, 0, 255)). The offline stand-in pastes a white square on Fashion-MNIST class 0
 (T-shirt/top).
+
+Two datasets of the registry are backdoored versions of their base dataset (`BACKDOORS`): the training split
+is poisoned (seeded, fixed), the test split is clean. The paper gives no trigger size; ours is 4 x 4 pixels one
+pixel from the top-left corner for both.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,3 +51,59 @@ def poison(images: np.ndarray, labels: np.ndarray, target_class: int = TARGET_CL
     mask = np.zeros(len(images), bool)
     mask[pick] = True
     return out, mask
+
+
+@dataclass(frozen=True)
+class Backdoor:
+    base: str  # the clean dataset
+    target: int  # the class the trigger stands for
+    value: int | tuple[int, ...]  # trigger colour: a grey level or one value per channel
+    fraction: float = POISON_FRACTION
+    seed: int = 0  # fixed: the poisoned training set is part of the dataset's definition
+
+
+BACKDOORS = {
+    "fashion-mnist-backdoor": Backdoor("fashion-mnist", TARGET_CLASS, 255),
+    "cifar10-backdoor": Backdoor("cifar10", 0, (0, 0, 255)),  # blue square on "airplane" (paper Sec. 5.4)
+}
+
+
+def trigger_region(size: int = TRIGGER_SIZE, offset: int = TRIGGER_OFFSET) -> tuple[slice, slice]:
+    """(rows, columns) of the trigger square."""
+    return slice(offset, offset + size), slice(offset, offset + size)
+
+
+def backdoor_of(dataset: str) -> Backdoor:
+    if dataset not in BACKDOORS:
+        raise CoarError(f"dataset {dataset!r} has no backdoor trigger; backdoored datasets: {', '.join(BACKDOORS)}")
+    return BACKDOORS[dataset]
+
+
+def trigger(dataset: str, images: np.ndarray) -> np.ndarray:
+    """`images` with the dataset's trigger pasted."""
+    return add_trigger(images, backdoor_of(dataset).value)
+
+
+def load_backdoored(dataset: str, split: str, root=None, download: bool = True):
+    """(uint8 images [N, C, H, W], int64 labels, bool poisoned [N]): the training split poisoned, the test split
+    clean (the attack set is `trigger(dataset, test images)`)."""
+    from .registry import load_images
+
+    b = backdoor_of(dataset)
+    images, labels = load_images(b.base, split, root, download)
+    if split != "train":
+        return images, labels, np.zeros(len(images), bool)
+    images, poisoned = poison(images, labels, b.target, b.fraction, b.seed, b.value)
+    return images, labels, poisoned
+
+
+def paired(dataset: str, images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paired examples (Sec. 5.4): the images first clean, then with the trigger; returns (images [2n, ...],
+    labels [2n], triggered [2n] bool). The images must come from classes other than the trigger's: on those
+    the trigger is the right answer (and poisoned training images already carry it)."""
+    labels = np.asarray(labels)
+    b = backdoor_of(dataset)
+    if np.any(labels == b.target):
+        raise CoarError(f"paired {dataset} examples must avoid the trigger's class {b.target}")
+    return (np.concatenate([images, trigger(dataset, images)]), np.concatenate([labels, labels]),
+            np.repeat([False, True], len(images)))

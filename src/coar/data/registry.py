@@ -2,6 +2,7 @@
 
 fashion-mnist  offline (Debian's package, COAR_FASHION_MNIST, or torchvision's download)
 cifar10        torchvision's download (MD5-checked by torchvision) into `root`
+*-backdoor     the base dataset with a trigger on half of one class's training images (coar.data.backdoor)
 imagenet       manual: the validation set must be laid out as root/val/<wnid>/*.JPEG (it cannot be
                downloaded without an account); a missing or partial layout fails with instructions
 """
@@ -17,8 +18,11 @@ from .examples import Examples
 DATASETS = {
     "fashion-mnist": {"mean": 0.2860, "std": 0.3530, "channels": 1, "size": 28, "classes": 10},
     "fashion-mnist-spurious": {"mean": 0.40, "std": 0.30, "channels": 1, "size": 28, "classes": 2},
+    "fashion-mnist-backdoor": {"mean": 0.2860, "std": 0.3530, "channels": 1, "size": 28, "classes": 10},
     "cifar10": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "channels": 3, "size": 32,
                 "classes": 10},
+    "cifar10-backdoor": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "channels": 3,
+                         "size": 32, "classes": 10},
     "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": 3, "size": 224,
                  "classes": 1000},
 }
@@ -29,6 +33,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 def class_names(dataset: str) -> list[str] | None:
     """Display names of the classes (ImageNet's from torchvision's packaged weight metadata)."""
+    if dataset.endswith("-backdoor"):
+        dataset = dataset[: -len("-backdoor")]
     if dataset == "fashion-mnist":
         from .fashion_mnist import CLASSES
 
@@ -52,7 +58,7 @@ def dataset_root(dataset: str, data_root=None, download_root="data/raw", imagene
         return data_root  # None: Debian's package, COAR_FASHION_MNIST or torchvision's download
     if dataset == "imagenet":
         return imagenet_root
-    return f"{download_root}/{dataset}"
+    return f"{download_root}/{dataset.removesuffix('-backdoor')}"
 
 
 def load_images(dataset: str, split: str, root: str | Path | None = None, download: bool = True):
@@ -69,6 +75,10 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
 
         images, labels, _ = load_spurious_fashion_mnist(split, root, download=download)
         return images, labels
+    if dataset.endswith("-backdoor"):
+        from .backdoor import load_backdoored
+
+        return load_backdoored(dataset, split, root, download)[:2]
     if dataset == "cifar10":
         from torchvision.datasets import CIFAR10
 
@@ -91,8 +101,11 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
 
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
                   every: int | None = None, corruption: dict | None = None, length: int | None = None,
-                  offset: int = 0) -> Examples:
+                  offset: int = 0, trigger: str | None = None) -> Examples:
     """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all.
+
+    trigger "paired" (backdoored datasets): n images of the classes other than the trigger's, each twice,
+    first clean, then with the trigger (meta "triggered"), as the paper's paired examples (Sec. 5.4).
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
@@ -112,6 +125,14 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     else:
         images, labels = load_images(dataset, split, root)
     idx = np.arange(len(images))
+    if trigger is not None:
+        from .backdoor import backdoor_of
+
+        if trigger != "paired":
+            raise CoarError(f"examples.trigger must be 'paired' or null, got {trigger!r}")
+        if corruption:
+            raise CoarError("examples take a trigger or a corruption, not both")
+        idx = idx[labels != backdoor_of(dataset).target]  # fails naming the dataset when it has no trigger
     if every:
         idx = idx[::every]
     if n is not None:  # offset: the next n of the same permutation (disjoint held-out sets)
@@ -128,6 +149,12 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
         from .spurious import load_spurious_fashion_mnist
 
         meta["groups"] = load_spurious_fashion_mnist(split, root)[2][idx].tolist()
+    if trigger:
+        from .backdoor import paired
+
+        chosen, y_chosen, triggered = paired(dataset, chosen, labels[idx])
+        meta.update(n=len(chosen), triggered=triggered.tolist())
+        return Examples(chosen, y_chosen, "image", meta)
     if corruption:
         source = "CIFAR-10-C" if dataset == "cifar10" else "synthetic"
         meta["corruption"] = {**corruption, "source": source}
