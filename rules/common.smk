@@ -79,14 +79,20 @@ def _check_config():
             _config_error(f"setups.{name}", "setup names are used in paths: letters, digits and _ only")
         if s["shards"] > s["masks"]:
             _config_error(f"setups.{name}.shards", f"{s['shards']} shards for only {s['masks']} masks")
+        if s["train"].get("from_pretrained") and (s["pretrained"] or s["model"] not in ("resnet50", "vit_b_16")):
+            _config_error(f"setups.{name}.train.from_pretrained", "fine-tuning starts from torchvision's resnet50 or "
+                                                                  "vit_b_16 weights, with pretrained: false")
         if s["pretrained"] and s["model"] not in ("resnet50", "vit_b_16", "clip_vit_b_16", "gpt2", "phi2"):
             _config_error(f"setups.{name}.pretrained", f"model {s['model']!r} has no published weights")
         if not s["pretrained"] and s["dataset"] == "imagenet":
             _config_error(f"setups.{name}.pretrained", "ImageNet models are used pretrained (set pretrained: true)")
-        text = s["dataset"] == "os-text"
-        if text != (s["output"] == "token_margin"):
+        from coar.data.registry import TEXT_DATASETS
+
+        needs = {"os-text": "token_margin", **TEXT_DATASETS}.get(s["dataset"])
+        text = needs is not None
+        if (s["output"] != needs) if text else s["output"] in ("token_margin", "answer_margin"):
             _config_error(f"setups.{name}.output", f"dataset {s['dataset']} needs output "
-                                                   f"{'token_margin' if text else 'margin or logit:<c>'}, not {s['output']!r}")
+                                                   f"{needs or 'margin or logit:<c>'}, not {s['output']!r}")
         if text and any(b in ("gp", "nc", "ii") for b in s["baselines"]):
             _config_error(f"setups.{name}.baselines", "gradient baselines need image inputs: use [loo] or [] for text")
         corruption = s["examples"].get("corruption")
@@ -120,11 +126,13 @@ def _check_config():
             if owner(e["heldout_setup"], "model") != owner(e["setup"], "model"):
                 _config_error(f"edits.{name}.heldout_setup", f"{e['heldout_setup']} and {e['setup']} must share the model")
         if e["kind"] == "subpop":
+            from coar.data.registry import GROUPED
+
             for key in ("setup", "heldout_setup"):
                 s = e.get(key) or e["setup"]
-                if SETUPS[s]["dataset"] != "fashion-mnist-spurious":
+                if SETUPS[s]["dataset"] not in GROUPED:
                     _config_error(f"edits.{name}.{key}", f"subpop needs examples with groups; setup {s} uses "
-                                                         f"{SETUPS[s]['dataset']} (group-labelled: fashion-mnist-spurious)")
+                                                         f"{SETUPS[s]['dataset']} (group-labelled: {', '.join(GROUPED)})")
         if e["kind"] == "backdoor":
             s = SETUPS[e["setup"]]
             if not s["dataset"].endswith("-backdoor") or s["examples"].get("trigger") != "paired":
@@ -308,15 +316,11 @@ def evaluation_files(setup, alphas=None, on=None):
 
 def figure_config(fig):
     """The preset's `figures.<fig>` entry; a figure the preset does not configure fails at once, naming the
-    key (and, for figures the paper preset cannot build yet, what they need)."""
+    key."""
     if fig not in config["figures"]:
-        need = MISSING_AT_PAPER_SCALE.get(fig)
         raise WorkflowError(
-            f"figures/{fig}.pdf: preset {config['preset']!r} has no `figures.{fig}` entry"
-            + (f"; at the paper's scale it needs {need}" if need else "")
-            + f" (add one to the config; its keys are described under figures.{fig} in "
-            "workflow/schemas/config.schema.yaml)"
-        )
+            f"figures/{fig}.pdf: preset {config['preset']!r} has no `figures.{fig}` entry (add one to the config; "
+            f"its keys are described under figures.{fig} in workflow/schemas/config.schema.yaml)")
     return config["figures"][fig]
 
 
@@ -336,14 +340,6 @@ def attribution_files(setup, methods=None):
 
 
 # Figures with a rule whose paper-scale setup is not in config/paper.yaml yet, and what it needs.
-MISSING_AT_PAPER_SCALE = {
-    "fig5": "Waterbirds and CelebA setups (their data and fine-tuned ResNet-50s: issue 4)",
-    "fig8": "a GPT-2 setup on TinyStories (the TinyStories download and GPT-2's tokenizer: issue 4)",
-    "fig12": "Waterbirds, CelebA, MIMIC-CXR and CLIP setups (their data and fine-tuned models: issue 4)",
-    "fig18": "a CelebA setup (CelebA and the fine-tuned ResNet-50 of Sec. 5.3: issue 4)",
-}
-
-
 # Every figure of the paper: built by a rule of rules/figures.smk, or failing at once with the reason.
 FIGURES = {
     2: ("attribution accuracy of COAR vs four baselines (setups A, B, C)", "built"),
@@ -353,7 +349,7 @@ FIGURES = {
     6: ("backdoor localisation", "built"),
     7: ("typographic attacks on CLIP", "needs CLIP and the typographic-attack images (issues 4, 5)"),
     8: ("COAR on GPT-2 (TinyStories)", "built"),
-    9: ("Phi-2 on BoolQ", "needs BoolQ and Phi-2 (issue 4)"),
+    9: ("Phi-2 on BoolQ", "built"),
     10: ("COAR on training examples and corrupted test examples (CIFAR-10-C)", "built"),
     11: ("COAR on other architectures (CIFAR-10 ViT and MLP)", "built"),
     12: ("COAR on other tasks: Waterbirds, CelebA, MIMIC-CXR (a class logit), CLIP", "built"),

@@ -153,7 +153,7 @@ rule fig_attribution_examples:
 
 
 rule fig_correlation_panels:
-    """Figs. 8, 10, 11 and 12 (and the other "COAR on more models / data" figures): one panel per setup, mean correlation
+    """Figs. 8-12 (and the other "COAR on more models / data" figures): one panel per setup, mean correlation
     vs alpha_test for every method of the setup."""
     input:
         tables=lambda w: expand("results/{setup}/evaluation/correlations.csv", setup=figure_setups(f"fig{w.n}")),
@@ -164,7 +164,7 @@ rule fig_correlation_panels:
         setups=lambda w: figure_specs(f"fig{w.n}"),
         preset=config["preset"],
     wildcard_constraints:
-        n="8|10|11|12",
+        n="8|9|10|11|12",
     log:
         "logs/fig{n}.log",
     conda:

@@ -50,14 +50,18 @@ def token_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def get_output_fn(spec: str) -> Callable:
-    """'margin' | 'token_margin' | 'logit:<class index>'."""
+    """'margin' | 'token_margin' | 'answer_margin' | 'logit:<class index>'."""
     if spec == "margin":
         return margin
     if spec == "token_margin":
         return token_margin
+    if spec == "answer_margin":  # BoolQ: correct vs other answer token after the prompt (coar.data.hf_text)
+        from .data.hf_text import answer_margin
+
+        return answer_margin
     if spec.startswith("logit:"):
         try:
             return class_logit(int(spec.split(":", 1)[1]))
         except ValueError:
             pass
-    raise CoarError(f"unknown output function {spec!r}: use 'margin', 'token_margin' or 'logit:<class>'")
+    raise CoarError(f"unknown output function {spec!r}: use 'margin', 'token_margin', 'answer_margin' or 'logit:<class>'")

@@ -136,7 +136,7 @@ def fig_backdoor_saliency(images: np.ndarray, maps: np.ndarray, components: Sequ
                           area_share: float, provenance: str, suptitle: str, title: str,
                           control_share: float | None = None, shifts: Sequence[float] | None = None,
                           control_shift: float | None = None) -> Figure:
-    """Paper Fig. 24: the first row shows triggered images; each further row one ablated component, with the
+    """Paper Fig. 24: the first row shows triggered images; each further row one component, with the
     input-x-gradient saliency of its output on each image (red: raises the component's output, blue: lowers
     it; one colour scale per row). The row label gives the component and the share of its absolute saliency
     that falls inside the trigger square (`shares`, against `area_share`, the square's share of the image, and

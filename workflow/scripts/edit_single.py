@@ -27,7 +27,7 @@ attr = Attributions.load(sm.input.attributions)
 kw = dict(mode=spec["ablation"], gamma=spec["gamma"], batch_size=res.get("batch_size", 32),
           masks_per_pass=res.get("masks_per_pass", 8))
 if e["kind"] == "subpop":  # Sec. 5.3: the worst group against the others; k chosen on a validation half
-    from coar.data.spurious import GROUP_NAMES
+    from coar.data.registry import group_names
     from coar.edit_experiments import edit_subpopulation
 
     held = Examples.load(sm.input.heldout)
@@ -36,7 +36,7 @@ if e["kind"] == "subpop":  # Sec. 5.3: the worst group against the others; k cho
     sweep, summary, comps, k = edit_subpopulation(
         model, cset, attr, np.asarray(Examples.load(sm.input.examples).meta["groups"]), (hx[0::2], hy[0::2], g[0::2]),
         (hx[1::2], hy[1::2], g[1::2]), e["ks"], e.get("group"), e["targets"], e["references"], e["seed"],
-        GROUP_NAMES, sm.wildcards.edit, **kw)
+        group_names(held.meta["dataset"]), sm.wildcards.edit, **kw)
     atomic_write_csv(sweep, sm.output.sweep)
     atomic_write_csv(summary, sm.output.summary)
     atomic_write_csv(comps, sm.output.components)

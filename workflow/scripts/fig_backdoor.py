@@ -60,11 +60,10 @@ else:
     from coar.plots_backdoor import fig_backdoor_saliency
     from coar.saliency import component_outputs, component_saliency, region_share
 
-    ranking = pd.read_csv(sm.input.components).sort_values("rank")
-    comps = ranking[ranking.ablated.astype(bool)].head(opt["components"])
-    note = ""
-    if comps.empty:  # k = 0 was chosen: show what COAR-EDIT ranks first, and say so
-        comps, note = ranking.head(opt["components"]), " | k = 0 was chosen: COAR-EDIT's top-ranked components, not ablated"
+    # COAR-EDIT's top-ranked components: the edit ablates the first k of them (marked), the rest show what the
+    # ranking puts next
+    comps = pd.read_csv(sm.input.components).sort_values("rank").head(opt["components"])
+    ablated = comps.ablated.astype(str).isin(["True", "1"]).to_numpy()
     labels = cset.labels()
     flat = [labels.index(c) for c in comps.component]
     show = rng.choice(others, min(opt["examples"], len(others)), replace=False)
@@ -86,11 +85,14 @@ else:
     clean_out, trig_out = (component_outputs(model, cset, both, x) for x in (xc, xa))
     shift = (trig_out - clean_out).mean(0) / np.maximum(clean_out.std(0), 1e-12)
     area = (rows.stop - rows.start) * (cols.stop - cols.start) / float(np.prod(held.inputs.shape[2:]))
-    fig = fig_backdoor_saliency(triggered[show], maps, comps.component.tolist(), shares, area, prov,
-                                "Components COAR-EDIT ablates to remove the backdoor: input-x-gradient saliency "
-                                "(cf. paper Fig. 24)", title + note, control_share=float(np.mean(control_shares)),
+    names = [f"{c} ({'ablated' if a else 'not ablated'})" for c, a in zip(comps.component, ablated, strict=True)]
+    fig = fig_backdoor_saliency(triggered[show], maps, names, shares, area, prov,
+                                "Components COAR-EDIT ranks first to remove the backdoor: input-x-gradient saliency "
+                                f"(cf. paper Fig. 24); the edit ablates the first {int(ablated.sum())}", title,
+                                control_share=float(np.mean(control_shares)),
                                 shifts=shift[: len(flat)], control_shift=float(np.mean(np.abs(shift[len(flat):]))))
-    table = pd.concat([comps.assign(kind="ablated by COAR-EDIT", trigger_share=shares),
+    table = pd.concat([comps.assign(kind=np.where(ablated, "ablated by COAR-EDIT", "ranked, not ablated"),
+                                    trigger_share=shares),
                        pd.DataFrame({"kind": "random control", "component": [labels[c] for c in control],
                                      "trigger_share": control_shares})], ignore_index=True)
     table["trigger_shift_sd"] = shift

@@ -13,6 +13,7 @@ from coar.io import atomic_write_csv  # noqa: E402
 from coar.plotting import fig_correlation_panels, save_figure  # noqa: E402
 
 SUPTITLES = {8: "COAR on a GPT-2 language model (cf. paper Fig. 8)",
+             9: "COAR on Phi-2, zero-shot BoolQ (cf. paper Fig. 9)",
              10: "COAR on training and corrupted examples (cf. paper Fig. 10)",
              11: "COAR on other architectures (cf. paper Fig. 11)",
              12: "COAR on other tasks and output functions (cf. paper Fig. 12)"}

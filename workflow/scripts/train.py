@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from coar.data.examples import Examples  # noqa: E402
-from coar.data.registry import DATASETS, dataset_root, load_images  # noqa: E402
-from coar.models import build_model  # noqa: E402
+from coar.data.registry import dataset_root, group_names, make_examples  # noqa: E402
+from coar.models import build_model, replace_head  # noqa: E402
 from coar.training import accuracy, save_checkpoint, train_classifier  # noqa: E402
 
 spec = sm.params.spec
@@ -35,31 +35,30 @@ elif spec["dataset"] == "os-text":  # the byte-level LM of the offline text stan
     print(f"held-out loss {info['held_out_loss_nats_per_byte']:.3f} nats/byte")
 else:
     torch.manual_seed(spec["seed"])
-    norm = {k: DATASETS[spec["dataset"]][k] for k in ("mean", "std")}
-    images, labels = load_images(spec["dataset"], "train", root)
-    n = spec["train"].get("n_train") or len(images)
-    idx = np.sort(np.random.default_rng(spec["seed"]).permutation(len(images))[:n])
-    x, y = Examples(images[idx], labels[idx], "image", norm).tensors(device)
-    model = build_model(spec["model"], **kwargs).to(device)
     t = spec["train"]
+    # the first n_train of a seeded permutation of the training split (all when null)
+    train_set = make_examples(spec["dataset"], "train", t.get("n_train"), spec["seed"], root)
+    x, y = train_set.tensors(device)
+    if t.get("from_pretrained"):  # fine-tune published weights with a fresh head (paper Sec. 5.3's ResNet-50s)
+        model = replace_head(build_model(spec["model"], pretrained=True, **kwargs), spec["num_classes"]).to(device)
+    else:
+        model = build_model(spec["model"], **kwargs).to(device)
     augment = t.get("augment") is not False
     info = train_classifier(model, x, y, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
                             seed=spec["seed"], augment_pad=2 if augment else 0, flip=augment)
-    test_images, test_labels = load_images(spec["dataset"], "test", root)
-    xt, yt = Examples(test_images, test_labels, "image", norm).tensors(device)
-    info.update(test_accuracy=accuracy(model, xt, yt), n_train=n)
+    test = make_examples(spec["dataset"], "test", None, 0, root)  # the whole test split
+    xt, yt = test.tensors(device)
+    info.update(test_accuracy=accuracy(model, xt, yt), n_train=len(train_set))
     print(f"test accuracy {info['test_accuracy']:.4f}")
-    if spec["dataset"] == "fashion-mnist-spurious":  # the Waterbirds stand-in: accuracy per group
-        from coar.data.spurious import GROUP_NAMES, load_spurious_fashion_mnist
-
-        groups = load_spurious_fashion_mnist("test", root)[2]
+    if "groups" in test.meta:  # group-labelled data: accuracy per group (the worst one is the paper's metric)
+        groups = np.asarray(test.meta["groups"])
         info["group_accuracy"] = {name: accuracy(model, xt[groups == g], yt[groups == g])
-                                  for g, name in enumerate(GROUP_NAMES)}
+                                  for g, name in enumerate(group_names(spec["dataset"])) if (groups == g).any()}
         print("group accuracy", info["group_accuracy"])
     if spec["dataset"].endswith("-backdoor"):  # the attack: the trigger on every test image
         from coar.data.backdoor import trigger
 
-        xa, _ = Examples(trigger(spec["dataset"], test_images), test_labels, "image", norm).tensors(device)
+        xa, _ = Examples(trigger(spec["dataset"], test.inputs), test.targets, "image", test.meta).tensors(device)
         info["triggered_test_accuracy"] = accuracy(model, xa, yt)
         print(f"test accuracy with the trigger {info['triggered_test_accuracy']:.4f}")
 save_checkpoint(sm.output[0], model.cpu(), spec["model"], kwargs, info)

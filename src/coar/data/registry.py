@@ -3,6 +3,10 @@
 fashion-mnist  offline (Debian's package, COAR_FASHION_MNIST, or torchvision's download)
 cifar10        torchvision's download (MD5-checked by torchvision) into `root`
 *-backdoor     the base dataset with a trigger on half of one class's training images (coar.data.backdoor)
+tinystories    GPT-2 tokens of TinyStories validation stories (Hugging Face hub); boolq: Phi-2 prompts of
+               BoolQ's dev set (its release URL); both in coar.data.hf_text
+waterbirds     Sagawa et al.'s release (downloaded), groups 2 * bird + background (coar.data.waterbirds)
+celeba-blond   CelebA (torchvision's download or by hand), blond hair with gender groups (coar.data.celeba)
 imagenet       manual: the validation set must be laid out as root/val/<wnid>/*.JPEG (it cannot be
                downloaded without an account); a missing or partial layout fails with instructions
 """
@@ -18,33 +22,70 @@ from .examples import Examples
 DATASETS = {
     "fashion-mnist": {"mean": 0.2860, "std": 0.3530, "channels": 1, "size": 28, "classes": 10},
     "fashion-mnist-spurious": {"mean": 0.40, "std": 0.30, "channels": 1, "size": 28, "classes": 2},
-    "fashion-mnist-backdoor": {"mean": 0.2860, "std": 0.3530, "channels": 1, "size": 28, "classes": 10},
     "cifar10": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "channels": 3, "size": 32,
                 "classes": 10},
-    "cifar10-backdoor": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616], "channels": 3,
-                         "size": 32, "classes": 10},
     "imagenet": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "channels": 3, "size": 224,
                  "classes": 1000},
 }
+# the subpopulation benchmarks of Sec. 5.3: ImageNet-normalised 224-pixel images for fine-tuned ResNet-50s
+DATASETS.update({name: {**DATASETS["imagenet"], "classes": 2} for name in ("waterbirds", "celeba-blond")})
+DATASETS.update({f"{base}-backdoor": DATASETS[base] for base in ("fashion-mnist", "cifar10")})  # same images
 
+
+# text datasets of the paper preset and the output function each is scored with (coar.data.hf_text)
+TEXT_DATASETS = {"tinystories": "token_margin", "boolq": "answer_margin"}
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+FILE_DATASETS = ("waterbirds", "celeba-blond")  # image files, decoded only for the examples chosen
+GROUPED = ("fashion-mnist-spurious", *FILE_DATASETS)  # every example has a group (label x spurious attribute)
+
+
+def _module(dataset: str):
+    from . import celeba, spurious, waterbirds
+
+    return {"fashion-mnist-spurious": spurious, "waterbirds": waterbirds, "celeba-blond": celeba}[dataset]
+
+
+def group_names(dataset: str) -> list[str]:
+    if dataset not in GROUPED:
+        raise CoarError(f"dataset {dataset!r} has no groups; group-labelled datasets: {', '.join(GROUPED)}")
+    return list(_module(dataset).GROUP_NAMES)
+
+
+def _file_index(dataset: str, split: str, root, download: bool = True):
+    """(image paths, labels, groups) of a split of a file-backed dataset, nothing decoded."""
+    from .celeba import index_celeba
+    from .waterbirds import index_waterbirds
+
+    index = index_waterbirds if dataset == "waterbirds" else index_celeba
+    return index(split, root or f"data/raw/{dataset}", download)
+
+
+def load_grouped(dataset: str, split: str, root=None, download: bool = True):
+    """(uint8 images [N, C, H, W], int64 labels, int64 groups) of a whole split of a group-labelled dataset."""
+    if dataset == "fashion-mnist-spurious":
+        from .spurious import load_spurious_fashion_mnist
+
+        return load_spurious_fashion_mnist(split, root, download=download)
+    from .images import decode_images
+
+    paths, labels, groups = _file_index(dataset, split, root, download)
+    return decode_images(list(paths), DATASETS[dataset]["size"]), labels, groups
+
+
 def class_names(dataset: str) -> list[str] | None:
     """Display names of the classes (ImageNet's from torchvision's packaged weight metadata)."""
-    if dataset.endswith("-backdoor"):
-        dataset = dataset[: -len("-backdoor")]
+    dataset = dataset.removesuffix("-backdoor")
     if dataset == "fashion-mnist":
         from .fashion_mnist import CLASSES
 
         return list(CLASSES)
     if dataset == "cifar10":
         return list(CIFAR10_CLASSES)
-    if dataset == "fashion-mnist-spurious":
-        from .spurious import CLASS_NAMES
-
-        return list(CLASS_NAMES)
+    if dataset in GROUPED:
+        return list(_module(dataset).CLASS_NAMES)
     if dataset == "imagenet":
         from torchvision.models import ResNet50_Weights
 
@@ -70,11 +111,8 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
 
         images, labels = load_fashion_mnist(split, root, download=download)
         return images[:, None], labels
-    if dataset == "fashion-mnist-spurious":
-        from .spurious import load_spurious_fashion_mnist
-
-        images, labels, _ = load_spurious_fashion_mnist(split, root, download=download)
-        return images, labels
+    if dataset in GROUPED:
+        return load_grouped(dataset, split, root, download)[:2]
     if dataset.endswith("-backdoor"):
         from .backdoor import load_backdoored
 
@@ -116,15 +154,28 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
         from .text import text_examples
 
         return text_examples(split, n, length or 64, seed, root)
+    if dataset in TEXT_DATASETS:  # the paper's text data (coar.data.hf_text); validation splits only
+        from . import hf_text
+
+        if split != "val":
+            raise CoarError(f"{dataset} examples come from its validation split (split: val), not {split!r}")
+        if dataset == "tinystories":
+            return hf_text.tinystories_examples(n, length or 256, seed, root)
+        return hf_text.boolq_examples(n, seed, root, max_length=length)
 
     if corruption and split != "test":
         raise CoarError(f"corrupted examples are made from the test split, not {split!r}")
+    groups = paths = None
     if corruption and dataset == "cifar10":
         images, labels = load_cifar10c(Path(root or "data/raw/cifar10").parent, corruption["name"],
                                        corruption["severity"])
+    elif dataset in FILE_DATASETS:  # decode only the chosen files
+        paths, labels, groups = _file_index(dataset, split, root)
+    elif dataset in GROUPED:
+        images, labels, groups = load_grouped(dataset, split, root)
     else:
         images, labels = load_images(dataset, split, root)
-    idx = np.arange(len(images))
+    idx = np.arange(len(labels))
     if trigger is not None:
         from .backdoor import backdoor_of
 
@@ -141,14 +192,17 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
                             "are available")
         idx = np.sort(np.random.default_rng(seed).permutation(idx)[offset:offset + n])
     info = DATASETS[dataset]
-    chosen = np.ascontiguousarray(images[idx])
+    if paths is not None:
+        from .images import decode_images
+
+        chosen = decode_images(list(paths[idx]), info["size"])
+    else:
+        chosen = np.ascontiguousarray(images[idx])
     meta = {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"], "std": info["std"]}
     if offset:
         meta["offset"] = offset
-    if dataset == "fashion-mnist-spurious":  # groups (label x background) for subpopulation experiments
-        from .spurious import load_spurious_fashion_mnist
-
-        meta["groups"] = load_spurious_fashion_mnist(split, root)[2][idx].tolist()
+    if groups is not None:  # label x spurious attribute, for subpopulation experiments
+        meta["groups"] = groups[idx].tolist()
     if trigger:
         from .backdoor import paired
 

@@ -76,11 +76,12 @@ def _build(name, num_classes, in_channels, image_size, pretrained):
         import torchvision
 
         builder = getattr(torchvision.models, name)
-        weights = "IMAGENET1K_V1" if pretrained else None
+        if not pretrained:  # random init (offline tests) or a fine-tuned checkpoint's architecture
+            return builder(weights=None, num_classes=num_classes)
         try:
-            return builder(weights=weights)
+            return builder(weights="IMAGENET1K_V1")
         except Exception as exc:
-            raise CoarError(f"could not load torchvision {name} weights {weights}: {exc}") from exc
+            raise CoarError(f"could not load torchvision {name} weights IMAGENET1K_V1: {exc}") from exc
     t = _hf()
     cls = t.CLIPVisionModel if name == "clip_vit_b_16" else (t.PhiForCausalLM if name.startswith("phi") else t.GPT2LMHeadModel)
     if pretrained:
@@ -93,5 +94,17 @@ def _build(name, num_classes, in_channels, image_size, pretrained):
     return cls(_hf_config(name))
 
 
-__all__ = ["build_model", "MODELS", "IMAGE_MODELS", "TEXT_MODELS", "make_hookable", "HookableMultiheadAttention",
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """A fresh `num_classes`-way head on a torchvision ResNet (fc) or ViT (heads.head), for fine-tuning published
+    weights; the head is not a component (convs named conv* and encoder rows only), so component sets are kept."""
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        model.fc = nn.Linear(model.fc.in_features, num_classes)
+    elif isinstance(getattr(getattr(model, "heads", None), "head", None), nn.Linear):
+        model.heads.head = nn.Linear(model.heads.head.in_features, num_classes)
+    else:
+        raise CoarError(f"{type(model).__name__} has no fc or heads.head classification layer to replace")
+    return model
+
+
+__all__ = ["build_model", "replace_head", "MODELS", "IMAGE_MODELS", "TEXT_MODELS", "make_hookable", "HookableMultiheadAttention",
            "CifarResNet", "MLP"]
