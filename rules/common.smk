@@ -347,7 +347,9 @@ FIGURES = {
     4: ("forgetting a class", "built"),
     5: ("subpopulation robustness on Waterbirds / CelebA", "built"),
     6: ("backdoor localisation", "built"),
-    7: ("typographic attacks on CLIP", "needs CLIP and the typographic-attack images (issues 4, 5)"),
+    7: ("typographic attacks on CLIP", "no rule yet (issue 5): the zero-shot CLIP model, the synthetic attacks "
+                                       "and a loader for the typographic-attack photos exist (coar.models.clip_zeroshot, "
+                                       "coar.data.typographic), but the photos' format could not be checked offline"),
     8: ("COAR on GPT-2 (TinyStories)", "built"),
     9: ("Phi-2 on BoolQ", "built"),
     10: ("COAR on training examples and corrupted test examples (CIFAR-10-C)", "built"),
