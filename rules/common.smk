@@ -347,7 +347,7 @@ FIGURES = {
     4: ("forgetting a class", "built"),
     5: ("subpopulation robustness on Waterbirds / CelebA", "built"),
     6: ("backdoor localisation", "built"),
-    7: ("typographic attacks on CLIP", "no rule yet (issue 5): the zero-shot CLIP model, the synthetic attacks "
+    7: ("typographic attacks on CLIP", "not built yet (issue 5): the zero-shot CLIP model, the synthetic attacks "
                                        "and a loader for the typographic-attack photos exist (coar.models.clip_zeroshot, "
                                        "coar.data.typographic), but the photos' format could not be checked offline"),
     8: ("COAR on GPT-2 (TinyStories)", "built"),

@@ -60,7 +60,8 @@ rule evaluate:
 rule sample_size_table:
     """Per-example correlation at alpha_train and cosine similarity to the full fit, per sample size."""
     input:
-        fits=lambda w: expand("results/{{setup}}/sample_size/coar-m{m}.npz", m=sample_sizes(w.setup)),
+        fits=lambda w: expand("results/{{setup}}/sample_size/{fit}-m{m}.npz", m=sample_sizes(w.setup),
+                              fit=["coar", "ridge"] if config["figures"]["fig14"].get("ridge") else ["coar"]),
         full=lambda w: attribution_file(w.setup, "coar"),
         loo=lambda w: attribution_file(w.setup, "loo"),
         test=lambda w: test_receipt(w.setup, SETUPS[w.setup]["alpha_train"]),

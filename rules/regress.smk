@@ -20,18 +20,20 @@ rule fit:
 
 
 rule fit_sample_size:
-    """COAR refitted on the first m training masks (paper Fig. 14)."""
+    """COAR refitted on the first m training masks (paper Fig. 14): `coar` with the setup's regression,
+    `ridge` with ridge regression and the setup's lambda grid (the sample-size study of issue 6)."""
     input:
         lambda w: train_receipt(w.setup),
     output:
-        "results/{setup}/sample_size/coar-m{m}.npz",
+        "results/{setup}/sample_size/{fit}-m{m}.npz",
     params:
-        spec=lambda w: setup_spec(w.setup, "fit"),
+        spec=lambda w: {**setup_spec(w.setup, "fit"), **({"regression": "ridge"} if w.fit == "ridge" else {})},
         max_masks=lambda w: int(w.m),
     wildcard_constraints:
         m=r"\d+",
+        fit="coar|ridge",
     log:
-        "logs/{setup}/fit-m{m}.log",
+        "logs/{setup}/fit-{fit}-m{m}.log",
     conda:
         ENV
     script:

@@ -68,6 +68,9 @@ def test_sample_size_figure():
         for m in (100, 200, 500, 1000):
             rows.append(pd.DataFrame({"setup": s, "method": "coar", "m": m, "example": np.arange(30),
                                       "correlation": rng.uniform(0.3, 0.9, 30), "cosine": rng.uniform(0.5, 1, 30)}))
+            if s == "A":  # ridge refits on one setup only
+                rows.append(pd.DataFrame({"setup": s, "method": "coar-ridge", "m": m, "example": np.arange(30),
+                                          "correlation": np.full(30, m / 2000), "cosine": rng.uniform(0.5, 1, 30)}))
         rows.append(pd.DataFrame({"setup": s, "method": "loo", "m": np.nan, "example": np.arange(30),
                                   "correlation": rng.uniform(0.2, 0.7, 30), "cosine": np.nan}))
     table = pd.concat(rows, ignore_index=True)
@@ -76,6 +79,12 @@ def test_sample_size_figure():
     assert len(axes) == 4 and any("preset: test" in t.get_text() for t in fig.texts)
     assert [t.get_text() for t in axes[1].get_xticklabels()] == ["100", "200", "500", "1,000"]
     assert any(lab.startswith("Leave-one-out") for lab in axes[1].get_legend_handles_labels()[1])
+    # the ridge line is the per-m mean of its rows, drawn on A's panel only
+    ridge = [ln for ax in axes for ln in ax.get_lines()
+             if ln.get_gid() == "sample_size_coar-ridge" and ln.get_linestyle() != "None"]  # not the caps
+    assert len(ridge) == 1 and np.allclose(ridge[0].get_ydata(), [0.05, 0.1, 0.25, 0.5])
+    assert "COAR, ridge (GCV)" in axes[1].get_legend_handles_labels()[1]
+    assert "COAR, ridge (GCV)" not in axes[3].get_legend_handles_labels()[1]
     with pytest.raises(CoarError, match="cosine"):
         fig_sample_size(table.drop(columns="cosine"), "p")
 

@@ -318,8 +318,9 @@ def fig_sample_size(table: pd.DataFrame, provenance: str, setup_titles: Mapping[
     fitted on m masks and on all masks (weights centred per example: exact-alpha masks leave a constant
     offset unidentified). Right: mean correlation at alpha_train vs m, with the leave-one-out baseline.
 
-    table: columns setup, method ("coar" rows carry m and cosine; "loo" rows the baseline), m, example,
-    correlation (NaN counts as 0), cosine.
+    table: columns setup, method ("coar" rows carry m and cosine; optional "coar-ridge" rows the same for
+    ridge refits, drawn as a second line on the right; "loo" rows the baseline), m, example, correlation (NaN
+    counts as 0), cosine.
     """
     _require(table, SAMPLE_SIZE_COLUMNS, "sample-size table")
     table = _numeric(table, ["m", "correlation", "cosine"], "sample-size table")
@@ -329,7 +330,7 @@ def fig_sample_size(table: pd.DataFrame, provenance: str, setup_titles: Mapping[
     titles = dict(setup_titles or {})
     present = _ordered_unique(table["setup"])
     setups = [x for x in titles if x in set(present)] + [x for x in present if x not in titles]
-    styles = _styles_for(_method_order(["coar", "loo"]))
+    styles = _styles_for(_method_order(["coar", "coar-ridge", "loo"]))
     with matplotlib.rc_context(_style()):
         fig = Figure(figsize=(_WIDTH_IN, _ROW_HEIGHT_IN * len(setups) + 0.7), layout="constrained")
         footer = _footer(fig, provenance, _WIDTH_IN)
@@ -347,11 +348,15 @@ def fig_sample_size(table: pd.DataFrame, provenance: str, setup_titles: Mapping[
             ax_cos.set_xlabel(f"cosine similarity with attributions from {int(max(ms)):,} masks")
             ax_cos.set_ylabel("masks m")
             ax_cos.set_title("per example (weights centred)", loc="left")
-            filled = d.assign(correlation=d["correlation"].fillna(0.0))
-            g = filled.groupby("m")["correlation"]
-            mean, err = g.mean(), Z95 * g.sem().fillna(0.0)
-            ax_corr.errorbar(mean.index, mean.to_numpy(), yerr=err.to_numpy(), color=styles["coar"]["color"],
-                             marker=styles["coar"]["marker"], markersize=3.5, capsize=2, label="COAR")
+            for method, label in (("coar", "COAR"), ("coar-ridge", "COAR, ridge (GCV)")):
+                rows_m = table[(table["setup"] == setup) & (table["method"] == method)]
+                if rows_m.empty:
+                    continue
+                g = rows_m.assign(correlation=rows_m["correlation"].fillna(0.0)).groupby("m")["correlation"]
+                mean, err = g.mean(), Z95 * g.sem().fillna(0.0)
+                ax_corr.errorbar(mean.index, mean.to_numpy(), yerr=err.to_numpy(), color=styles[method]["color"],
+                                 marker=styles[method]["marker"], markersize=3.5, capsize=2, label=label,
+                                 gid=f"sample_size_{method}")
             loo = table[(table["setup"] == setup) & (table["method"] == "loo")]
             if not loo.empty:
                 v = float(loo["correlation"].fillna(0.0).mean())

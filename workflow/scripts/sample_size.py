@@ -26,9 +26,10 @@ parts = []
 for path in sm.input.fits:
     attr = Attributions.load(path)
     m = int(attr.meta["n_masks"])
+    method = "coar-ridge" if "/ridge-m" in path else "coar"
     w = centred(attr.weights)
     cos = (w * full).sum(1) / np.maximum(np.linalg.norm(w, axis=1) * np.linalg.norm(full, axis=1), 1e-300)
-    t = evaluate_stores({"coar": attr}, stores)
+    t = evaluate_stores({method: attr}, stores)
     parts.append(t.assign(m=m, cosine=cos[t["example"].to_numpy()]))
 loo = evaluate_stores({"loo": Attributions.load(sm.input.loo)}, stores).assign(m=np.nan, cosine=np.nan)
 table = pd.concat(parts + [loo], ignore_index=True)
