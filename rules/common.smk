@@ -82,7 +82,11 @@ def _check_config():
         if s["train"].get("from_pretrained") and (s["pretrained"] or s["model"] not in ("resnet50", "vit_b_16")):
             _config_error(f"setups.{name}.train.from_pretrained", "fine-tuning starts from torchvision's resnet50 or "
                                                                   "vit_b_16 weights, with pretrained: false")
-        if s["pretrained"] and s["model"] not in ("resnet50", "vit_b_16", "clip_vit_b_16", "gpt2", "phi2"):
+        if (s["model"] == "clip_zeroshot") != (s["dataset"] == "typographic") or (
+                s["model"] == "clip_zeroshot" and not s["pretrained"]):
+            _config_error(f"setups.{name}.model", "the typographic dataset goes with the zero-shot CLIP classifier "
+                                                  "(model clip_zeroshot, pretrained: true), and only with it")
+        if s["pretrained"] and s["model"] not in ("resnet50", "vit_b_16", "clip_vit_b_16", "clip_zeroshot", "gpt2", "phi2"):
             _config_error(f"setups.{name}.pretrained", f"model {s['model']!r} has no published weights")
         if not s["pretrained"] and s["dataset"] == "imagenet":
             _config_error(f"setups.{name}.pretrained", "ImageNet models are used pretrained (set pretrained: true)")
@@ -133,30 +137,32 @@ def _check_config():
                 if SETUPS[s]["dataset"] not in GROUPED:
                     _config_error(f"edits.{name}.{key}", f"subpop needs examples with groups; setup {s} uses "
                                                          f"{SETUPS[s]['dataset']} (group-labelled: {', '.join(GROUPED)})")
-        if e["kind"] == "backdoor":
+        if e["kind"] in ("backdoor", "typographic"):
             s = SETUPS[e["setup"]]
-            if not s["dataset"].endswith("-backdoor") or s["examples"].get("trigger") != "paired":
-                _config_error(f"edits.{name}.setup", f"backdoor needs paired examples of a backdoored dataset "
-                                                     f"(dataset *-backdoor, examples.trigger: paired); setup "
+            ok = s["dataset"].endswith("-backdoor") if e["kind"] == "backdoor" else s["dataset"] == "typographic"
+            if not ok or s["examples"].get("trigger") != "paired":
+                need = "a backdoored dataset (*-backdoor)" if e["kind"] == "backdoor" else "dataset typographic"
+                _config_error(f"edits.{name}.setup", f"{e['kind']} needs paired examples of {need} "
+                                                     f"(examples.trigger: paired); setup "
                                                      f"{e['setup']} has {s['dataset']}, trigger {s['examples'].get('trigger')}")
             held = SETUPS[e.get("heldout_setup") or e["setup"]]
             if held["examples"].get("trigger"):
-                _config_error(f"edits.{name}.heldout_setup", "backdoor pastes the trigger on held-out images itself: "
+                _config_error(f"edits.{name}.heldout_setup", f"{e['kind']} pastes the trigger on held-out images itself: "
                                                              "name a setup whose examples are clean (no trigger)")
             if e["targets"] is None or (s["examples"].get("n") or 0) < e["targets"]:
-                _config_error(f"edits.{name}.targets", f"backdoor draws {e['targets']} pairs from setup "
+                _config_error(f"edits.{name}.targets", f"{e['kind']} draws {e['targets']} pairs from setup "
                                                        f"{e['setup']}'s {s['examples'].get('n')}")
         if e["kind"] == "forget":
             bad = [c for c in e.get("classes", []) if c >= SETUPS[e["setup"]]["num_classes"]]
             if not e.get("classes") or bad:
                 _config_error(f"edits.{name}.classes", f"forget needs classes below num_classes "
                                                        f"{SETUPS[e['setup']]['num_classes']} (got {e.get('classes')})")
-    for fig in ("fig3", "fig5", "fig19", "fig20", "fig21", "fig22", "fig4", "fig23", "fig6", "fig24"):
+    for fig in ("fig3", "fig5", "fig19", "fig20", "fig21", "fig22", "fig4", "fig23", "fig6", "fig24", "fig7"):
         spec = config["figures"].get(fig)
         if spec is None:
             continue
         kinds = {"fig4": ("forget",), "fig23": ("forget",), "fig5": ("subpop",), "fig6": ("backdoor",),
-                 "fig24": ("backdoor",)}.get(fig, ("fix", "induce"))
+                 "fig24": ("backdoor",), "fig7": ("typographic",)}.get(fig, ("fix", "induce"))
         e = config["edits"].get(spec["edit"])
         if e is None or e["kind"] not in kinds:
             _config_error(f"figures.{fig}.edit", f"needs an `edits` entry of kind {' or '.join(kinds)}, got "
@@ -318,10 +324,19 @@ def figure_config(fig):
     """The preset's `figures.<fig>` entry; a figure the preset does not configure fails at once, naming the
     key."""
     if fig not in config["figures"]:
+        need = f"; it needs {PAPER_ONLY[fig]}" if fig in PAPER_ONLY else ""
         raise WorkflowError(
-            f"figures/{fig}.pdf: preset {config['preset']!r} has no `figures.{fig}` entry (add one to the config; "
-            f"its keys are described under figures.{fig} in workflow/schemas/config.schema.yaml)")
+            f"figures/{fig}.pdf: preset {config['preset']!r} has no `figures.{fig}` entry{need} (add one to the "
+            f"config; its keys are described under figures.{fig} in workflow/schemas/config.schema.yaml)")
     return config["figures"][fig]
+
+
+# Figures without an offline stand-in: what they need (config/paper.yaml configures them)
+PAPER_ONLY = {
+    "fig7": "zero-shot CLIP ViT-B/16 (Hugging Face hub) and the typographic-attack photos of Materzynska et al. "
+            "(placed by hand; see coar.data.typographic), as config/paper.yaml sets up",
+    "fig9": "Phi-2 (Hugging Face hub) and BoolQ's validation set (downloaded), as config/paper.yaml sets up",
+}
 
 
 def figure_setups(fig):
@@ -347,9 +362,7 @@ FIGURES = {
     4: ("forgetting a class", "built"),
     5: ("subpopulation robustness on Waterbirds / CelebA", "built"),
     6: ("backdoor localisation", "built"),
-    7: ("typographic attacks on CLIP", "not built yet (issue 5): the zero-shot CLIP model, the synthetic attacks "
-                                       "and a loader for the typographic-attack photos exist (coar.models.clip_zeroshot, "
-                                       "coar.data.typographic), but the photos' format could not be checked offline"),
+    7: ("typographic attacks on CLIP", "built"),
     8: ("COAR on GPT-2 (TinyStories)", "built"),
     9: ("Phi-2 on BoolQ", "built"),
     10: ("COAR on training examples and corrupted test examples (CIFAR-10-C)", "built"),

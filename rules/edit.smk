@@ -63,11 +63,13 @@ rule edit_forget:
 
 rule edit_backdoor:
     """Sec. 5.4: remove a backdoor with COAR-EDIT on paired examples (triggered targets, clean references); k is
-    chosen on a validation half of the held-out images, which are scored clean and with the trigger."""
+    chosen on a validation half of the held-out images, which are scored clean and with the trigger.
+    Sec. 5.5 (kind typographic): the same with synthetic typographic attacks on zero-shot CLIP, and the
+    dataset's real attacks scored at every k."""
     input:
-        model=lambda w: model_file(edit_setup(w.edit, ("backdoor",))),
-        examples=lambda w: examples_file(edit_setup(w.edit, ("backdoor",))),
-        attributions=lambda w: attribution_file(edit_setup(w.edit, ("backdoor",)), "coar"),
+        model=lambda w: model_file(edit_setup(w.edit, ("backdoor", "typographic"))),
+        examples=lambda w: examples_file(edit_setup(w.edit, ("backdoor", "typographic"))),
+        attributions=lambda w: attribution_file(edit_setup(w.edit, ("backdoor", "typographic")), "coar"),
         heldout=lambda w: heldout_file(w.edit),
     output:
         sweep="results/edits/{edit}/sweep.csv",
@@ -78,8 +80,10 @@ rule edit_backdoor:
         edit=lambda w: config["edits"][w.edit],
         spec=lambda w: setup_spec(edit_setup(w.edit), "baseline"),
         dataset=lambda w: SETUPS[edit_setup(w.edit)]["dataset"],
+        data_root=config["data_root"],
+        download_root=config["download_root"],
     wildcard_constraints:
-        edit=edits_of_kind("backdoor"),
+        edit=edits_of_kind("backdoor", "typographic"),
     resources:
         gpu=1,
         batch_size=32,

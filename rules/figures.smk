@@ -222,13 +222,14 @@ rule fig_edit_forget:
 
 
 rule fig_backdoor:
-    """Fig. 6: the backdoor and its removal by COAR-EDIT; Fig. 24: saliency of the ablated components."""
+    """Fig. 6: the backdoor and its removal by COAR-EDIT; Fig. 24: saliency of the ablated components; Fig. 7:
+    typographic attacks on zero-shot CLIP and their removal."""
     input:
         sweep=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/sweep.csv",
         summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
         components=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/components.csv",
         outputs=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/outputs.csv",
-        model=lambda w: model_file(edit_setup(edit_figure(f"fig{w.n}"), ("backdoor",))),
+        model=lambda w: model_file(edit_setup(edit_figure(f"fig{w.n}"), ("backdoor",) if w.n != "7" else ("typographic",))),
         heldout=lambda w: heldout_file(edit_figure(f"fig{w.n}")),
     output:
         figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
@@ -243,7 +244,7 @@ rule fig_backdoor:
         data_root=config["data_root"],
         download_root=config["download_root"],
     wildcard_constraints:
-        n="6|24",
+        n="6|7|24",
     log:
         "logs/fig{n}.log",
     conda:

@@ -157,8 +157,9 @@ def test_backdoor_edit_finds_the_trigger_neurons_and_picks_k_on_validation():
         before = (model(held[1]).argmax(1) == held[2]).float().mean().item()
     assert before < 0.75  # the trigger does flip class-1 inputs
     ks = [0, 1, 2, 3, 4, 6, 10]
+    real = data(50, 4)  # an extra held-out set (the typographic edit's real attacks), scored at every k
     sweep, summary, comps, outputs, k = edit_backdoor(model, cset, attr, pairs, val, held, ks, n_pairs=10,
-                                                      max_drop=0.02, seed=0)
+                                                      max_drop=0.02, seed=0, extra={"real attacks": real[1:]})
     ablated = comps[comps.ablated]
     assert k == 3 and set(ablated.component) == set(cset.labels()[:3])  # exactly the three detectors
     assert len(comps) == max(ks) and list(comps["rank"]) == list(range(1, max(ks) + 1))
@@ -171,6 +172,8 @@ def test_backdoor_edit_finds_the_trigger_neurons_and_picks_k_on_validation():
     assert row.loc["coar", "triggered_before"] == pytest.approx(before)
     assert row.loc["coar", "triggered_after"] == 1.0 and row.loc["coar", "recovered"] == 1.0
     assert row.loc["coar", "clean_after"] == 1.0 and row.loc["random", "k"] == k
+    extra = coar.loc["held-out: real attacks"]
+    assert row.loc["coar", "real_attacks_before"] == extra[0] < 1.0 and row.loc["coar", "real_attacks_after"] == extra[k] == 1.0
     assert row.loc["coar", "correlation_before"] == pytest.approx(
         np.corrcoef(outputs.clean_before, outputs.triggered_before)[0, 1])
     # once the three detectors are ablated, the trigger changes nothing: outputs with and without it agree

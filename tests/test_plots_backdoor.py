@@ -45,6 +45,21 @@ def test_fig6_draws_the_held_out_curves_the_chosen_k_and_the_paired_outputs():
         fig_backdoor(sweep, summary.drop(columns="correlation_after"), outputs, images, "p", "s", "t")
 
 
+def test_fig7_adds_the_real_attacks_to_the_sweep_panel_and_the_box():
+    sweep, summary, outputs, images = _tables()
+    real = sweep[sweep.set == "held-out: triggered"].assign(set="held-out: real attacks",
+                                                             accuracy=lambda d: 0.5 + 0.05 * d.k)
+    summary = summary.assign(real_attacks_before=0.5, real_attacks_after=0.6)
+    fig = fig_backdoor(pd.concat([sweep, real]), summary, outputs, images, "prov", "Fig 7", "t",
+                       trigger="synthetic attack", extra=["real attacks"])
+    line = _gid(fig, "accuracy_coar|held-out: real attacks")[0]
+    np.testing.assert_allclose(line.get_ydata(), [50, 55, 60, 70])
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert any("real attacks 50.0% \u2192 60.0%" in t and "with synthetic attack 40.0%" in t for t in texts)
+    with pytest.raises(CoarError, match="real attacks"):
+        fig_backdoor(sweep, summary, outputs, images, "p", "s", "t", extra=["real attacks"])
+
+
 def test_fig24_one_row_per_component_with_its_share():
     rng = np.random.default_rng(1)
     images = rng.integers(0, 255, (4, 1, 8, 8), dtype=np.uint8)

@@ -345,3 +345,26 @@ def test_loader_error_paths(tmp_path, monkeypatch):
     (folder / "classes.json").write_text(json.dumps({"hat": 0}))
     with pytest.raises(CoarError, match="cup"):
         load_typographic(tmp_path / "e")
+
+
+def test_registry_typographic_examples_pair_clean_photos_with_synthetic_attacks(tmp_path):
+    """The workflow's view: clean photos only (disjoint held-out sets by offset), paired with a random synthetic
+    attack per photo; the zero-shot classes come from the annotations; a saved zero-shot classifier's
+    architecture is rebuilt without the hub (skeleton)."""
+    from coar.components import component_set
+    from coar.data.registry import class_names, make_examples
+    from coar.models import build_model
+
+    _make_dataset(tmp_path)
+    ex = make_examples("typographic", "test", 1, seed=0, root=tmp_path, trigger="paired")
+    rest = make_examples("typographic", "test", 1, seed=0, root=tmp_path, offset=1)
+    assert len(ex) == 2 and ex.meta["triggered"] == [False, True] and ex.meta["attack_words"][0] in ATTACK_WORDS
+    assert sorted(ex.meta["files"] + rest.meta["files"]) == ["IMG_2930.JPG", "IMG_2933.JPG"]  # the clean photos
+    clean, attacked = torch.from_numpy(ex.inputs[:1]), torch.from_numpy(ex.inputs[1:])
+    assert torch.equal(attacked, render_attack(clean, ex.meta["attack_words"][0]))
+    assert ex.inputs.shape[-1] == 224 and ex.meta["mean"] == list(CLIP_MEAN)
+    assert class_names("typographic", tmp_path) == ["cup", "hat", "taxi", "EU"]
+    with pytest.raises(CoarError, match="only 2 clean photos"):
+        make_examples("typographic", "test", 3, root=tmp_path)
+    model = build_model("clip_zeroshot", num_classes=4)
+    assert model.num_classes == 4 and component_set(model, "clip_zeroshot").size == 82944

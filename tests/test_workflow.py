@@ -54,32 +54,31 @@ def test_paper_preset_plans_fig2(tmp_path):
 
 
 def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
-    built = [n for n in range(2, 28) if n != 7]
+    built = list(range(2, 28))
     r = snakemake("-n", *[f"figures/fig{n}.pdf" for n in built], f"--configfile={ROOT / 'config/paper.yaml'}",
                   "--directory", str(tmp_path))
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     counts = job_counts(out)
     # pretrained ResNet-50 / ViT-B/16 / GPT-2 / Phi-2; the trained CIFAR ResNet, ViT, MLP and backdoored ResNet;
-    # ResNet-50 fine-tuned on Waterbirds and on CelebA: variants reuse their parent's
-    assert counts["model"] == 10
+    # ResNet-50 fine-tuned on Waterbirds and on CelebA; zero-shot CLIP: variants reuse their parent's
+    assert counts["model"] == 11
     # A, B, C, V, M, G, P, the Fig. 10 variants on their own example sets (train split + 6 CIFAR-10-C sets),
     # the backdoor's paired training images and clean test set, and Waterbirds' and CelebA's test and
-    # training examples (CelebA's are used by subpop_CB, planned below)
-    assert counts["examples"] == 19
-    # fix_A, fix_B, induce_B, subpop_WB; one forget job per class (489, 559, 652, 763); the backdoor edit
-    assert counts["edit_single"] == 4 and counts["edit_forget"] == 4 and counts["edit_backdoor"] == 1
-    assert counts["fig_backdoor"] == 2
-    # at full scale the held-out sets are the setups' own whole splits: no extra example sets
-    assert "heldout_examples" not in counts
+    # training examples (CelebA's are used by subpop_CB, planned below), and CLIP's paired photos
+    assert counts["examples"] == 20
+    # fix_A, fix_B, induce_B, subpop_WB; one forget job per class (489, 559, 652, 763); the backdoor and
+    # typographic edits (one rule)
+    assert counts["edit_single"] == 4 and counts["edit_forget"] == 4 and counts["edit_backdoor"] == 2
+    assert counts["fig_backdoor"] == 3
+    # at full scale the held-out sets are the setups' own whole splits, except the typographic photos after
+    # TY's 10
+    assert counts["heldout_examples"] == 1
     # Fig. 5 shows Waterbirds; the CelebA edit is its own target, held out on the 4,000 test images after CB's
     r = snakemake("-n", "results/edits/subpop_CB/summary.csv", f"--configfile={ROOT / 'config/paper.yaml'}",
                   "--directory", str(tmp_path))
     counts = job_counts(r.stdout + r.stderr)
     assert counts["edit_single"] == 1 and counts["heldout_examples"] == 1 and counts["model"] == 1
-    r = snakemake("-n", "figures/fig7.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory",
-                  str(tmp_path))
-    assert r.returncode != 0 and "typographic attacks on CLIP" in r.stdout + r.stderr
 
 
 def test_variant_shares_what_it_does_not_change(tmp_path):
@@ -110,10 +109,13 @@ def test_figure_not_configured_by_the_preset_names_the_key(tmp_path):
     assert r.returncode != 0 and "has no `figures.fig14` entry" in r.stdout + r.stderr
 
 
-def test_unbuilt_figure_fails_before_any_job_with_reason():
-    r = snakemake("-n", "figures/fig7.pdf")
-    assert r.returncode != 0
-    assert "figures/fig7.pdf (typographic attacks on CLIP) cannot be built at preset 'default'" in r.stdout + r.stderr
+@pytest.mark.parametrize("n, need", [(7, "zero-shot CLIP ViT-B/16"), (9, "Phi-2"), (28, "figures 2 to 27 only")])
+def test_paper_only_and_unknown_figures_fail_before_any_job_naming_what_they_need(n, need):
+    r = snakemake("-n", f"figures/fig{n}.pdf")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and need in out, out[-2000:]
+    if n < 28:
+        assert f"preset 'default' has no `figures.fig{n}` entry" in out
 
 
 def test_bad_config_names_the_key(tmp_path):

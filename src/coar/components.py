@@ -191,6 +191,7 @@ TABLES: dict[str, list[Rule]] = {
     "vit_small": VIT_TORCHVISION,
     "vit_tiny": VIT_TORCHVISION,
     "clip_vit_b_16": CLIP_VISION,
+    "clip_zeroshot": CLIP_VISION,  # the same rows inside the zero-shot classifier's vision tower
     "gpt2": GPT2,
     "gpt2_tiny": GPT2,
     "gpt2_bytes": GPT2,

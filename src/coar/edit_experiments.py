@@ -221,14 +221,17 @@ def edit_subpopulation(model: nn.Module, cset: ComponentSet, attributions: Attri
 def edit_backdoor(model: nn.Module, cset: ComponentSet, attributions: Attributions, pairs: np.ndarray,
                   validation: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                   heldout: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ks: Sequence[int], n_pairs: int = 10,
-                  max_drop: float = 0.02, seed: int = 0, label: str = "backdoor", mode: str = "zero",
+                  max_drop: float = 0.02, seed: int = 0, label: str = "backdoor",
+                  extra: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None, mode: str = "zero",
                   gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
     """Sec. 5.4 / App. D.4: remove a backdoor. `pairs` [P, 2] holds (clean, triggered) indices of the same image
     among the attribution examples; `n_pairs` of them are drawn (seeded): the triggered ones are the targets, the
     clean ones the references, and the bottom-k of eq. 8 raises the targets' correct-class margins. k is the
     one with the best triggered accuracy on `validation` whose clean accuracy drops by at most `max_drop`; the
-    random-components control uses the same k. validation / heldout: (clean x, triggered x, y).
+    random-components control uses the same k. validation / heldout: (clean x, triggered x, y). The same
+    function removes typographic attacks (Sec. 5.5): the "trigger" is then our synthetic attack, and `extra`
+    held-out sets (e.g. {"real attacks": (x, y)}) are scored at every k and summarised before / after.
 
     Returns (sweep, summary, components, outputs, k). components: COAR-EDIT's ranking up to the largest k
     swept, `ablated` marking the first k. summary, one row per method: held-out clean and
@@ -245,6 +248,7 @@ def edit_backdoor(model: nn.Module, cset: ComponentSet, attributions: Attributio
               "random": rng.permutation(cset.size)}
     sets = {f"{split}: {kind}": (xy[i], xy[2]) for split, xy in (("validation", validation), ("held-out", heldout))
             for i, kind in ((0, "clean"), (1, "triggered"))}
+    sets.update({f"held-out: {name}": xy for name, xy in (extra or {}).items()})
     margins = {method: sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
                for method, order in orders.items()}
     sweep = pd.DataFrame([r for method, m in margins.items() for r in _rows("backdoor", label, method, ks, m)])
@@ -261,7 +265,9 @@ def edit_backdoor(model: nn.Module, cset: ComponentSet, attributions: Attributio
                         "triggered_before": acc["triggered"][0], "triggered_after": acc["triggered"][i],
                         "recovered": (acc["triggered"][i] - acc["triggered"][0]) / lost if lost > 0 else np.nan,
                         "correlation_before": float(np.corrcoef(clean[0], trig[0])[0, 1]),
-                        "correlation_after": float(np.corrcoef(clean[i], trig[i])[0, 1])})
+                        "correlation_after": float(np.corrcoef(clean[i], trig[i])[0, 1]),
+                        **{f"{name.replace(' ', '_')}_{when}": float((m[f"held-out: {name}"][j] > 0).mean())
+                           for name in (extra or {}) for when, j in (("before", 0), ("after", i))}})
     m = margins["coar"]
     outputs = pd.DataFrame({"label": heldout[2].cpu().numpy(), "clean_before": m["held-out: clean"][0],
                             "triggered_before": m["held-out: triggered"][0], "clean_after": m["held-out: clean"][i],

@@ -51,7 +51,7 @@ def _show(ax, image: np.ndarray, caption: str = "", colour: str = "0.15") -> Non
         ax.set_xlabel(caption, fontsize=_SMALL - 0.5, color=colour, labelpad=1.5)
 
 
-def _scatter(ax, x: np.ndarray, y: np.ndarray, rho: float, lim: float, when: str) -> None:
+def _scatter(ax, x: np.ndarray, y: np.ndarray, rho: float, lim: float, when: str, trigger: str) -> None:
     colour = _METHOD_STYLE["coar"]["color"] if when == "after" else "0.35"
     ax.scatter(x, y, s=4, alpha=0.45, color=colour, linewidths=0, rasterized=True, gid=f"outputs_{when}")
     ax.plot([-lim, lim], [-lim, lim], ls="--", lw=0.8, color="0.5", zorder=1)
@@ -62,13 +62,15 @@ def _scatter(ax, x: np.ndarray, y: np.ndarray, rho: float, lim: float, when: str
     ax.set_aspect("equal")
     ax.text(0.04, 0.95, f"{when} edit\n\u03c1 = {rho:.2f}", transform=ax.transAxes, va="top", fontsize=_SMALL,
             bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "0.8", "alpha": 0.9})
-    ax.set_ylabel("margin with trigger", fontsize=_SMALL)
+    ax.set_ylabel(f"margin with {trigger}", fontsize=_SMALL)
 
 
 def fig_backdoor(sweep: pd.DataFrame, summary: pd.DataFrame, outputs: pd.DataFrame,
                  images: Mapping[str, tuple[np.ndarray, Sequence[str]]], provenance: str, suptitle: str,
-                 title: str) -> Figure:
-    """Paper Fig. 6. (a) rows of example images (e.g. poisoned training images, test images without and with
+                 title: str, trigger: str = "trigger", extra: Sequence[str] = ()) -> Figure:
+    """Paper Figs. 6 and 7. `trigger` names what was pasted ("trigger", "synthetic attack"); `extra` names
+    further held-out sets of the sweep drawn in (b) and summarised in the box (e.g. "real attacks": the
+    summary then has real_attacks_before / _after). (a) rows of example images (e.g. poisoned training images, test images without and with
     the trigger, captioned with the model's predictions); (b) held-out accuracy without / with the trigger vs
     k, COAR-EDIT and the random control, the k chosen on validation dotted; (c) the correct-class margin of
     every held-out image without (x) vs with (y) the trigger, before and after the edit, with their
@@ -76,7 +78,8 @@ def fig_backdoor(sweep: pd.DataFrame, summary: pd.DataFrame, outputs: pd.DataFra
     t = _check_sweep(sweep)
     _require(summary, SUMMARY_COLUMNS, "summary")
     _require(outputs, OUTPUT_COLUMNS, "outputs")
-    missing = [s for s in SETS if not (t["set"] == s).any()]
+    sets = [SETS[0], *[f"held-out: {e}" for e in extra], SETS[1]]
+    missing = [s for s in sets if not (t["set"] == s).any()]
     if missing:
         raise CoarError(f"sweep has no rows for set(s) {missing}")
     coar = summary[summary["method"].astype(str) == "coar"]
@@ -103,22 +106,24 @@ def fig_backdoor(sweep: pd.DataFrame, summary: pd.DataFrame, outputs: pd.DataFra
                 else:
                     ax.set_visible(False)
             grid[r, 0].set_title(name, loc="left", fontsize=_SMALL, pad=2)
-        left.suptitle("(a) the trigger and its effect", fontsize=_SMALL + 1, x=0.02, ha="left")
+        left.suptitle(f"(a) the {trigger} and its effect", fontsize=_SMALL + 1, x=0.02, ha="left")
 
         ax = mid.subplots()
         d = t[t["target"] == t["target"].iloc[0]]
-        styles = _set_styles(list(SETS))
-        _forget_panel(ax, d, list(SETS), styles, k)
+        styles = _set_styles(sets)
+        _forget_panel(ax, d, sets, styles, k)
         ax.set_xlabel("components ablated (k)")
-        _panel_title(ax, f"(b) removing the trigger: accuracy vs. k (chosen: {k} of {int(row['components'])} "
+        _panel_title(ax, f"(b) removing the {trigger}: accuracy vs. k (chosen: {k} of {int(row['components'])} "
                          "components)", 0.36 * width)
-        ax.text(0.97, 0.04, f"held-out, k = {k}:\nwith trigger {100 * row['triggered_before']:.1f}% \u2192 "
-                f"{100 * row['triggered_after']:.1f}%\nwithout {100 * row['clean_before']:.1f}% \u2192 "
-                f"{100 * row['clean_after']:.1f}%", transform=ax.transAxes, ha="right", va="bottom", fontsize=_SMALL,
-                color=_METHOD_STYLE["coar"]["color"], bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.8"},
-                zorder=6)
-        handles = _key_handles([s.split(": ")[1] for s in SETS], _set_styles([s.split(": ")[1] for s in SETS]),
-                               ["coar", "random"], "held-out images, {}") + [_chosen_handle()]
+        lines = [("triggered", f"with {trigger}"), *[(e.replace(" ", "_"), e) for e in extra], ("clean", "without")]
+        box = "\n".join(f"{label} {100 * row[f'{key}_before']:.1f}% \u2192 {100 * row[f'{key}_after']:.1f}%"
+                        for key, label in lines)
+        ax.text(0.97, 0.04, f"held-out, k = {k}:\n{box}", transform=ax.transAxes, ha="right", va="bottom",
+                fontsize=_SMALL, color=_METHOD_STYLE["coar"]["color"],
+                bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.8"}, zorder=6)
+        shown = [f"with {trigger}", *extra, "without"]
+        handles = _key_handles(shown, _set_styles(shown), ["coar", "random"], "held-out images, {}") + [
+            _chosen_handle()]
         _legend_below(ax, handles, ncols=2, fontsize=_SMALL, columnspacing=0.8)
 
         axes = right.subplots(2, 1, sharex=True)
@@ -126,8 +131,8 @@ def fig_backdoor(sweep: pd.DataFrame, summary: pd.DataFrame, outputs: pd.DataFra
         lim = float(np.nanpercentile(np.abs(vals), 99.5)) * 1.05 or 1.0
         for a, when in zip(axes, ("before", "after"), strict=True):
             _scatter(a, outputs[f"clean_{when}"].to_numpy(float), outputs[f"triggered_{when}"].to_numpy(float),
-                     float(row[f"correlation_{when}"]), lim, when)
-        axes[1].set_xlabel("margin without trigger", fontsize=_SMALL)
+                     float(row[f"correlation_{when}"]), lim, when, trigger)
+        axes[1].set_xlabel(f"margin without {trigger}", fontsize=_SMALL)
         right.suptitle("(c) outputs on paired images", fontsize=_SMALL + 1, x=0.02, ha="left")
     return fig
 

@@ -1,6 +1,7 @@
 """Rule edit_backdoor: remove a backdoor with COAR-EDIT (paper Sec. 5.4, App. D.4): triggered examples are the
 targets, the same images without the trigger the references; k is chosen on a validation half of the held-out
-images (clean accuracy may drop by at most max_drop) and reported on the other half."""
+images (clean accuracy may drop by at most max_drop) and reported on the other half. Kind typographic (Sec.
+5.5, App. D.5): the trigger is our synthetic typographic attack, and the dataset's real attacks are scored too."""
 import sys
 
 sm = snakemake  # noqa: F821
@@ -31,11 +32,24 @@ pairs = np.stack([np.arange(n), np.arange(n) + n], 1)
 if not (np.all(~triggered[:n]) and np.all(triggered[n:])):
     raise CoarError(f"edits.{name}: {sm.input.examples} is not laid out as n clean then n triggered examples")
 xc, y = held.tensors(device)
-xt, _ = Examples(trigger(sm.params.dataset, held.inputs), held.targets, held.kind, held.meta).tensors(device)
+extra = None
+if e["kind"] == "typographic":  # a random synthetic attack word per held-out photo; the real attacks too
+    import torch
+
+    from coar.data.registry import dataset_root
+    from coar.data.typographic import load_typographic, random_attacks
+
+    attacked = random_attacks(torch.from_numpy(held.inputs), seed=e["seed"] + 1)[0].numpy()
+    root = dataset_root(sm.params.dataset, sm.params.data_root, sm.params.download_root)
+    real_x, real_y = load_typographic(root, size=held.inputs.shape[-1]).all_attacked()
+    extra = {"real attacks": Examples(real_x.numpy(), real_y.numpy(), "image", held.meta).tensors(device)}
+else:
+    attacked = trigger(sm.params.dataset, held.inputs)
+xt, _ = Examples(attacked, held.targets, held.kind, held.meta).tensors(device)
 validation, heldout = (xc[0::2], xt[0::2], y[0::2]), (xc[1::2], xt[1::2], y[1::2])  # two disjoint halves
 sweep, summary, comps, outputs, k = edit_backdoor(
     model, cset, Attributions.load(sm.input.attributions), pairs, validation, heldout, e["ks"], e["targets"],
-    e["max_drop"], e["seed"], name, mode=spec["ablation"], gamma=spec["gamma"],
+    e["max_drop"], e["seed"], name, extra, mode=spec["ablation"], gamma=spec["gamma"],
     batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8))
 for table, path in ((sweep, sm.output.sweep), (summary, sm.output.summary), (comps, sm.output.components),
                     (outputs, sm.output.outputs)):

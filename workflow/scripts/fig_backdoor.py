@@ -25,11 +25,13 @@ prov = (provenance(sm.params.preset, setups) + f" | edit {opt['edit']}: {e['targ
         f"{e['ks']} chosen on validation (clean accuracy drop <= {e['max_drop']:g}), random control with the same k")
 model, cset = model_and_components(sm.input.model, sm.params.spec, device)
 held = Examples.load(sm.input.heldout)
-names = class_names(dataset) or [str(c) for c in range(int(held.targets.max()) + 1)]
-target = backdoor_of(dataset).target
+root = dataset_root(dataset, sm.params.data_root, sm.params.download_root)
+names = class_names(dataset, root) or [str(c) for c in range(int(held.targets.max()) + 1)]
 rng = np.random.default_rng(opt["seed"])
-others = np.nonzero(held.targets != target)[0]  # the trigger changes the right answer only for these
-triggered = trigger(dataset, held.inputs)
+if n != 7:
+    target = backdoor_of(dataset).target
+    others = np.nonzero(held.targets != target)[0]  # the trigger changes the right answer only for these
+    triggered = trigger(dataset, held.inputs)
 
 
 def predict(images):
@@ -42,10 +44,25 @@ def captions(images, labels):
     return [("\u2713 " if p == y else "\u2717 ") + names[p] for p, y in zip(predict(images), labels, strict=True)]
 
 
-if n == 6:
+if n == 7:  # typographic attacks on zero-shot CLIP (paper Fig. 7)
+    from coar.data.typographic import load_typographic, random_attacks
     from coar.plots_backdoor import fig_backdoor
 
-    root = dataset_root(dataset, sm.params.data_root, sm.params.download_root)
+    attacked = random_attacks(torch.from_numpy(held.inputs), seed=e["seed"] + 1)[0].numpy()  # as the edit's
+    real_x, real_y = load_typographic(root, size=held.inputs.shape[-1]).all_attacked()
+    te = rng.choice(len(held.targets), min(4, len(held.targets)), replace=False)
+    re = rng.choice(len(real_y), min(4, len(real_y)), replace=False)
+    images = {"held-out photos": (held.inputs[te], captions(held.inputs[te], held.targets[te])),
+              "with a synthetic attack": (attacked[te], captions(attacked[te], held.targets[te])),
+              "real attacks": (real_x.numpy()[re], captions(real_x.numpy()[re], real_y.numpy()[re]))}
+    summary = pd.read_csv(sm.input.summary)
+    fig = fig_backdoor(pd.read_csv(sm.input.sweep), summary, pd.read_csv(sm.input.outputs), images, prov,
+                       "Typographic attacks on zero-shot CLIP, edited with COAR-EDIT (cf. paper Fig. 7)", title,
+                       trigger="synthetic attack", extra=["real attacks"])
+    table = summary
+elif n == 6:
+    from coar.plots_backdoor import fig_backdoor
+
     train_x, train_y, poisoned = load_backdoored(dataset, "train", root)
     tr = rng.choice(np.nonzero(poisoned)[0], 4, replace=False)
     te = rng.choice(others, 4, replace=False)

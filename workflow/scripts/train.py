@@ -18,7 +18,14 @@ from coar.training import accuracy, save_checkpoint, train_classifier  # noqa: E
 spec = sm.params.spec
 kwargs = {"num_classes": spec["num_classes"], "in_channels": spec["in_channels"], "image_size": spec["image_size"]}
 root = dataset_root(spec["dataset"], sm.params.data_root, sm.params.download_root)
-if spec["pretrained"]:
+if spec["model"] == "clip_zeroshot":  # zero-shot CLIP over the dataset's class names (paper Sec. 5.5)
+    from coar.data.registry import class_names
+    from coar.models.clip_zeroshot import build_zero_shot_clip
+
+    names = class_names(spec["dataset"], root)
+    model, info = build_zero_shot_clip(names), {"source": "published weights", "class_names": names}
+    kwargs["num_classes"] = len(names)
+elif spec["pretrained"]:
     model, info = build_model(spec["model"], pretrained=True, **kwargs), {"source": "published weights"}
 elif spec["dataset"] == "os-text":  # the byte-level LM of the offline text stand-in
     from coar.data.text import load_corpus, text_examples

@@ -6,6 +6,8 @@ cifar10        torchvision's download (MD5-checked by torchvision) into `root`
 tinystories    GPT-2 tokens of TinyStories validation stories (Hugging Face hub); boolq: Phi-2 prompts of
                BoolQ's dev set (its release URL); both in coar.data.hf_text
 waterbirds     Sagawa et al.'s release (downloaded), groups 2 * bird + background (coar.data.waterbirds)
+typographic    the clean photos of the typographic-attack dataset (by hand: coar.data.typographic); paired
+               examples add our synthetic attacks
 celeba-blond   CelebA (torchvision's download or by hand), blond hair with gender groups (coar.data.celeba)
 imagenet       manual: the validation set must be laid out as root/val/<wnid>/*.JPEG (it cannot be
                downloaded without an account); a missing or partial layout fails with instructions
@@ -29,6 +31,10 @@ DATASETS = {
 }
 # the subpopulation benchmarks of Sec. 5.3: ImageNet-normalised 224-pixel images for fine-tuned ResNet-50s
 DATASETS.update({name: {**DATASETS["imagenet"], "classes": 2} for name in ("waterbirds", "celeba-blond")})
+# the typographic-attack photos of Materzynska et al. (Sec. 5.5), normalised for CLIP; classes: the objects
+# and the attack words (coar.data.typographic)
+DATASETS["typographic"] = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                           "channels": 3, "size": 224, "classes": None}
 DATASETS.update({f"{base}-backdoor": DATASETS[base] for base in ("fashion-mnist", "cifar10")})  # same images
 
 
@@ -75,8 +81,13 @@ def load_grouped(dataset: str, split: str, root=None, download: bool = True):
     return decode_images(list(paths), DATASETS[dataset]["size"]), labels, groups
 
 
-def class_names(dataset: str) -> list[str] | None:
-    """Display names of the classes (ImageNet's from torchvision's packaged weight metadata)."""
+def class_names(dataset: str, root=None) -> list[str] | None:
+    """Display names of the classes (ImageNet's from torchvision's packaged weight metadata; the typographic
+    dataset's from its annotations under `root`)."""
+    if dataset == "typographic":
+        from .typographic import load_typographic
+
+        return load_typographic(root or "data/raw/typographic", size=8).class_names
     dataset = dataset.removesuffix("-backdoor")
     if dataset == "fashion-mnist":
         from .fashion_mnist import CLASSES
@@ -137,6 +148,38 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
     raise CoarError("decoding ImageNet into a uint8 evaluation set is part of the data issue and not built yet")
 
 
+def _typographic_examples(split: str, n, seed: int, root, trigger, offset: int) -> Examples:
+    """The clean photos (split "test": the dataset has no other); trigger "paired" adds the same photos with a
+    synthetic attack (a random word of ATTACK_WORDS per photo, seeded), as the paper's targets (App. D.5)."""
+    import torch
+
+    from .typographic import load_typographic, random_attacks
+
+    if split != "test":
+        raise CoarError(f"the typographic dataset has one split, test (its clean photos), not {split!r}")
+    if trigger not in (None, "paired"):
+        raise CoarError(f"examples.trigger must be 'paired' or null, got {trigger!r}")
+    data = load_typographic(root or "data/raw/typographic", size=DATASETS["typographic"]["size"])
+    count = len(data.clean_labels)
+    idx = np.arange(count)
+    if n is not None:
+        if offset + n > count:
+            raise CoarError(f"asked for {n} typographic photos after the first {offset}, only {count} clean photos "
+                            f"are in {data.annotation_file}")
+        idx = np.sort(np.random.default_rng(seed).permutation(count)[offset:offset + n])
+    images, labels = data.clean_images[idx].numpy(), data.clean_labels[idx].numpy()
+    info = DATASETS["typographic"]
+    meta = {"dataset": "typographic", "split": split, "n": len(idx), "seed": seed, "mean": info["mean"],
+            "std": info["std"], "class_names": data.class_names, "files": [data.clean_files[i] for i in idx]}
+    if offset:
+        meta["offset"] = offset
+    if trigger:
+        attacked, words = random_attacks(torch.from_numpy(images), seed=seed)
+        meta.update(n=2 * len(idx), triggered=[False] * len(idx) + [True] * len(idx), attack_words=list(words))
+        return Examples(np.concatenate([images, attacked.numpy()]), np.concatenate([labels, labels]), "image", meta)
+    return Examples(np.ascontiguousarray(images), labels, "image", meta)
+
+
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
                   every: int | None = None, corruption: dict | None = None, length: int | None = None,
                   offset: int = 0, trigger: str | None = None) -> Examples:
@@ -166,6 +209,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     if corruption and split != "test":
         raise CoarError(f"corrupted examples are made from the test split, not {split!r}")
     groups = paths = None
+    if dataset == "typographic":
+        return _typographic_examples(split, n, seed, root, trigger, offset)
     if corruption and dataset == "cifar10":
         images, labels = load_cifar10c(Path(root or "data/raw/cifar10").parent, corruption["name"],
                                        corruption["severity"])

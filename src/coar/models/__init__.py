@@ -15,7 +15,7 @@ from ..errors import CoarError
 from .attention import HookableMultiheadAttention, make_hookable
 from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet_mini, resnet_small, resnet_tiny, vit_small, vit_tiny
 
-IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "mlp_small", "vit_small", "resnet50", "vit_b_16",
+IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "mlp_small", "vit_small", "resnet50", "vit_b_16", "clip_zeroshot",
                 "clip_vit_b_16"}
 TEXT_MODELS = {"gpt2", "gpt2_tiny", "gpt2_bytes", "phi2", "phi2_tiny"}
 MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
@@ -82,6 +82,13 @@ def _build(name, num_classes, in_channels, image_size, pretrained):
             return builder(weights="IMAGENET1K_V1")
         except Exception as exc:
             raise CoarError(f"could not load torchvision {name} weights IMAGENET1K_V1: {exc}") from exc
+    if name == "clip_zeroshot":
+        if pretrained:
+            raise CoarError("clip_zeroshot needs its class names: the training rule builds it with "
+                            "coar.models.clip_zeroshot.build_zero_shot_clip(class_names)")
+        from .clip_zeroshot import skeleton
+
+        return skeleton(num_classes)
     t = _hf()
     cls = t.CLIPVisionModel if name == "clip_vit_b_16" else (t.PhiForCausalLM if name.startswith("phi") else t.GPT2LMHeadModel)
     if pretrained:

@@ -184,5 +184,17 @@ def build_zero_shot_clip(class_names: Sequence[str], templates: Sequence[str] = 
     return ZeroShotCLIP(model.vision_model, model.visual_projection, emb, scale, class_names, templates).eval()
 
 
-__all__ = ["ZeroShotCLIP", "build_zero_shot_clip", "class_embeddings", "encode_prompts", "TEMPLATES",
+def skeleton(num_classes: int, vision_config=None) -> ZeroShotCLIP:
+    """A random-init ZeroShotCLIP of ViT-B/16's shape with `num_classes` zero class embeddings: the
+    architecture a saved zero-shot classifier's weights load into (no download; tests pass a small config)."""
+    import transformers as t
+
+    vision = vision_config or t.CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                 num_attention_heads=12, patch_size=16, image_size=224)
+    text = t.CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    clip = t.CLIPModel(t.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=512))
+    return ZeroShotCLIP(clip.vision_model, clip.visual_projection, torch.zeros(num_classes, 512), 100.0)
+
+
+__all__ = ["ZeroShotCLIP", "build_zero_shot_clip", "skeleton", "class_embeddings", "encode_prompts", "TEMPLATES",
            "CLIP_MEAN", "CLIP_STD", "HUB_ID"]
