@@ -163,10 +163,12 @@ def _check_config():
             continue
         kinds = {"fig4": ("forget",), "fig23": ("forget",), "fig5": ("subpop",), "fig6": ("backdoor",),
                  "fig24": ("backdoor",), "fig7": ("typographic",)}.get(fig, ("fix", "induce"))
-        e = config["edits"].get(spec["edit"])
-        if e is None or e["kind"] not in kinds:
-            _config_error(f"figures.{fig}.edit", f"needs an `edits` entry of kind {' or '.join(kinds)}, got "
-                                                 f"{spec['edit']!r}" + (f" of kind {e['kind']!r}" if e else " (undefined)"))
+        for key, name in [("edit", spec["edit"])] + [("also", a) for a in spec.get("also", [])]:
+            e = config["edits"].get(name)
+            if e is None or e["kind"] not in kinds:
+                _config_error(f"figures.{fig}.{key}", f"needs an `edits` entry of kind {' or '.join(kinds)}, got "
+                                                      f"{name!r}" + (f" of kind {e['kind']!r}" if e else " (undefined)"))
+        e = config["edits"][spec["edit"]]
         shown = [spec["class"]] if fig == "fig4" else (spec.get("classes") or []) if fig == "fig23" else []
         if any(c not in e.get("classes", []) for c in shown):
             _config_error(f"figures.{fig}", f"class(es) {shown} not among edits.{spec['edit']}.classes {e.get('classes')}")
@@ -428,6 +430,11 @@ def heldout_file(edit):
 def edit_figure(fig):
     """The edits entry a figure draws from."""
     return figure_config(fig)["edit"]
+
+
+def figure_edits(fig):
+    """Every edits entry a figure draws from (Fig. 5 can show several, one panel each)."""
+    return [edit_figure(fig), *figure_config(fig).get("also", [])]
 
 
 def forget_outputs(edit, name, classes=None):

@@ -176,8 +176,8 @@ rule fig_correlation_panels:
 rule fig_edit_single:
     """Figs. 3, 19-22: single-example edits (fix or induce); Fig. 5: subpopulations. With the random control."""
     input:
-        sweep=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/sweep.csv",
-        summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
+        sweep=lambda w: [f"results/edits/{e}/sweep.csv" for e in figure_edits(f"fig{w.n}")],
+        summary=lambda w: [f"results/edits/{e}/summary.csv" for e in figure_edits(f"fig{w.n}")],
         components=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/components.csv",
     output:
         figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
@@ -185,7 +185,7 @@ rule fig_edit_single:
     params:
         options=lambda w: config["figures"][f"fig{w.n}"],
         edit=lambda w: config["edits"][edit_figure(f"fig{w.n}")],
-        setups=lambda w: figure_specs(f"fig{w.n}", [edit_setup(edit_figure(f"fig{w.n}"))]),
+        setups=lambda w: figure_specs(f"fig{w.n}", list(dict.fromkeys(edit_setup(e) for e in figure_edits(f"fig{w.n}")))),
         preset=config["preset"],
     wildcard_constraints:
         n="3|5|19|20|21|22",

@@ -37,16 +37,20 @@ if n in (4, 23):
     else:
         fig = pe.fig_forget_classes(sweep, ks, prov, SUPTITLES[n], title)
     table = pd.DataFrame(chosen)
+elif n == 5:  # worst-group, average-group and overall accuracy on the held-out half vs k, a panel per edit
+    sweep = pd.concat([pd.read_csv(p, dtype={"target": str}) for p in sm.input.sweep], ignore_index=True)
+    summaries = [pd.read_csv(p).assign(edit=pd.read_csv(s, dtype={"target": str}).target.iloc[0])
+                 for p, s in zip(sm.input.summary, sm.input.sweep)]
+    table = pd.concat(summaries, ignore_index=True)
+    chosen = table[(table.method == "coar") & table.chosen.astype(str).isin(["True", "1"])].drop_duplicates("edit")
+    keep = sweep.set.isin([f"held-out: {m}" for m in ("worst group", "average group", "overall")])
+    groups = "; ".join(f"{r.edit}: {r.target_group}" for r in chosen.itertuples())
+    fig = pe.fig_forget_classes(sweep[keep], dict(zip(chosen.edit, chosen.k.astype(int))), prov, SUPTITLES[n],
+                                " | ".join(dict.fromkeys(v["title"] for v in setups.values())) + f" | target groups: {groups}")
 else:
-    sweep, summary = pd.read_csv(sm.input.sweep, dtype={"target": str}), pd.read_csv(sm.input.summary, dtype={"target": str})
+    sweep, summary = pd.read_csv(sm.input.sweep[0], dtype={"target": str}), pd.read_csv(sm.input.summary[0], dtype={"target": str})
     targets = sorted(summary.target.unique(), key=int) if "target" in summary else []
-    if n == 5:  # worst-group, average-group and overall accuracy on the held-out half vs k
-        chosen = summary[(summary.method == "coar") & summary.chosen.astype(str).isin(["True", "1"])]
-        k = int(chosen.k.iloc[0])
-        keep = sweep.set.isin([f"held-out: {m}" for m in ("worst group", "average group", "overall")])
-        fig = pe.fig_forget_classes(sweep[keep], {sweep.target.iloc[0]: k}, prov, SUPTITLES[n],
-                                    f"{title} | target group: {chosen.target_group.iloc[0]}")
-    elif n == 3:
+    if n == 3:
         fixed = summary[(summary.method == "coar") & summary.flipped].target.tolist()
         show = str(opt["show"]) if opt.get("show") is not None else (sorted(fixed, key=int) or targets)[0]
         fig = pe.fig_edit_prediction(sweep, summary, show, prov, SUPTITLES[n], title)
