@@ -31,7 +31,7 @@ if [ ! -e "$policy" ]; then
   chmod 755 "$policy"
   created_policy=1
 fi
-trap '[ "$created_policy" = 1 ] && rm -f "$policy"' EXIT
+trap 'if [ "$created_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
 
 packages=(munge slurmctld slurmd slurm-client)
 install() {
