@@ -277,6 +277,46 @@ def test_load_shards(tmp_path):
         load_shards([paths[0], other])
 
 
+def test_full_disk_and_unwritable_directory_are_named_and_leave_nothing(tmp_path, monkeypatch):
+    """Issue 7's disk faults: the shard's blocks are reserved when it is created, so a full disk is an error
+    that names the shard and its size then, not a SIGBUS inside a memory-mapped write later; an unwritable
+    directory names the directory. Nothing half-built is left behind either way."""
+    import errno
+    import os
+
+    import coar.store as store_mod
+
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate on this platform")
+    reserved = []
+    real = os.posix_fallocate
+
+    def record(fd, offset, length):
+        reserved.append(length)
+        return real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", record)
+    ShardStore.create_or_open(tmp_path / "ok", make_meta()).close()
+    # done flags and float16 outputs: every byte of both files (the .npy header included) is reserved
+    sizes = sorted((tmp_path / "ok" / f).stat().st_size for f in ("done.npy", "outputs.npy"))
+    assert sorted(reserved) == sizes and sizes[0] >= 50 and sizes[1] >= 50 * 6 * 2
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(StoreError, match=r"cannot create shard .*s1 \(0\.0 MiB\): No space left on device"):
+        ShardStore.create_or_open(tmp_path / "s1", make_meta())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
+
+    def denied(self, *a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+
+    monkeypatch.setattr(store_mod.Path, "mkdir", denied)
+    with pytest.raises(StoreError, match=r"cannot create the directory of shard .*deep/s2: Permission denied"):
+        ShardStore.create_or_open(tmp_path / "deep" / "s2", make_meta())
+
+
 def test_leftover_temp_dir_does_not_break_create(tmp_path):
     import socket
 

@@ -23,6 +23,7 @@ not corrupt it (they write identical values) but waste work; no lock is taken.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -337,11 +338,20 @@ class ShardStore:
         requested = normalize_meta(meta)
         if not _is_empty_or_absent(path):
             return cls._open_matching(path, requested)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"cannot create the directory of shard {path}: {e.strerror or e}") from e
         _clean_stale_tmp_dirs(path)
         tmp = path.parent / f"{_tmp_prefix(path)}{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         try:
-            _build_shard(tmp, requested)
+            try:
+                _build_shard(tmp, requested)
+            except OSError as e:  # full disk, no permission, read-only filesystem: say which shard and why
+                need = _shard_bytes(requested) / 2**20
+                raise StoreError(f"cannot create shard {path} ({need:,.1f} MiB): {e.strerror or e}"
+                                 + (" (free some space, or point the workflow at another disk)"
+                                    if e.errno == errno.ENOSPC else "")) from e
             try:
                 os.rename(tmp, path)  # replaces an empty directory; fails on a non-empty one
             except OSError:
@@ -504,6 +514,26 @@ def _is_empty_or_absent(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
+def _shard_bytes(meta: dict) -> int:
+    m, c, n = meta["m"], meta["n_components"], meta["n_examples"]
+    return m * c + m * n * np.dtype(meta["dtype"]).itemsize + m
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now: a full disk then fails here with ENOSPC, not later inside a
+    memory-mapped write, where it would kill the process with SIGBUS."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, path.stat().st_size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # filesystems without fallocate
+            raise
+    finally:
+        os.close(fd)
+
+
 def _build_shard(tmp: Path, meta: dict) -> None:
     tmp.mkdir()
     m, c, n = meta["m"], meta["n_components"], meta["n_examples"]
@@ -525,6 +555,8 @@ def _build_shard(tmp: Path, meta: dict) -> None:
     with open(tmp / META_FILE, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
+    for fname in (OUTPUTS_FILE, DONE_FILE):
+        _reserve(tmp / fname)
     for fname in (MASKS_FILE, OUTPUTS_FILE, DONE_FILE, META_FILE):
         _fsync_file(tmp / fname)
     _fsync_dir(tmp)
