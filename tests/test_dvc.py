@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coar.data.fashion_mnist import find_fashion_mnist
-from tests.test_workflow import job_counts
+from tests.helpers import job_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

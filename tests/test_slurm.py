@@ -23,6 +23,8 @@ import pytest
 
 from coar.data.fashion_mnist import find_fashion_mnist
 
+from tests.helpers import job_counts
+
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_FILES = ROOT / "workflow/slurm"
 PROFILE = ROOT / "workflow/profiles/slurm"
@@ -216,19 +218,6 @@ def slurm():
         shutil.rmtree(state, ignore_errors=True)
 
 
-def _job_counts(output: str) -> dict:
-    """The "Job stats" table of a dry run as {rule: count}."""
-    lines = output.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Job stats"))
-    counts = {}
-    for line in lines[start + 3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def _records(text: str) -> list:
     """`scontrol show job -o` or job completion log lines as dicts of their Key=Value fields."""
     return [dict(re.findall(r"(\w[\w/:]*)=(\S*)", line)) for line in text.splitlines() if "JobId=" in line]
@@ -245,7 +234,7 @@ def test_slurm_profile_runs_fig2_through_sbatch(slurm, tmp_path):
             "--slurm-keep-successful-logs"]
     plan = subprocess.run([*args, "-n"], env=env, capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, (plan.stdout + plan.stderr)[-4000:]
-    planned = _job_counts(plan.stdout + plan.stderr)
+    planned = job_counts(plan.stdout + plan.stderr)
     planned.pop("total", None)
     assert planned["sample_shard"] == 4 and planned["baseline"] == 4 and planned["fig2"] == 1
 

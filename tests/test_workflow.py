@@ -12,6 +12,8 @@ import pytest
 
 from coar.data.fashion_mnist import find_fashion_mnist
 
+from tests.helpers import job_counts
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
 
@@ -22,20 +24,6 @@ def snakemake(*args, cwd=ROOT, timeout=600):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-def job_counts(output: str) -> dict:
-    """The "Job stats" table of a dry run as {rule: count}."""
-    lines = output.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("Job stats")), None)
-    assert start is not None, f"no 'Job stats' table in the dry run's output:\n{output[-4000:]}"
-    counts = {}
-    for line in lines[start + 3:]:
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].isdigit():
-            break
-        counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_lint_is_clean():
