@@ -364,7 +364,7 @@ def test_registry_typographic_examples_pair_clean_photos_with_synthetic_attacks(
     assert torch.equal(attacked, render_attack(clean, ex.meta["attack_words"][0]))
     assert ex.inputs.shape[-1] == 224 and ex.meta["mean"] == list(CLIP_MEAN)
     assert class_names("typographic", tmp_path) == ["cup", "hat", "taxi", "EU"]
-    with pytest.raises(CoarError, match="only 2 clean photos"):
+    with pytest.raises(CoarError, match="asked for 3 typographic test examples after the first 0, only 2"):
         make_examples("typographic", "test", 3, root=tmp_path)
     model = build_model("clip_zeroshot", num_classes=4)
     assert model.num_classes == 4 and component_set(model, "clip_zeroshot").size == 82944

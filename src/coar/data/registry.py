@@ -148,45 +148,15 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
     raise CoarError("decoding ImageNet into a uint8 evaluation set is part of the data issue and not built yet")
 
 
-def _typographic_examples(split: str, n, seed: int, root, trigger, offset: int) -> Examples:
-    """The clean photos (split "test": the dataset has no other); trigger "paired" adds the same photos with a
-    synthetic attack (a random word of ATTACK_WORDS per photo, seeded), as the paper's targets (App. D.5)."""
-    import torch
-
-    from .typographic import load_typographic, random_attacks
-
-    if split != "test":
-        raise CoarError(f"the typographic dataset has one split, test (its clean photos), not {split!r}")
-    if trigger not in (None, "paired"):
-        raise CoarError(f"examples.trigger must be 'paired' or null, got {trigger!r}")
-    data = load_typographic(root or "data/raw/typographic", size=DATASETS["typographic"]["size"])
-    count = len(data.clean_labels)
-    idx = np.arange(count)
-    if n is not None:
-        if offset + n > count:
-            raise CoarError(f"asked for {n} typographic photos after the first {offset}, only {count} clean photos "
-                            f"are in {data.annotation_file}")
-        idx = np.sort(np.random.default_rng(seed).permutation(count)[offset:offset + n])
-    images, labels = data.clean_images[idx].numpy(), data.clean_labels[idx].numpy()
-    info = DATASETS["typographic"]
-    meta = {"dataset": "typographic", "split": split, "n": len(idx), "seed": seed, "mean": info["mean"],
-            "std": info["std"], "class_names": data.class_names, "files": [data.clean_files[i] for i in idx]}
-    if offset:
-        meta["offset"] = offset
-    if trigger:
-        attacked, words = random_attacks(torch.from_numpy(images), seed=seed)
-        meta.update(n=2 * len(idx), triggered=[False] * len(idx) + [True] * len(idx), attack_words=list(words))
-        return Examples(np.concatenate([images, attacked.numpy()]), np.concatenate([labels, labels]), "image", meta)
-    return Examples(np.ascontiguousarray(images), labels, "image", meta)
-
-
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
                   every: int | None = None, corruption: dict | None = None, length: int | None = None,
                   offset: int = 0, trigger: str | None = None) -> Examples:
     """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all.
 
     trigger "paired" (backdoored datasets): n images of the classes other than the trigger's, each twice,
-    first clean, then with the trigger (meta "triggered"), as the paper's paired examples (Sec. 5.4).
+    first clean, then with the trigger (meta "triggered"), as the paper's paired examples (Sec. 5.4). For
+    the typographic dataset (its clean photos, split "test"), the second copy carries a synthetic attack, a
+    random word per photo (meta "attack_words"), as the paper's targets (App. D.5).
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
@@ -209,8 +179,7 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     if corruption and split != "test":
         raise CoarError(f"corrupted examples are made from the test split, not {split!r}")
     groups = paths = None
-    if dataset == "typographic":
-        return _typographic_examples(split, n, seed, root, trigger, offset)
+    extra_meta = {}
     if corruption and dataset == "cifar10":
         images, labels = load_cifar10c(Path(root or "data/raw/cifar10").parent, corruption["name"],
                                        corruption["severity"])
@@ -218,6 +187,14 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
         paths, labels, groups = _file_index(dataset, split, root)
     elif dataset in GROUPED:
         images, labels, groups = load_grouped(dataset, split, root)
+    elif dataset == "typographic":  # the clean photos; the attacked ones are not examples (the edit scores them)
+        from .typographic import load_typographic
+
+        if split != "test":
+            raise CoarError(f"the typographic dataset has one split, test (its clean photos), not {split!r}")
+        data = load_typographic(root or "data/raw/typographic", size=DATASETS[dataset]["size"])
+        images, labels = data.clean_images.numpy(), data.clean_labels.numpy()
+        extra_meta = {"class_names": data.class_names, "files": np.array(data.clean_files, dtype=object)}
     else:
         images, labels = load_images(dataset, split, root)
     idx = np.arange(len(labels))
@@ -228,7 +205,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
             raise CoarError(f"examples.trigger must be 'paired' or null, got {trigger!r}")
         if corruption:
             raise CoarError("examples take a trigger or a corruption, not both")
-        idx = idx[labels != backdoor_of(dataset).target]  # fails naming the dataset when it has no trigger
+        if dataset != "typographic":  # any photo can carry a typographic attack
+            idx = idx[labels != backdoor_of(dataset).target]  # fails naming the dataset when it has no trigger
     if every:
         idx = idx[::every]
     if n is not None:  # offset: the next n of the same permutation (disjoint held-out sets)
@@ -248,6 +226,15 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
         meta["offset"] = offset
     if groups is not None:  # label x spurious attribute, for subpopulation experiments
         meta["groups"] = groups[idx].tolist()
+    meta.update({k: v[idx].tolist() if isinstance(v, np.ndarray) else v for k, v in extra_meta.items()})
+    if trigger and dataset == "typographic":
+        import torch
+
+        from .typographic import random_attacks
+
+        attacked, words = random_attacks(torch.from_numpy(chosen), seed=seed)
+        meta.update(n=2 * len(idx), triggered=[False] * len(idx) + [True] * len(idx), attack_words=list(words))
+        return Examples(np.concatenate([chosen, attacked.numpy()]), np.concatenate([labels[idx]] * 2), "image", meta)
     if trigger:
         from .backdoor import paired
 
