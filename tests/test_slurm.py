@@ -15,15 +15,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import json
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from coar.data.fashion_mnist import find_fashion_mnist
 
-from tests.helpers import job_counts
+from tests.helpers import (KILL_MASKS, KILL_RECEIPT, SLOW_SHARD, job_counts, processes, rows_done,
+                           wait_for_rows, write_kill_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 SLURM_FILES = ROOT / "workflow/slurm"
@@ -86,24 +89,9 @@ def _tail(path, n=3000):
         return "(no file)"
 
 
-def _processes():
-    """{pid: (name, parent pid, environment)} of the live processes (zombies left out)."""
-    procs = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-                name, (state, ppid) = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()[:2]
-                if state != "Z":
-                    procs[int(d.name)] = (name, int(ppid), b"\0" + (d / "environ").read_bytes() + b"\0")
-            except (OSError, ValueError):
-                pass
-    return procs
-
-
 def _stepd_pids():
     """Process ids of slurmstepd processes (slurmd's job step managers) now running."""
-    return {pid for pid, (name, _, _) in _processes().items() if name == "slurmstepd"}
+    return {pid for pid, (name, _, _, _) in processes().items() if name == "slurmstepd"}
 
 
 class Cluster:
@@ -119,9 +107,10 @@ class Cluster:
                        for name in ("munged.out", "slurmctld.log", "slurmctld.out", "slurmd.log", "slurmd.out"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def slurm():
-    """A running single-node cluster; stopped afterwards (jobs cancelled, then slurmd, slurmctld, munged)."""
+    """A running single-node cluster, shared by this module's tests; stopped afterwards (jobs cancelled, then
+    slurmd, slurmctld, munged)."""
     cmd = _slurm_commands()
     # a short path: munge's socket path must fit in a sockaddr_un (108 bytes)
     state = Path(tempfile.mkdtemp(prefix="coar-slurm-"))
@@ -189,7 +178,7 @@ def slurm():
             """This cluster's step managers and job processes (their environment names its slurm.conf), not
             the daemons and their helpers (slurmctld's slurmscriptd)."""
             needle = f"\0SLURM_CONF={conf}\0".encode()
-            return {pid for pid, (name, ppid, environ) in _processes().items()
+            return {pid for pid, (name, ppid, _, environ) in processes().items()
                     if pid not in daemon_pids and ppid not in daemon_pids and pid != os.getpid()
                     and ((name == "slurmstepd" and pid not in stepd_before) or needle in environ)}
 
@@ -223,15 +212,34 @@ def _records(text: str) -> list:
     return [dict(re.findall(r"(\w[\w/:]*)=(\S*)", line)) for line in text.splitlines() if "JobId=" in line]
 
 
-def test_slurm_profile_runs_fig2_through_sbatch(slurm, tmp_path):
-    t0 = time.monotonic()
-    env = dict(slurm.env, PYTHONUNBUFFERED="1", SBATCH_ACCOUNT="coar", SBATCH_PARTITION="cpu",
-               COAR_GPU_PARTITION="gpu")
-    args = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile", str(PROFILE), TARGET,
-            f"--configfile={ROOT / 'config/test.yaml'}", "--directory", str(tmp_path),
+def _env(slurm):
+    return dict(slurm.env, PYTHONUNBUFFERED="1", SBATCH_ACCOUNT="coar", SBATCH_PARTITION="cpu",
+                COAR_GPU_PARTITION="gpu")
+
+
+def _snakemake_args(profile, target, configfile, workdir):
+    return [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile", str(profile), target,
+            f"--configfile={configfile}", "--directory", str(workdir),
             # this cluster has no accounting database (sacct): status from squeue, polled soon after submission
             "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
             "--slurm-keep-successful-logs"]
+
+
+def _jobs(slurm, run_id):
+    """slurmctld's records of this run's jobs (kept for MinJobAge), each with its rule (the plugin puts the
+    rule in the job's comment)."""
+    shown = slurm.run("scontrol", "--details", "--oneliner", "show", "job")
+    assert shown.returncode == 0, shown.stderr
+    jobs = [j for j in _records(shown.stdout) if j.get("JobName") == run_id]
+    for j in jobs:
+        j["rule"] = re.match(r"rule_(.+?)(?:_wildcards_.*)?$", j["Comment"]).group(1)
+    return jobs
+
+
+def test_slurm_profile_runs_fig2_through_sbatch(slurm, tmp_path):
+    t0 = time.monotonic()
+    env = _env(slurm)
+    args = _snakemake_args(PROFILE, TARGET, ROOT / "config/test.yaml", tmp_path)
     plan = subprocess.run([*args, "-n"], env=env, capture_output=True, text=True, timeout=300)
     assert plan.returncode == 0, (plan.stdout + plan.stderr)[-4000:]
     planned = job_counts(plan.stdout + plan.stderr)
@@ -249,14 +257,12 @@ def test_slurm_profile_runs_fig2_through_sbatch(slurm, tmp_path):
     # slurmctld's own record of every job (kept for MinJobAge): each submitted job, under this run's job
     # name, completed with exit code 0; one per planned job of each rule (the plugin puts the rule in the
     # job's comment); account, partition and GPUs as the profile says
-    shown = slurm.run("scontrol", "--details", "--oneliner", "show", "job")
-    assert shown.returncode == 0, shown.stderr
-    jobs = [j for j in _records(shown.stdout) if j.get("JobName") == run_id]
+    jobs = _jobs(slurm, run_id)
     assert {j["JobId"] for j in jobs} == submitted
     for j in jobs:
         assert j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0", j
         assert j["Account"] == "coar" and j["WorkDir"] == str(tmp_path), j
-    rule = {j["JobId"]: re.match(r"rule_(.+?)(?:_wildcards_.*)?$", j["Comment"]).group(1) for j in jobs}
+    rule = {j["JobId"]: j["rule"] for j in jobs}
     assert Counter(rule.values()) == Counter(planned)
     for j in jobs:  # TresPerJob: what sbatch asked for; JOB_GRES: what the job was given
         if rule[j["JobId"]] in GPU_RULES:
@@ -273,3 +279,70 @@ def test_slurm_profile_runs_fig2_through_sbatch(slurm, tmp_path):
           f"plan + run {time.monotonic() - t0:.0f} s; e.g. " + " ".join(
               f"{k}={gpu_job.get(k)}" for k in ("JobId", "Comment", "JobState", "ExitCode", "Account", "Partition",
                                                 "TresPerJob", "JOB_GRES")))
+
+
+def test_shard_job_killed_mid_shard_is_retried_and_matches_a_local_run(slurm, tmp_path):
+    """A running sample_shard job's sampling process killed with SIGKILL: SLURM records the job as failed, the profile's `retries` submits it again, the
+    new job resumes from the rows the killed one finished, and the store ends bitwise identical to the same
+    shard run locally without interruption."""
+    t0 = time.monotonic()
+    env = _env(slurm)
+    config = write_kill_config(ROOT, tmp_path / "kill.yaml")
+    profile = tmp_path / "profile"  # the real profile with slow sampling settings, so that there is a middle
+    shutil.copytree(PROFILE, profile)
+    settings = yaml.safe_load((profile / "config.yaml").read_text())
+    settings["set-resources"]["sample_shard"].update(SLOW_SHARD)
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    receipt = tmp_path / KILL_RECEIPT
+    store = receipt.with_suffix("")
+
+    with open(tmp_path / "slurm-run.out", "w") as out:
+        run = subprocess.Popen(_snakemake_args(profile, KILL_RECEIPT, config, tmp_path), env=env, stdout=out,
+                               stderr=subprocess.STDOUT)
+        try:
+            killed_after = wait_for_rows(store, lambda: run.poll() is None, KILL_MASKS // 10, timeout=300)
+            running = slurm.run("squeue", "-h", "-t", "R", "-o", "%A %k").stdout.split("\n")
+            shard_jobs = [line.split()[0] for line in running if "rule_sample_shard" in line]
+            assert len(shard_jobs) == 1, running
+            # the job's sampling process (the one running sample.py in the job's environment), as the kernel's
+            # out-of-memory killer would end it
+            needle = f"\0SLURM_JOB_ID={shard_jobs[0]}\0".encode()
+            victims = [pid for pid, (_, _, cmdline, environ) in processes().items()
+                       if b"sample.py" in cmdline and needle in environ]
+            assert len(victims) == 1, victims
+            os.kill(victims[0], signal.SIGKILL)
+            rc = run.wait(timeout=400)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    output = (tmp_path / "slurm-run.out").read_text(errors="replace")
+    assert rc == 0, output[-6000:] + slurm.logs()
+
+    # SLURM's records: the killed job failed, a second sample_shard job (the retry) completed
+    run_id = re.search(r"SLURM run ID: (\S+)", output).group(1)
+    shard = sorted((j for j in _jobs(slurm, run_id) if j["rule"] == "sample_shard"), key=lambda j: int(j["JobId"]))
+    assert [j["JobState"] for j in shard] == ["FAILED", "COMPLETED"], shard
+    assert shard[0]["JobId"] == shard_jobs[0] and shard[1]["ExitCode"] == "0:0", shard
+    done = {j["JobId"]: j for j in _records((slurm.state / "jobcomp.txt").read_text())}
+    assert [done[j["JobId"]]["JobState"] for j in shard] == ["FAILED", "COMPLETED"]
+    # the retry resumed from the rows the killed job had finished (its log is the retry's: Snakemake
+    # deletes a job's log before it runs it)
+    log = (tmp_path / "logs/K/masks/train/shard-000.log").read_text(errors="replace")
+    resumed = int(re.search(rf"(\d+) of {KILL_MASKS} rows already done", log).group(1))
+    assert killed_after <= resumed < KILL_MASKS, (killed_after, resumed)
+    retried = json.loads(receipt.read_text())
+
+    # the same shard, locally and uninterrupted, with the same settings
+    store.rename(tmp_path / "killed-store")
+    receipt.unlink()
+    local = subprocess.run([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), KILL_RECEIPT, "--cores", "2",
+                            f"--configfile={config}", "--directory", str(tmp_path), "--set-resources",
+                            *(f"sample_shard:{k}={v}" for k, v in SLOW_SHARD.items())],
+                           env=dict(os.environ, PYTHONUNBUFFERED="1"), capture_output=True, text=True, timeout=300)
+    assert local.returncode == 0, (local.stdout + local.stderr)[-4000:]
+    assert rows_done(store) == KILL_MASKS
+    assert retried["checksums"]["files"] == json.loads(receipt.read_text())["checksums"]["files"]
+    print(f"\n[slurm] shard job {shard[0]['JobId']} killed after >= {killed_after} rows, retried as "
+          f"{shard[1]['JobId']}, resumed at row {resumed}; store identical to a local run "
+          f"({time.monotonic() - t0:.0f} s)")

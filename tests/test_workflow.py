@@ -3,6 +3,7 @@ preset, and failures that happen before any job runs with a message naming the p
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 
 from coar.data.fashion_mnist import find_fashion_mnist
 
-from tests.helpers import job_counts
+from tests.helpers import (KILL_MASKS, KILL_RECEIPT, SLOW_SHARD, descendants, job_counts, processes, rows_done,
+                           wait_for_rows, write_kill_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = shutil.which("snakemake", path=str(Path(sys.executable).parent)) or shutil.which("snakemake")
@@ -179,3 +181,44 @@ def test_ci_preset_end_to_end(tmp_path):
     assert all(f"fig{n}.pdf" in html for n in (2, 3, 4, 5, 6, 8, 13, 14, 24, 25, 26, 27))
     again = snakemake("-n", *args)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
+def test_shard_job_killed_mid_shard_resumes_to_the_uninterrupted_result(tmp_path):
+    """A sample_shard job's process killed with SIGKILL in the middle of its shard: the run fails, the rerun
+    resumes from the rows that were done and ends with a store bitwise identical to an uninterrupted run's."""
+    config = write_kill_config(ROOT, tmp_path / "kill.yaml")
+    receipt = tmp_path / KILL_RECEIPT
+    store = receipt.with_suffix("")
+    args = [KILL_RECEIPT, "--cores", "2", f"--configfile={config}", "--directory", str(tmp_path), "--set-resources",
+            *(f"sample_shard:{k}={v}" for k, v in SLOW_SHARD.items())]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(tmp_path / "killed.out", "w") as out:
+        run = subprocess.Popen([SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args], cwd=ROOT, env=env,
+                               stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for_rows(store, lambda: run.poll() is None, KILL_MASKS // 10)
+            job = [p for p in descendants(run.pid) if b"sample.py" in processes().get(p, ("", 0, b"", b""))[2]]
+            assert len(job) == 1, f"expected one sampling process under snakemake, found {job}"
+            os.kill(job[0], signal.SIGKILL)
+            assert run.wait(timeout=120) != 0
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    killed_at = rows_done(store)
+    assert 0 < killed_at < KILL_MASKS and not receipt.exists()
+
+    resumed = snakemake(*args)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    log = (tmp_path / "logs/K/masks/train/shard-000.log").read_text(errors="replace")
+    assert f"{killed_at} of {KILL_MASKS} rows already done" in log
+    after_kill = json.loads(receipt.read_text())
+
+    store.rename(tmp_path / "killed-store")  # the same shard again, uninterrupted
+    receipt.unlink()
+    fresh = snakemake(*args)
+    assert fresh.returncode == 0, (fresh.stdout + fresh.stderr)[-4000:]
+    uninterrupted = json.loads(receipt.read_text())
+    assert after_kill["checksums"]["files"] == uninterrupted["checksums"]["files"]  # masks, outputs, done flags

@@ -4,9 +4,9 @@ import os
 import sys
 
 
-def start(sm, append: bool = False) -> str:
+def start(sm) -> str:
     """Redirect output to the log, set threads; returns the device ("cuda" only for rules with gpu > 0)."""
-    sys.stderr = sys.stdout = open(sm.log[0], "a" if append else "w", buffering=1)
+    sys.stderr = sys.stdout = open(sm.log[0], "w", buffering=1)
     os.environ.setdefault("TQDM_MININTERVAL", "15")  # a progress line every 15 s in the log, not every step
     import torch
 

@@ -5,16 +5,16 @@ sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
 from _job import model_and_components, start  # noqa: E402
 
-device = start(sm, append=True)  # append: a resumed job keeps the log of the killed one
+device = start(sm)  # Snakemake deletes a job's log before it runs: a rerun says below what it resumed
 
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
 from coar.data.examples import Examples  # noqa: E402
-from coar.errors import StoreMismatchError  # noqa: E402
+from coar.errors import CoarError, StoreMismatchError  # noqa: E402
 from coar.pipeline import sample_store  # noqa: E402
-from coar.store import verify  # noqa: E402
+from coar.store import ShardStore, verify  # noqa: E402
 
 spec, st, res = sm.params.spec, sm.params.settings, sm.resources
 model, cset = model_and_components(sm.input.model, spec, device)
@@ -22,6 +22,12 @@ examples = Examples.load(sm.input.examples)
 kw = dict(m=st["m"], alpha=st["alpha"], seed=st["seed"], shard=st["shard"], output=spec["output"],
           scheme=spec["scheme"], ablation=spec["ablation"], gamma=spec["gamma"], dtype=spec["dtype"],
           batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8), device=device)
+if os.path.isdir(sm.params.store):  # a killed or failed earlier attempt: its finished rows are kept
+    try:
+        with ShardStore.open(sm.params.store, readonly=True) as old:
+            print(f"resuming {sm.params.store}: {int(old.done.sum())} of {old.n_rows} rows already done")
+    except CoarError as exc:
+        print(f"the existing store {sm.params.store} cannot be resumed as it is: {exc}")
 try:
     store = sample_store(sm.params.store, model, cset, examples, **kw)
 except StoreMismatchError as exc:  # settings changed since the store was made: keep it aside, start anew
