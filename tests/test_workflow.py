@@ -187,7 +187,8 @@ def test_ci_preset_end_to_end(tmp_path):
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
 def test_shard_job_killed_mid_shard_resumes_to_the_uninterrupted_result(tmp_path):
     """A sample_shard job's process killed with SIGKILL in the middle of its shard: the run fails, the rerun
-    resumes from the rows that were done and ends with a store bitwise identical to an uninterrupted run's."""
+    resumes from the rows that were done and ends with a store bitwise identical to an uninterrupted run's. A
+    store corrupted afterwards is refused before the regression."""
     config = write_kill_config(ROOT, tmp_path / "kill.yaml")
     receipt = tmp_path / KILL_RECEIPT
     store = receipt.with_suffix("")
@@ -222,3 +223,12 @@ def test_shard_job_killed_mid_shard_resumes_to_the_uninterrupted_result(tmp_path
     assert fresh.returncode == 0, (fresh.stdout + fresh.stderr)[-4000:]
     uninterrupted = json.loads(receipt.read_text())
     assert after_kill["checksums"]["files"] == uninterrupted["checksums"]["files"]  # masks, outputs, done flags
+
+    # one flipped byte in the finished store: the step before the regression refuses it, naming the file
+    outputs = store / "outputs.npy"
+    data = bytearray(outputs.read_bytes())
+    data[-3] ^= 0x10
+    outputs.write_bytes(bytes(data))
+    gathered = snakemake("results/K/masks/train.json", *args[1:])
+    assert gathered.returncode != 0 and not (tmp_path / "results/K/masks/train.json").exists()
+    assert "outputs.npy" in (tmp_path / "logs/K/masks/train.gather.log").read_text(errors="replace")
