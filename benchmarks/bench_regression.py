@@ -28,6 +28,25 @@ def exact_alpha_masks(rng, m: int, c: int, alpha: float, chunk: int = 4096) -> n
     return keep
 
 
+def planted_outputs(rng, X: np.ndarray, W: np.ndarray, b: np.ndarray, noise: float, chunk: int = 4096) -> np.ndarray:
+    """Y = X W + b + noise * N(0, 1), stored in float32 as the pipeline stores outputs."""
+    M, N = X.shape[0], W.shape[1]
+    Y = np.empty((M, N), dtype=np.float32)
+    for s in range(0, M, chunk):
+        e = min(M, s + chunk)
+        Y[s:e] = X[s:e].astype(np.float64) @ W + b + noise * rng.normal(size=(e - s, N))
+    return Y
+
+
+def planted_problem(rng, m: int, c: int, n: int, alpha: float, noise: float):
+    """Exact-alpha masks X [m, c], planted W [c, n] ~ N(0, 1/c), b [n] ~ N(0, 1), Y [m, n] float32
+    (also used by bench_saga.py)."""
+    X = exact_alpha_masks(rng, m, c, alpha)
+    W = rng.normal(size=(c, n)) / np.sqrt(c)
+    b = rng.normal(size=n)
+    return X, planted_outputs(rng, X, W, b, noise), W, b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--m", type=int, default=20000, help="number of masks M")
@@ -44,13 +63,7 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     t = time.perf_counter()
-    X = exact_alpha_masks(rng, M, C, args.alpha)
-    W = rng.normal(size=(C, N)) / np.sqrt(C)
-    b = rng.normal(size=N)
-    Y = np.empty((M, N), dtype=np.float32)  # outputs are stored in float32 by the pipeline
-    for s in range(0, M, args.chunk):
-        e = min(M, s + args.chunk)
-        Y[s:e] = X[s:e].astype(np.float64) @ W + b + args.noise * rng.normal(size=(e - s, N))
+    X, Y, W, b = planted_problem(rng, M, C, N, args.alpha, args.noise)
     t_data = time.perf_counter() - t
     plan = memory_plan(M, C, N)
     print(f"problem: M={M} masks, C={C} components, N={N} examples, alpha={args.alpha}, "

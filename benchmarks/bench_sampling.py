@@ -1,0 +1,176 @@
+"""Mask-sampling throughput: the authors' per-mask loop, re-implemented faithfully, against ours, on the
+same device, models and examples.
+
+The authors' loop (MadryLab/modelcomponents), per mask: copy the model on the CPU, zero the ablated weight
+slices of the copy, move the copy to the device, then stream every example from host memory through it,
+under fp16 autocast on a GPU, and bring the margins back. Their images are decoded by FFCV for every mask;
+here they come pre-decoded (uint8) from host memory, which is generous to that loop.
+
+Ours (coar.ablation.counterfactual_outputs): the examples stay on the device, already normalised, in the
+compute dtype; the model is never copied; K masks run in one forward pass through output hooks whose
+results are tested equal to weight zeroing.
+
+Printed per model and n: example-forwards per second (one row = one example under one mask), the achieved
+FLOP/s (the model's forward FLOPs per example, counted by torch's FlopCounterMode, times rows/s), its share
+of --peak-tflops when given, the speedup over the authors' loop, and how closely the two loops' margins
+agree (in float32 they must match to rounding). Random weights: speed does not depend on them.
+
+    python benchmarks/bench_sampling.py --device cuda --peak-tflops 989         # the issue's table
+    python benchmarks/bench_sampling.py --quick                                 # CPU smoke run (CI)
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from coar.ablation import ablate_weights, counterfactual_outputs, logits_of
+from coar.components import component_set
+from coar.models import build_model
+from coar.outputs import margin
+from coar.sampling import sample_masks
+
+# model -> (input size, classes); the CIFAR ResNet is the authors' architecture (2,304 filters)
+MODELS = {"cifar_resnet": (32, 10), "resnet50": (224, 1000), "vit_b_16": (224, 1000)}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def normalise(images_u8: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    return ((images_u8.to(device, non_blocking=True).float() / 255 - mean) / std).to(dtype)
+
+
+@torch.no_grad()
+def authors_loop(cpu_model, cset, images_u8, labels, keep, device, batch_size) -> np.ndarray:
+    """One mask at a time: CPU copy with zeroed weights -> device -> every batch from host memory."""
+    amp = device.type == "cuda"  # their sampling ran under fp16 autocast
+    out = np.empty((len(keep), len(images_u8)), dtype=np.float32)
+    for i, k in enumerate(keep):
+        edited = ablate_weights(cpu_model, cset, k).to(device)  # deepcopy on the CPU, zero slices, move
+        for j in range(0, len(images_u8), batch_size):
+            x = normalise(images_u8[j: j + batch_size], device, torch.float32)
+            y = labels[j: j + batch_size].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                out[i, j: j + len(x)] = margin(logits_of(edited(x)), y).cpu().numpy()
+        del edited
+    return out
+
+
+def timed(fn, device):
+    sync(device)
+    t = time.perf_counter()
+    result = fn()
+    sync(device)
+    return result, time.perf_counter() - t
+
+
+def forward_flops(model, image_size, device, dtype) -> int:
+    """FLOPs of one forward pass on one example (multiply-add = 2 FLOPs)."""
+    x = torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--n", type=int, nargs="+", default=[10000, 64], help="examples per mask")
+    p.add_argument("--masks", type=int, default=16, help="masks timed for our loop (per K)")
+    p.add_argument("--masks-authors", type=int, default=4, help="masks timed for the authors' loop")
+    p.add_argument("--masks-per-pass", type=int, nargs="+", default=[1, 8, 32], help="K values of our loop")
+    p.add_argument("--rows-per-pass", type=int, default=None,
+                   help="our rows per forward pass (examples x K); default 2048 on a GPU, 256 on a CPU")
+    p.add_argument("--batch-size", type=int, default=256, help="the authors' loop: examples per pass")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="our compute dtype; default bfloat16 on a GPU, float32 on a CPU")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for the compute dtype")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--channels-last", action="store_true", help="our loop: NHWC memory format (convnets)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU smoke run")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.n, a.masks, a.masks_authors, a.masks_per_pass = [4], 2, 2, [2]
+    device = torch.device(a.device)
+    dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    rows = a.rows_per_pass or (2048 if device.type == "cuda" else 256)
+    print(f"device: {device_name(device)} | torch {torch.__version__} | our dtype {str(dtype)[6:]}, authors' "
+          f"{'fp16 autocast' if device.type == 'cuda' else 'float32'} | alpha {a.alpha} | rows/pass {rows}"
+          f"{' | channels_last' if a.channels_last else ''}")
+    print(f"{'model':<13}{'C':>7}{'n':>7}  {'loop':<9}{'K':>4}{'rows/s':>12}{'TFLOP/s':>9}{'% peak':>8}{'speedup':>9}"
+          f"  agreement")
+    for name in a.models:
+        size, classes = MODELS[name]
+        torch.manual_seed(0)
+        cpu_model = build_model(name, num_classes=classes, image_size=size).eval()
+        with torch.no_grad():  # torchvision's ViT starts with a zero head: every margin would be 0
+            for param in cpu_model.parameters():
+                if param.dim() >= 2 and not param.any():
+                    param.normal_(0, 0.02)
+        cset = component_set(cpu_model, name)
+        ours_model = build_model(name, num_classes=classes, image_size=size).eval()
+        ours_model.load_state_dict(cpu_model.state_dict())
+        ours_model = ours_model.to(device, dtype)
+        fmt = torch.channels_last if a.channels_last and name != "vit_b_16" else torch.contiguous_format
+        ours_model = ours_model.to(memory_format=fmt)
+        flops = forward_flops(ours_model, size, device, dtype)
+        for n in a.n:
+            g = torch.Generator().manual_seed(n)
+            images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
+            labels = torch.randint(0, classes, (n,), generator=g)
+            if device.type == "cuda":
+                images, labels = images.pin_memory(), labels.pin_memory()
+            keep = sample_masks(cset.size, max(a.masks, a.masks_authors) + 1, a.alpha, seed=1)
+
+            def row(loop, k, seconds, masks, ref=None, agreement=""):
+                rate = masks * n / seconds
+                tflops = rate * flops / 1e12
+                peak = f"{100 * tflops / a.peak_tflops:.1f}" if a.peak_tflops else "-"
+                speed = f"{ref / (seconds / masks):.2f}" if ref else "1.00"
+                print(f"{name:<13}{cset.size:>7}{n:>7}  {loop:<9}{k:>4}{rate:>12,.1f}{tflops:>9.3f}{peak:>8}{speed:>9}"
+                      f"  {agreement}")
+
+            authors_loop(cpu_model, cset, images[:8], labels[:8], keep[:1], device, a.batch_size)  # warm-up
+            base, t = timed(lambda: authors_loop(cpu_model, cset, images, labels, keep[1: 1 + a.masks_authors],
+                                                 device, a.batch_size), device)
+            per_mask = t / a.masks_authors
+            row("authors", 1, t, a.masks_authors)
+            x = normalise(images, device, dtype).contiguous(memory_format=fmt)  # resident on the device
+            y = labels.to(device)
+            for k in a.masks_per_pass:
+                bs = max(1, min(n, rows // k))
+
+                def ours(masks):
+                    return counterfactual_outputs(ours_model, cset, x, y, masks, margin, batch_size=bs,
+                                                  masks_per_pass=k)
+
+                ours(keep[1: 1 + min(k, a.masks)])  # warm-up (cuDNN autotuning, allocator)
+                out, t = timed(lambda: ours(keep[1: 1 + a.masks]), device)
+                shared = min(a.masks, a.masks_authors)
+                diff = np.abs(out[:shared] - base[:shared]).max()
+                r = np.corrcoef(out[:shared].ravel(), base[:shared].ravel())[0, 1]
+                row("ours", k, t, a.masks, per_mask, f"max|d| {diff:.1e}, r {r:.5f}")
+    print("rows/s: example-forwards per second; TFLOP/s: rows/s x forward FLOPs per example; speedup: over the "
+          "authors' loop on the same device; agreement: our margins against theirs on the shared masks")
+
+
+if __name__ == "__main__":
+    main()
