@@ -196,7 +196,7 @@ def _check_config():
 RULE_KEYS = {
     "examples": ("dataset", "examples", "seed"),
     "model": ("dataset", "model", "pretrained", "num_classes", "in_channels", "image_size", "train", "seed"),
-    "sample_shard": ("model", "components", "output", "scheme", "ablation", "gamma", "dtype"),
+    "sample_shard": ("model", "components", "output", "scheme", "ablation", "gamma", "dtype", "precision"),
     "fit": ("regression", "lambdas"),
     "baseline": ("model", "components", "output", "ablation", "gamma"),
     "evaluate": ("alpha_train",),
@@ -216,7 +216,13 @@ def setup_spec(setup, rule):
     """The setup keys a rule uses. Nested keys at a null default are left out, so adding an optional key to
     the schema does not change the params of finished jobs (and does not rerun them); scripts read those
     keys with .get()."""
-    return {k: _without_nulls(SETUPS[setup][k]) for k in RULE_KEYS[rule]}
+    spec = {k: _without_nulls(SETUPS[setup][k]) for k in RULE_KEYS[rule]}
+    return {k: v for k, v in spec.items() if not (k in LATE_KEYS and v is None)}
+
+
+# Top-level setup keys added after results existed: left out of the params at their null default, like the
+# nested ones above, so that finished jobs do not rerun.
+LATE_KEYS = ("precision",)
 
 
 # Which setup's artifact a setup uses: a variant (`parent:`) reuses its parent's artifact of a kind when the

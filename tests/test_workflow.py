@@ -75,6 +75,21 @@ def test_variant_shares_what_it_does_not_change(tmp_path):
     assert counts["fit"] == 2
 
 
+def test_bfloat16_variant_shares_the_model_and_samples_its_own_shards(tmp_path):
+    cfg = tmp_path / "bf16.yaml"
+    text = (ROOT / "config/test.yaml").read_text()
+    cfg.write_text(text.replace("  T_scale:\n", "  T_bf16:\n    parent: T\n    precision: bfloat16\n  T_scale:\n", 1))
+    r = snakemake("-n", "results/T/attributions/coar.npz", "results/T_bf16/attributions/coar.npz", f"--configfile={cfg}",
+                  "--directory", str(tmp_path), "-p")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    counts = job_counts(r.stdout + r.stderr)
+    assert counts["model"] == 1 and counts["examples"] == 1 and counts["sample_shard"] == 4 and counts["fit"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text().replace("precision: bfloat16", "precision: float16"))
+    r = snakemake("-n", f"--configfile={bad}", "--directory", str(tmp_path))
+    assert r.returncode != 0 and "setups.T_bf16.precision" in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
 @pytest.mark.parametrize("parent, message", [("Q", "unknown setup 'Q'"), ("T2", "cycle T2 -> T -> T2")])
 def test_bad_parent_is_named(tmp_path, parent, message):
     cfg = tmp_path / "variant.yaml"

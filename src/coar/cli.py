@@ -117,7 +117,7 @@ def cmd_sample(a):
     get_output_fn(a.output)  # fail on a bad output name before creating anything
     store = sample_store(a.out, model, cset, Examples.load(a.examples), m=a.masks, alpha=a.alpha, seed=a.seed,
                          shard=a.shard, output=a.output, scheme=a.scheme, ablation=a.ablation, gamma=a.gamma,
-                         dtype=a.dtype, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass, device=device,
+                         dtype=a.dtype, precision=a.precision, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass, device=device,
                          progress=not a.quiet)
     print(f"shard {a.out}: complete={store.is_complete} ({store.n_rows} masks x {store.n_examples} examples)")
 
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ablation", choices=["zero", "scale"], default="zero")
     s.add_argument("--gamma", type=float, default=0.5)
     s.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    s.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                   help="compute precision of the forward passes (bfloat16: for GPUs; stored in the shard)")
     s.add_argument("--batch-size", type=_positive, default=32)
     s.add_argument("--masks-per-pass", type=_positive, default=8)
     s.add_argument("--device", default="auto")

@@ -4,6 +4,7 @@ Nothing here reads a config file; callers pass plain values.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -20,32 +21,44 @@ from .data.examples import Examples
 from .errors import CoarError
 from .evaluate import correlations
 from .outputs import get_output_fn
-from .store import ShardStore, load_shards, read_meta, run_shard
+from .store import PRECISIONS, ShardStore, load_shards, read_meta, run_shard
 
 
 def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int, alpha: float, seed: int,
                shard: int, output: str = "margin", scheme: str = "exact", ablation: str = "zero",
-               gamma: float = 0.5, dtype: str = "float16") -> dict:
+               gamma: float = 0.5, dtype: str = "float16", precision: str = "float32") -> dict:
     """Everything that determines a shard's contents; a store reopened with other values is refused."""
     return {"model_fingerprint": model_fingerprint(model), "components_fingerprint": cset.fingerprint(),
             "examples_fingerprint": examples.fingerprint(), "n_components": cset.size, "n_examples": len(examples),
             "m": int(m), "alpha": float(alpha), "seed": int(seed), "shard": int(shard), "output_fn": output,
             "scheme": scheme, "ablation": ablation, "gamma": float(gamma) if ablation == "scale" else None,
-            "dtype": dtype}
+            "dtype": dtype, "precision": precision}
 
 
 def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, examples: Examples, *, m: int,
                  alpha: float, seed: int, shard: int, output: str = "margin", scheme: str = "exact",
-                 ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", batch_size: int = 32,
-                 masks_per_pass: int = 8, device: str | torch.device = "cpu", progress: bool = True) -> ShardStore:
-    """Create or resume the shard at `path` and evaluate every pending mask. Returns the complete store."""
-    meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype)
+                 ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", precision: str = "float32",
+                 batch_size: int = 32, masks_per_pass: int = 8, device: str | torch.device = "cpu",
+                 progress: bool = True) -> ShardStore:
+    """Create or resume the shard at `path` and evaluate every pending mask. Returns the complete store.
+
+    precision: "float32", or "bfloat16" to run the forward passes on a bf16 copy of the model with bf16
+    inputs (outputs are still computed from float32 logits). It is part of the store's metadata: a store is
+    never resumed in another precision."""
+    if precision not in PRECISIONS:
+        raise CoarError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype, precision)
     store = ShardStore.create_or_open(path, meta)
     x, y = examples.tensors(device)
     fn = get_output_fn(output)
+    run_model = model
+    if precision == "bfloat16":
+        run_model = copy.deepcopy(model).to(torch.bfloat16)
+        if x.is_floating_point():  # token ids stay integers
+            x = x.to(torch.bfloat16)
 
     def evaluate(keep: np.ndarray) -> np.ndarray:
-        return counterfactual_outputs(model, cset, x, y, torch.from_numpy(keep), fn, ablation, gamma, batch_size,
+        return counterfactual_outputs(run_model, cset, x, y, torch.from_numpy(keep), fn, ablation, gamma, batch_size,
                                       masks_per_pass)
 
     # a few passes per call keep the done-flag granularity fine without per-mask I/O

@@ -45,6 +45,7 @@ __all__ = [
     "FORMAT_VERSION",
     "REQUIRED_META_KEYS",
     "META_DEFAULTS",
+    "PRECISIONS",
     "ShardStore",
     "normalize_meta",
     "read_meta",
@@ -82,8 +83,12 @@ META_DEFAULTS = {
     "ablation": "zero",
     "gamma": None,
     "dtype": "float16",
+    "precision": "float32",  # compute precision of the forward passes (absent in stores made before it existed)
     "format_version": FORMAT_VERSION,
 }
+
+#: Compute precisions of the forward passes a store's outputs may come from.
+PRECISIONS = ("float32", "bfloat16")
 
 #: Keys that every shard of one data set must share (checked by :func:`load_shards`).
 DATASET_KEYS = (
@@ -148,6 +153,8 @@ def normalize_meta(meta: dict) -> dict:
     if dt not in ("float16", "float32"):
         raise StoreError(f"meta['dtype'] must be 'float16' or 'float32', got {out['dtype']!r}")
     out["dtype"] = dt
+    if out["precision"] not in PRECISIONS:
+        raise StoreError(f"meta['precision'] must be one of {PRECISIONS}, got {out['precision']!r}")
     try:
         # JSON round trip: tuples -> lists, numpy scalars rejected, etc.
         return json.loads(json.dumps(out, sort_keys=True, allow_nan=False))

@@ -21,6 +21,7 @@ model, cset = model_and_components(sm.input.model, spec, device)
 examples = Examples.load(sm.input.examples)
 kw = dict(m=st["m"], alpha=st["alpha"], seed=st["seed"], shard=st["shard"], output=spec["output"],
           scheme=spec["scheme"], ablation=spec["ablation"], gamma=spec["gamma"], dtype=spec["dtype"],
+          precision=spec.get("precision") or "float32",
           batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8), device=device)
 if os.path.isdir(sm.params.store):  # a killed or failed earlier attempt: its finished rows are kept
     try:
