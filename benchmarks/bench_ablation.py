@@ -7,10 +7,11 @@ Example: python benchmarks/bench_ablation.py --model resnet_small --n 500 16 --d
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+
+from _common import device_name
 
 from coar.ablation import counterfactual_outputs, surgery_outputs
 from coar.components import component_set
@@ -48,7 +49,7 @@ def main():
     torch.manual_seed(0)
     model = build_model(a.model, in_channels=a.channels, image_size=a.image_size).to(device, dtype)
     cset = component_set(model, a.model)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     print(f"device: {name} ({device}), threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"model {a.model} ({cset.size} components), dtype {a.dtype}")
     keep = sample_masks(cset.size, a.masks, 0.1, seed=0)

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from _common import add_problem_args
+
 from coar.regression import GramAccumulator, factorize, fit_ols, memory_plan
 
 
@@ -49,14 +51,9 @@ def planted_problem(rng, m: int, c: int, n: int, alpha: float, noise: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--m", type=int, default=20000, help="number of masks M")
-    ap.add_argument("--c", type=int, default=2304, help="number of components C")
-    ap.add_argument("--n", type=int, default=2000, help="number of examples N")
+    add_problem_args(ap, m=20000, c=2304, n=2000)
     ap.add_argument("--sk-examples", type=int, default=20, help="examples fitted with scikit-learn")
-    ap.add_argument("--alpha", type=float, default=0.1, help="ablated fraction per mask")
-    ap.add_argument("--noise", type=float, default=0.1, help="output noise std")
     ap.add_argument("--chunk", type=int, default=4096, help="accumulation chunk size (masks)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sk-multi", action="store_true", help="also time one multi-target sklearn fit on all N")
     args = ap.parse_args()
     M, C, N = args.m, args.c, args.n

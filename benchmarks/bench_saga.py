@@ -44,8 +44,6 @@ held-out masks (same alpha, same planted model and noise).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass
@@ -55,6 +53,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_problem_args, device_name  # noqa: E402
 from bench_regression import exact_alpha_masks, planted_outputs, planted_problem  # noqa: E402
 
 from coar.regression import GramAccumulator, factorize, fit_ols  # noqa: E402
@@ -249,29 +248,11 @@ def mean_pearson(pred: np.ndarray, y: np.ndarray) -> float:
     return float(r.mean())
 
 
-def device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--m", type=int, default=5000, help="number of masks M")
-    ap.add_argument("--c", type=int, default=256, help="number of components C")
-    ap.add_argument("--n", type=int, default=200, help="number of examples N")
-    ap.add_argument("--alpha", type=float, default=0.1, help="ablated fraction per mask")
-    ap.add_argument("--noise", type=float, default=0.1, help="output noise std")
+    add_problem_args(ap, m=5000, c=256, n=200)
     ap.add_argument("--holdout", type=int, default=2000, help="fresh held-out masks for the correlation")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="torch device for both solvers (cpu: COAR uses numpy)")
     ap.add_argument("--tol", type=float, default=1e-10, help="SAGA stops when max (dw_std)^2 per epoch < tol")
     ap.add_argument("--max-epochs", type=int, default=2000)

@@ -21,12 +21,13 @@ agree (in float32 they must match to rounding). Random weights: speed does not d
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from _common import device_name
 
 from coar.ablation import ablate_weights, counterfactual_outputs, logits_of
 from coar.components import component_set
@@ -83,12 +84,6 @@ def forward_flops(model, image_size, device, dtype) -> int:
     return int(counter.get_total_flops())
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -112,7 +107,7 @@ def main(argv=None) -> None:
     device = torch.device(a.device)
     dtype = getattr(torch, a.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     rows = a.rows_per_pass or (2048 if device.type == "cuda" else 256)
-    print(f"device: {device_name(device)} | torch {torch.__version__} | our dtype {str(dtype)[6:]}, authors' "
+    print(f"device: {device_name(device)}, {torch.get_num_threads()} threads | torch {torch.__version__} | our dtype {str(dtype)[6:]}, authors' "
           f"{'fp16 autocast' if device.type == 'cuda' else 'float32'} | alpha {a.alpha} | rows/pass {rows}"
           f"{' | channels_last' if a.channels_last else ''}")
     print(f"{'model':<13}{'C':>7}{'n':>7}  {'loop':<9}{'K':>4}{'rows/s':>12}{'TFLOP/s':>9}{'% peak':>8}{'speedup':>9}"
