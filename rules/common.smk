@@ -99,6 +99,11 @@ def _check_config():
                                                    f"{needs or 'margin or logit:<c>'}, not {s['output']!r}")
         if text and any(b in ("gp", "nc", "ii") for b in s["baselines"]):
             _config_error(f"setups.{name}.baselines", "gradient baselines need image inputs: use [loo] or [] for text")
+        from coar.data.registry import SPLITS
+
+        if s["dataset"] != "imagenet-star" and s["examples"]["split"] not in SPLITS:
+            _config_error(f"setups.{name}.examples.split", f"{s['examples']['split']!r} is not one of "
+                                                           f"{', '.join(SPLITS)}")
         corruption = s["examples"].get("corruption")
         if corruption:
             from coar.data.corruptions import CIFAR10C_NAMES, SYNTHETIC_NAMES
@@ -124,6 +129,23 @@ def _check_config():
         if SETUPS[e["setup"]]["output"] != "margin":
             _config_error(f"edits.{name}.setup", f"edits read accuracy off correct-class margins; setup "
                                                  f"{e['setup']} has output {SETUPS[e['setup']]['output']!r}")
+        for shift, sh in e.get("shifts", {}).items():
+            key = f"edits.{name}.shifts.{shift}"
+            if e["kind"] != "forget":
+                _config_error(key, "distribution shifts are scored for forget edits only")
+            dataset = sh.get("dataset", SETUPS[e["setup"]]["dataset"])
+            from coar.data.registry import DATASETS, SPLITS
+
+            if dataset not in DATASETS:
+                _config_error(f"{key}.dataset", f"unknown image dataset {dataset!r}; known: {', '.join(DATASETS)}")
+            if dataset != "imagenet-star" and sh["split"] not in SPLITS:
+                _config_error(f"{key}.split", f"{sh['split']!r} is not one of {', '.join(SPLITS)}")
+            if sh.get("corruption"):
+                from coar.data.corruptions import SYNTHETIC_NAMES
+
+                if sh["corruption"]["name"] not in SYNTHETIC_NAMES:
+                    _config_error(f"{key}.corruption.name", f"{sh['corruption']['name']!r} is not one of "
+                                                            f"{', '.join(SYNTHETIC_NAMES)}")
         if e.get("heldout_setup"):
             if e["heldout_setup"] not in SETUPS:
                 _config_error(f"edits.{name}.heldout_setup", f"unknown setup {e['heldout_setup']!r}")
@@ -431,6 +453,21 @@ def heldout_file(edit):
     if SETUPS[setup]["examples"].get("n") is None:
         return examples_file(setup)
     return f"data/{owner(setup, 'examples')}/heldout-{config['edits'][edit]['heldout']}.npz"
+
+
+def shift_files(edit):
+    """The distribution-shifted example sets a forget edit is scored on (`edits.<edit>.shifts`)."""
+    return [f"data/edits/{edit}/shift-{name}.npz" for name in config["edits"][edit].get("shifts", {})]
+
+
+def shift_spec(edit, name):
+    """What rule shifted_examples decodes: the shift's settings, completed from the edit's setup."""
+    e = config["edits"][edit]
+    if name not in e.get("shifts", {}):
+        raise WorkflowError(f"data/edits/{edit}/shift-{name}.npz: `edits.{edit}.shifts` has no entry {name!r}")
+    setup = SETUPS[e["setup"]]
+    spec = {"dataset": setup["dataset"], "title": name, "corruption": None, **e["shifts"][name]}
+    return {**spec, "seed": e["seed"], "classes": list(e.get("classes", []))}
 
 
 def edit_figure(fig):

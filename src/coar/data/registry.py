@@ -9,12 +9,15 @@ waterbirds     Sagawa et al.'s release (downloaded), groups 2 * bird + backgroun
 typographic    the clean photos of the typographic-attack dataset (by hand: coar.data.typographic); paired
                examples add our synthetic attacks
 celeba-blond   CelebA (torchvision's download or by hand), blond hair with gender groups (coar.data.celeba)
-imagenet       manual: the validation set must be laid out as root/val/<wnid>/*.JPEG (it cannot be
-               downloaded without an account); a missing or partial layout fails with instructions
+imagenet       manual: the validation set laid out as root/val/<wnid>/*.JPEG, or the two official archives in
+               root (it cannot be downloaded without an account); anything else fails with instructions
+imagenet-sketch  ImageNet-Sketch (downloaded), split "test"; imagenet-star: an ImageNet* shift placed by hand,
+               the split names the shift (e.g. in_the_water); both in coar.data.imagenet
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -31,6 +34,8 @@ DATASETS = {
 }
 # the subpopulation benchmarks of Sec. 5.3: ImageNet-normalised 224-pixel images for fine-tuned ResNet-50s
 DATASETS.update({name: {**DATASETS["imagenet"], "classes": 2} for name in ("waterbirds", "celeba-blond")})
+# the distribution shifts a forgotten ImageNet class is evaluated on (Sec. 5.2): the same 1000 classes
+DATASETS.update({name: DATASETS["imagenet"] for name in ("imagenet-sketch", "imagenet-star")})
 # the typographic-attack photos of Materzynska et al. (Sec. 5.5), normalised for CLIP; classes: the objects
 # and the attack words (coar.data.typographic)
 DATASETS["typographic"] = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
@@ -44,8 +49,11 @@ TEXT_DATASETS = {"tinystories": "token_margin", "boolq": "answer_margin"}
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-FILE_DATASETS = ("waterbirds", "celeba-blond")  # image files, decoded only for the examples chosen
-GROUPED = ("fashion-mnist-spurious", *FILE_DATASETS)  # every example has a group (label x spurious attribute)
+GROUPED_FILES = ("waterbirds", "celeba-blond")
+IMAGENET_FAMILY = ("imagenet", "imagenet-sketch", "imagenet-star")
+FILE_DATASETS = (*GROUPED_FILES, *IMAGENET_FAMILY)  # image files, decoded only for the examples chosen
+GROUPED = ("fashion-mnist-spurious", *GROUPED_FILES)  # every example has a group (label x spurious attribute)
+SPLITS = ("train", "test", "val")  # of every dataset but imagenet-star, whose splits are its shifts
 
 
 def _module(dataset: str):
@@ -61,7 +69,19 @@ def group_names(dataset: str) -> list[str]:
 
 
 def _file_index(dataset: str, split: str, root, download: bool = True):
-    """(image paths, labels, groups) of a split of a file-backed dataset, nothing decoded."""
+    """(image paths, labels, groups or None) of a split of a file-backed dataset, nothing decoded."""
+    if dataset in IMAGENET_FAMILY:
+        from . import imagenet
+
+        root = Path(root or f"data/raw/{dataset}")
+        if dataset == "imagenet-star":
+            return (*imagenet.index_imagenet_star(root, split), None)
+        if split != ("val" if dataset == "imagenet" else "test"):
+            raise CoarError(f"{dataset} has one split here, {'val' if dataset == 'imagenet' else 'test'}, not "
+                            f"{split!r}")
+        if dataset == "imagenet":
+            return (*imagenet.index_imagenet_val(root), None)
+        return (*imagenet.index_sketch(root, download), None)
     from .celeba import index_celeba
     from .waterbirds import index_waterbirds
 
@@ -97,7 +117,7 @@ def class_names(dataset: str, root=None) -> list[str] | None:
         return list(CIFAR10_CLASSES)
     if dataset in GROUPED:
         return list(_module(dataset).CLASS_NAMES)
-    if dataset == "imagenet":
+    if dataset in IMAGENET_FAMILY:
         from torchvision.models import ResNet50_Weights
 
         return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
@@ -110,6 +130,8 @@ def dataset_root(dataset: str, data_root=None, download_root="data/raw", imagene
         return data_root  # None: Debian's package, COAR_FASHION_MNIST or torchvision's download
     if dataset == "imagenet":
         return imagenet_root
+    if dataset == "imagenet-star":
+        return f"{download_root}/imagenet-star"
     return f"{download_root}/{dataset.removesuffix('-backdoor')}"
 
 
@@ -137,26 +159,24 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
         except Exception as exc:
             raise CoarError(f"CIFAR-10 could not be loaded from or downloaded into {target}: {exc}") from exc
         return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, dtype=np.int64)
-    root = Path(root or "data/raw/imagenet")
-    val = root / "val"
-    n_classes = len([d for d in val.iterdir() if d.is_dir()]) if val.is_dir() else 0
-    if n_classes != 1000:
-        raise CoarError(
-            f"ImageNet validation set not found at {val} (found {n_classes} class folders, need 1000). ImageNet "
-            "cannot be downloaded automatically: get ILSVRC2012_img_val.tar from image-net.org (account needed), "
-            f"extract it into {val}/<wnid>/*.JPEG (e.g. with the valprep.sh layout) and set `imagenet_root`.")
-    raise CoarError("decoding ImageNet into a uint8 evaluation set is part of the data issue and not built yet")
+    from .images import decode_images  # imagenet and its shifts: every image of the split, decoded
+
+    paths, labels, _ = _file_index(dataset, split, root, download)
+    return decode_images(list(paths), DATASETS[dataset]["size"]), labels
 
 
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
                   every: int | None = None, corruption: dict | None = None, length: int | None = None,
-                  offset: int = 0, trigger: str | None = None) -> Examples:
+                  offset: int = 0, trigger: str | None = None, whole_classes: Sequence[int] = ()) -> Examples:
     """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all.
 
     trigger "paired" (backdoored datasets): n images of the classes other than the trigger's, each twice,
     first clean, then with the trigger (meta "triggered"), as the paper's paired examples (Sec. 5.4). For
     the typographic dataset (its clean photos, split "test"), the second copy carries a synthetic attack, a
     random word per photo (meta "attack_words"), as the paper's targets (App. D.5).
+
+    whole_classes: every example of these classes is added to the n drawn (the shifted sets a forgotten class
+    is evaluated on, Sec. 5.2). The result is in dataset order; its meta lists the dataset indices.
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
@@ -214,6 +234,13 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
             raise CoarError(f"asked for {n} {dataset} {split} examples after the first {offset}, only {len(idx)} "
                             "are available")
         idx = np.sort(np.random.default_rng(seed).permutation(idx)[offset:offset + n])
+    if len(whole_classes):
+        if trigger is not None or offset:
+            raise CoarError("whole_classes does not combine with a trigger or an offset")
+        extra = np.flatnonzero(np.isin(labels, np.asarray(whole_classes)))
+        if not len(extra):
+            raise CoarError(f"{dataset} {split} has no examples of the classes {list(whole_classes)}")
+        idx = np.union1d(idx, extra)
     info = DATASETS[dataset]
     if paths is not None:
         from .images import decode_images
@@ -224,6 +251,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     meta = {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"], "std": info["std"]}
     if offset:
         meta["offset"] = offset
+    if len(whole_classes):
+        meta.update(whole_classes=[int(c) for c in whole_classes], indices=idx.tolist())
     if groups is not None:  # label x spurious attribute, for subpopulation experiments
         meta["groups"] = groups[idx].tolist()
     meta.update({k: v[idx].tolist() if isinstance(v, np.ndarray) else v for k, v in extra_meta.items()})
