@@ -32,16 +32,19 @@ rule edit_single:
 
 
 rule edit_forget:
-    """Sec. 5.2: forget one class (k chosen on a validation half of the held-out examples)."""
+    """Sec. 5.2: forget one class (k chosen on a validation half of the held-out examples), then score the edit
+    on the distribution-shifted sets of `edits.<edit>.shifts`."""
     input:
         model=lambda w: model_file(edit_setup(w.edit, ("forget",))),
         examples=lambda w: examples_file(edit_setup(w.edit, ("forget",))),
         attributions=lambda w: attribution_file(edit_setup(w.edit, ("forget",)), "coar"),
         heldout=lambda w: heldout_file(w.edit),
+        shifted=lambda w: shift_files(w.edit),
     output:
         sweep="results/edits/{edit}/class-{cls}/sweep.csv",
         classwise="results/edits/{edit}/class-{cls}/classwise.csv",
         chosen="results/edits/{edit}/class-{cls}/chosen.json",
+        shifted="results/edits/{edit}/class-{cls}/shifted.csv",
     params:
         edit=lambda w: config["edits"][w.edit],
         spec=lambda w: setup_spec(edit_setup(w.edit), "baseline"),

@@ -203,6 +203,7 @@ rule fig_edit_forget:
         sweep=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "sweep.csv", forget_classes_shown(w.n)),
         classwise=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "classwise.csv", forget_classes_shown(w.n)),
         chosen=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "chosen.json", forget_classes_shown(w.n)),
+        shifted=lambda w: forget_outputs(edit_figure(f"fig{w.n}"), "shifted.csv", forget_classes_shown(w.n)),
     output:
         figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
         table="results/fig{n}/summary.csv",

@@ -81,9 +81,22 @@ def test_inducing_errors_uses_top_k(exact):
 def test_forget_class_picks_k_on_validation_within_the_drop(exact):
     model, cset, attr, x, y, w, b = exact
     val, held = (x[200:400], y[200:400]), (x[400:], y[400:])
-    sweep, classwise, k = forget_class(model, cset, attr, y[:200].numpy(), 0, val, held, [0, 1, 2, 4, 8, 16],
-                                       n_targets=10, n_references=50, max_drop=0.05, seed=0,
-                                       class_names=["zero", "one"])
+    noisy = (x[400:] + 0.5 * torch.randn(x[400:].shape, generator=torch.Generator().manual_seed(0)), y[400:])
+    sweep, classwise, k, shifted = forget_class(model, cset, attr, y[:200].numpy(), 0, val, held,
+                                                [0, 1, 2, 4, 8, 16], n_targets=10, n_references=50, max_drop=0.05,
+                                                seed=0, class_names=["zero", "one"],
+                                                shifted={"same": held, "noisy": noisy})
+    # a "shift" identical to the held-out set scores exactly as the sweep's held-out sets do, at k = 0 and k
+    sh = shifted.set_index(["shift", "method", "part"])
+    acc = sweep.set_index(["method", "set", "k"]).accuracy
+    for part, name in (("forgotten class", "held-out: forgotten class"), ("other classes", "held-out: other classes")):
+        assert sh.loc[("same", "unedited", part), "accuracy"] == pytest.approx(acc[("coar", name, 0)])
+        for method in ("coar", "random"):
+            assert sh.loc[("same", method, part), "k"] == k
+            assert sh.loc[("same", method, part), "accuracy"] == pytest.approx(acc[(method, name, k)])
+    assert sh.loc[("noisy", "unedited", "forgotten class"), "n"] == int((y[400:] == 0).sum())
+    assert sh.loc[("noisy", "coar", "forgotten class"), "accuracy"] < sh.loc[("noisy", "unedited", "forgotten class"),
+                                                                              "accuracy"]
     coar = sweep[sweep.method == "coar"].set_index(["set", "k"]).accuracy
     drop = coar[("validation: other classes", 0)] - coar[("validation: other classes", k)]
     assert drop <= 0.05 + 1e-12
@@ -96,6 +109,10 @@ def test_forget_class_picks_k_on_validation_within_the_drop(exact):
     assert row.loc["one", "before"] == pytest.approx(acc0)
     with pytest.raises(CoarError, match="must start at 0"):
         forget_class(model, cset, attr, y[:200].numpy(), 0, val, held, [1, 2])
+    only_one = y[400:] == 1
+    with pytest.raises(CoarError, match="only1 set needs examples of class 0"):
+        forget_class(model, cset, attr, y[:200].numpy(), 0, val, held, [0, 1], shifted={
+            "only1": (x[400:][only_one], y[400:][only_one])})
 
 
 def test_subpopulation_edit_chooses_k_by_validation_worst_group(exact):

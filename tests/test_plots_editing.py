@@ -272,6 +272,38 @@ def test_forget_class_lines_and_dumbbells(tmp_path):
     assert save_figure(fig, tmp_path / "fig4.pdf").stat().st_size > 1000
 
 
+def shifted_table():
+    rows = []
+    for shift, base in (("ImageNet-Sketch", 0.6), ("in the water", 0.5)):
+        for part, after in (("forgotten class", 0.1), ("other classes", base - 0.01)):
+            for method, acc in (("unedited", base), ("coar", after), ("random", base - 0.02)):
+                rows.append({"shift": shift, "method": method, "part": part, "k": 0 if method == "unedited" else 4,
+                             "n": 50, "accuracy": acc})
+    return pd.DataFrame(rows)
+
+
+def test_forget_class_shift_panel_shows_before_and_after_per_set(tmp_path):
+    shifted = shifted_table()
+    fig = fig_forget_class(forget_sweep(), classwise_table(), "cat", 4, PROV, "F (cf. paper Fig. 4)", "t",
+                           shifted=shifted)
+    axes = visible_axes(fig)
+    assert len(axes) == 3
+    ax_s = next(ax for ax in axes if "shifted" in ax.get_title(loc="left"))
+    labels = [t.get_text() for t in ax_s.get_yticklabels()]
+    assert labels == ["ImageNet-Sketch: forgotten", "ImageNet-Sketch: others", "in the water: forgotten",
+                      "in the water: others"]
+    before = [ln.get_xdata()[0] for ln in ax_s.get_lines() if ln.get_gid() == "before"]
+    coar = [ln.get_xdata()[0] for ln in ax_s.get_lines() if ln.get_gid() == "after_coar"]
+    assert before == pytest.approx([60, 60, 50, 50]) and coar == pytest.approx([10, 59, 10, 49])
+    assert save_figure(fig, tmp_path / "fig4.pdf").stat().st_size > 1000
+    with pytest.raises(CoarError, match="lacks the method"):
+        fig_forget_class(forget_sweep(), classwise_table(), "cat", 4, PROV, "F", "t",
+                         shifted=shifted[shifted.method != "unedited"])
+    # an empty table (no shifts configured) keeps the two-panel figure
+    fig = fig_forget_class(forget_sweep(), classwise_table(), "cat", 4, PROV, "F", "t", shifted=shifted.iloc[:0])
+    assert len(visible_axes(fig)) == 2
+
+
 def test_forget_class_many_classes_scatter():
     cw = classwise_table(n=100, forgotten=17)
     fig = fig_forget_class(forget_sweep(), cw, "cat", 2, PROV, "F (cf. paper Fig. 4)", "t")

@@ -589,8 +589,53 @@ def _chosen_handle() -> Line2D:
     return Line2D([], [], ls=":", lw=1.4, color="0.15", label="k chosen on validation")
 
 
+SHIFTED_COLUMNS = ("shift", "method", "part", "accuracy")
+
+
+def _shift_panel(ax, shifted: pd.DataFrame, chosen_k: int) -> list:
+    """Accuracy on each shifted set, the forgotten class and the other classes on separate rows: hollow dot
+    unedited, filled dots after COAR-EDIT and after the random control (same k). Returns legend handles."""
+    _require(shifted, SHIFTED_COLUMNS, "shifted")
+    t = _numeric(shifted, ["accuracy"], "shifted")
+    _fraction_column(t, "accuracy", "shifted")
+    missing = {"unedited", "coar"} - set(t["method"])
+    if missing:
+        raise CoarError(f"shifted table lacks the method(s) {sorted(missing)}")
+    rows = [(sh, part) for sh in _ordered_unique(t["shift"]) for part in ("forgotten class", "other classes")
+            if ((t["shift"] == sh) & (t["part"] == part)).any()]
+    acc = t.set_index(["shift", "part", "method"])["accuracy"] * 100.0
+    colour = _METHOD_STYLE["coar"]["color"]
+    y = np.arange(len(rows))
+    for i, (sh, part) in enumerate(rows):
+        col = colour if part == "forgotten class" else "0.35"
+        before = acc[(sh, part, "unedited")]
+        for method, marker in (("random", "x"), ("coar", "o")):
+            if (sh, part, method) not in acc.index:
+                continue
+            after = acc[(sh, part, method)]
+            if method == "coar":
+                ax.plot([before, after], [i, i], color=col, lw=1.4, alpha=0.85, zorder=2, gid="change")
+            ax.plot([after], [i], ls="none", marker=marker, ms=5, zorder=4,
+                    color=col if method == "coar" else _METHOD_STYLE["random"]["color"], gid=f"after_{method}")
+        ax.plot([before], [i], ls="none", marker="o", ms=5, mfc="white", mec=col, mew=1.1, zorder=3, gid="before")
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{_short(sh, 22)}: {'forgotten' if part == 'forgotten class' else 'others'}"
+                        for sh, part in rows], fontsize=_SMALL)
+    for lab, (_, part) in zip(ax.get_yticklabels(), rows, strict=True):
+        if part == "forgotten class":
+            lab.set_color(colour)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.grid(axis="y", visible=False)
+    ax.set_xlim(-2.0, 102.0)
+    ax.set_xlabel("accuracy on the shifted set (%)")
+    return [Line2D([], [], ls="none", marker="o", ms=5, mfc="white", mec="0.3", mew=1.1, label="unedited"),
+            Line2D([], [], ls="none", marker="o", ms=5, color=colour, label=f"COAR-EDIT (k = {chosen_k})"),
+            Line2D([], [], ls="none", marker="x", ms=5, color=_METHOD_STYLE["random"]["color"],
+                   label="random components, same k")]
+
+
 def fig_forget_class(sweep: pd.DataFrame, classwise: pd.DataFrame, target, chosen_k: int, provenance: str,
-                     suptitle: str, title: str) -> Figure:
+                     suptitle: str, title: str, shifted: pd.DataFrame | None = None) -> Figure:
     """Paper Fig. 4: "forgetting" a class with COAR-EDIT.
 
     Left: accuracy (%) vs k on every set of `target` in the sweep (e.g. "held-out: forgotten class",
@@ -604,6 +649,10 @@ def fig_forget_class(sweep: pd.DataFrame, classwise: pd.DataFrame, target, chose
     sweep: columns target, method, k, set, accuracy, mean_margin. classwise: columns class, class_name,
     before, after, forgotten. target: the forgotten class's target name in the sweep. chosen_k: the k used
     for the edit. title: model / data line under the bold `suptitle`.
+
+    shifted (optional, non-empty): columns shift, method (unedited, coar, random), part (forgotten class,
+    other classes), accuracy. A third panel, under the first, shows the edit on these distribution-shifted
+    sets (the paper's ImageNet-Sketch and ImageNet* panels).
     """
     t = _check_sweep(sweep)
     name = str(target)
@@ -628,11 +677,24 @@ def fig_forget_class(sweep: pd.DataFrame, classwise: pd.DataFrame, target, chose
     n_cls = len(cw)
     dumbbell = n_cls <= _MAX_DUMBBELL_CLASSES
 
+    with_shifts = shifted is not None and len(shifted) > 0
     width = _WIDTH_IN
     height = max(_ROW_HEIGHT_IN + 1.5, (0.16 * n_cls + 1.6) if dumbbell else 0)
+    if with_shifts:  # a third panel under both, one row per shifted set and part
+        shift_h = 0.2 * 2 * shifted["shift"].nunique() + 0.3
+        top_h = height
+        height = top_h + shift_h + 1.3
     with matplotlib.rc_context(_style()):
         fig, panel = _figure(width, height, provenance, suptitle, title, wspace=0.08)
-        ax_k, ax_c = panel.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
+        if with_shifts:
+            top, bottom = panel.subfigures(2, 1, height_ratios=[top_h, shift_h + 1.3])
+            ax_k, ax_c = top.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
+            ax_s = bottom.subplots(1, 1)
+            shift_key = _shift_panel(ax_s, shifted, k_sel)
+            _panel_title(ax_s, "(c) the same edit on distribution-shifted data", 0.6 * width)
+            _legend_below(ax_s, shift_key, ncols=3, columnspacing=0.8)
+        else:
+            ax_k, ax_c = panel.subplots(1, 2, gridspec_kw={"width_ratios": [1.15, 1.0]})
         _forget_panel(ax_k, d, sets, styles, k_sel)
         _panel_title(ax_k, f"(a) forgetting \u201c{name}\u201d: accuracy vs. components ablated", 0.52 * width)
         handles = _key_handles(sets, styles, methods) + [_chosen_handle()]

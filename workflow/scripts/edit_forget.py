@@ -21,17 +21,24 @@ model, cset = model_and_components(sm.input.model, spec, device)
 ex = Examples.load(sm.input.examples)
 hx, hy = Examples.load(sm.input.heldout).tensors(device)
 validation, heldout = (hx[0::2], hy[0::2]), (hx[1::2], hy[1::2])  # alternate examples: two disjoint halves
+shifted = {}
+for path in sm.input.shifted:
+    shift = Examples.load(path)
+    shifted[shift.meta.get("title", path)] = shift.tensors(device)
 names = class_names(sm.params.dataset)
-sweep, classwise, k = forget_class(model, cset, Attributions.load(sm.input.attributions), ex.targets, cls, validation,
-                                   heldout, e["ks"], e["targets"], e["references"], e["max_drop"], e["seed"], names,
-                                   mode=spec["ablation"], gamma=spec["gamma"], batch_size=res.get("batch_size", 32),
-                                   masks_per_pass=res.get("masks_per_pass", 8))
+sweep, classwise, k, shift_table = forget_class(
+    model, cset, Attributions.load(sm.input.attributions), ex.targets, cls, validation, heldout, e["ks"], e["targets"],
+    e["references"], e["max_drop"], e["seed"], names, mode=spec["ablation"], gamma=spec["gamma"],
+    batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8), shifted=shifted)
 atomic_write_csv(sweep, sm.output.sweep)
 atomic_write_csv(classwise, sm.output.classwise)
+atomic_write_csv(shift_table, sm.output.shifted)
 acc = sweep.set_index(["method", "set", "k"]).accuracy
 report = {"class": cls, "class_name": names[cls] if names else str(cls), "k": k, "components": cset.size,
           **{f"{m}_{part}_{when}": float(acc[(m, f"held-out: {part} class" if part == "forgotten" else
                                                   f"held-out: {part} classes", kk)])
              for m in ("coar", "random") for part in ("forgotten", "other") for when, kk in (("before", 0), ("after", k))}}
+for row in shift_table.itertuples():  # the forgotten class and the others on each shifted set
+    report[f"{row.shift}: {row.part}, {row.method}"] = row.accuracy
 atomic_write_text(sm.output.chosen, json.dumps(report, indent=1))
 print(json.dumps(report, indent=1))

@@ -33,7 +33,7 @@ if n in (4, 23):
     ks = {c["class_name"]: c["k"] for c in chosen}
     if n == 4:
         fig = pe.fig_forget_class(sweep, pd.read_csv(sm.input.classwise[0]), chosen[0]["class_name"], chosen[0]["k"],
-                                  prov, SUPTITLES[n], title)
+                                  prov, SUPTITLES[n], title, shifted=pd.read_csv(sm.input.shifted[0]))
     else:
         fig = pe.fig_forget_classes(sweep, ks, prov, SUPTITLES[n], title)
     table = pd.DataFrame(chosen)
