@@ -11,6 +11,8 @@ typographic    the clean photos of the typographic-attack dataset (by hand: coar
 celeba-blond   CelebA (torchvision's download or by hand), blond hair with gender groups (coar.data.celeba)
 imagenet       manual: the validation set laid out as root/val/<wnid>/*.JPEG, or the two official archives in
                root (it cannot be downloaded without an account); anything else fails with instructions
+mimic-cxr      MIMIC-CXR-JPG (credentialed: placed by hand), frontal views, binary Cardiomegaly labels (uncertain
+               ones left out); coar.data.mimic
 imagenet-sketch  ImageNet-Sketch (downloaded), split "test"; imagenet-star: an ImageNet* shift placed by hand,
                the split names the shift (e.g. in_the_water); both in coar.data.imagenet
 """
@@ -34,6 +36,8 @@ DATASETS = {
 }
 # the subpopulation benchmarks of Sec. 5.3: ImageNet-normalised 224-pixel images for fine-tuned ResNet-50s
 DATASETS.update({name: {**DATASETS["imagenet"], "classes": 2} for name in ("waterbirds", "celeba-blond")})
+# App. C.3 / E.3: chest X-rays for a fine-tuned ResNet-50 whose output is the Cardiomegaly logit (class 1)
+DATASETS["mimic-cxr"] = {**DATASETS["imagenet"], "classes": 2}
 # the distribution shifts a forgotten ImageNet class is evaluated on (Sec. 5.2): the same 1000 classes
 DATASETS.update({name: DATASETS["imagenet"] for name in ("imagenet-sketch", "imagenet-star")})
 # the typographic-attack photos of Materzynska et al. (Sec. 5.5), normalised for CLIP; classes: the objects
@@ -51,7 +55,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 GROUPED_FILES = ("waterbirds", "celeba-blond")
 IMAGENET_FAMILY = ("imagenet", "imagenet-sketch", "imagenet-star")
-FILE_DATASETS = (*GROUPED_FILES, *IMAGENET_FAMILY)  # image files, decoded only for the examples chosen
+FILE_DATASETS = (*GROUPED_FILES, *IMAGENET_FAMILY, "mimic-cxr")  # image files, decoded only for the examples chosen
+MIMIC_CLASSES = ("no cardiomegaly", "cardiomegaly")
 GROUPED = ("fashion-mnist-spurious", *GROUPED_FILES)  # every example has a group (label x spurious attribute)
 SPLITS = ("train", "test", "val")  # of every dataset but imagenet-star, whose splits are its shifts
 
@@ -70,6 +75,12 @@ def group_names(dataset: str) -> list[str]:
 
 def _file_index(dataset: str, split: str, root, download: bool = True):
     """(image paths, labels, groups or None) of a split of a file-backed dataset, nothing decoded."""
+    if dataset == "mimic-cxr":  # frontal views; a binary Cardiomegaly task, studies marked uncertain left out
+        from . import mimic
+
+        paths, labels = mimic.index_mimic(split, root or "data/raw/mimic-cxr")
+        keep, targets = mimic.cardiomegaly_task(labels, uncertain="exclude")
+        return paths[keep], targets, None
     if dataset in IMAGENET_FAMILY:
         from . import imagenet
 
@@ -117,6 +128,8 @@ def class_names(dataset: str, root=None) -> list[str] | None:
         return list(CIFAR10_CLASSES)
     if dataset in GROUPED:
         return list(_module(dataset).CLASS_NAMES)
+    if dataset == "mimic-cxr":
+        return list(MIMIC_CLASSES)
     if dataset in IMAGENET_FAMILY:
         from torchvision.models import ResNet50_Weights
 
@@ -130,8 +143,6 @@ def dataset_root(dataset: str, data_root=None, download_root="data/raw", imagene
         return data_root  # None: Debian's package, COAR_FASHION_MNIST or torchvision's download
     if dataset == "imagenet":
         return imagenet_root
-    if dataset == "imagenet-star":
-        return f"{download_root}/imagenet-star"
     return f"{download_root}/{dataset.removesuffix('-backdoor')}"
 
 
@@ -176,7 +187,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     random word per photo (meta "attack_words"), as the paper's targets (App. D.5).
 
     whole_classes: every example of these classes is added to the n drawn (the shifted sets a forgotten class
-    is evaluated on, Sec. 5.2). The result is in dataset order; its meta lists the dataset indices.
+    is evaluated on, Sec. 5.2). The result is in dataset order; its meta lists the dataset indices and which
+    examples were drawn ("drawn"), so the other classes can be scored on the random draw alone.
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
@@ -240,6 +252,7 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
         extra = np.flatnonzero(np.isin(labels, np.asarray(whole_classes)))
         if not len(extra):
             raise CoarError(f"{dataset} {split} has no examples of the classes {list(whole_classes)}")
+        drawn = idx
         idx = np.union1d(idx, extra)
     info = DATASETS[dataset]
     if paths is not None:
@@ -252,7 +265,9 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     if offset:
         meta["offset"] = offset
     if len(whole_classes):
-        meta.update(whole_classes=[int(c) for c in whole_classes], indices=idx.tolist())
+        # drawn: which examples came from the random draw (the others were added for their class)
+        meta.update(whole_classes=[int(c) for c in whole_classes], indices=idx.tolist(),
+                    drawn=np.isin(idx, drawn).tolist())
     if groups is not None:  # label x spurious attribute, for subpopulation experiments
         meta["groups"] = groups[idx].tolist()
     meta.update({k: v[idx].tolist() if isinstance(v, np.ndarray) else v for k, v in extra_meta.items()})
