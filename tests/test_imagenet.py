@@ -91,6 +91,8 @@ def test_whole_classes_adds_every_example_of_the_forgotten_classes(val_root):
     ex = make_examples("imagenet", "val", n=4, seed=0, root=val_root, whole_classes=[3])
     assert (ex.targets == 3).sum() == 2  # both images of class 3, whether drawn or not
     assert len(ex) in (5, 6) and ex.meta["whole_classes"] == [3] and ex.meta["n"] == len(ex)
+    drawn = np.asarray(ex.meta["drawn"])
+    assert drawn.sum() == 4 and (ex.targets[~drawn] == 3).all()
     with pytest.raises(CoarError, match="no examples of the classes"):
         make_examples("imagenet-star", "in_the_water", n=1, root=_star(val_root.parent / "s1", [0, 1]),
                       whole_classes=[5])

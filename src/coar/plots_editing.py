@@ -619,7 +619,7 @@ def _shift_panel(ax, shifted: pd.DataFrame, chosen_k: int) -> list:
                     color=col if method == "coar" else _METHOD_STYLE["random"]["color"], gid=f"after_{method}")
         ax.plot([before], [i], ls="none", marker="o", ms=5, mfc="white", mec=col, mew=1.1, zorder=3, gid="before")
     ax.set_yticks(y)
-    ax.set_yticklabels([f"{_short(sh, 22)}: {'forgotten' if part == 'forgotten class' else 'others'}"
+    ax.set_yticklabels([f"{_short(sh, 34)}: {'forgotten' if part == 'forgotten class' else 'others'}"
                         for sh, part in rows], fontsize=_SMALL)
     for lab, (_, part) in zip(ax.get_yticklabels(), rows, strict=True):
         if part == "forgotten class":

@@ -10,6 +10,8 @@ device = start(sm)
 
 import json  # noqa: E402
 
+import torch  # noqa: E402
+
 from coar.attributions import Attributions  # noqa: E402
 from coar.data.examples import Examples  # noqa: E402
 from coar.data.registry import class_names  # noqa: E402
@@ -22,9 +24,11 @@ ex = Examples.load(sm.input.examples)
 hx, hy = Examples.load(sm.input.heldout).tensors(device)
 validation, heldout = (hx[0::2], hy[0::2]), (hx[1::2], hy[1::2])  # alternate examples: two disjoint halves
 shifted = {}
-for path in sm.input.shifted:
+for path in sm.input.shifted:  # this class's every example, the other classes' from the random draw only
     shift = Examples.load(path)
-    shifted[shift.meta.get("title", path)] = shift.tensors(device)
+    sx, sy = shift.tensors(device)
+    keep = torch.as_tensor(shift.meta.get("drawn", [True] * len(shift)), device=sy.device) | (sy == cls)
+    shifted[shift.meta.get("title", path)] = (sx[keep], sy[keep])
 names = class_names(sm.params.dataset)
 sweep, classwise, k, shift_table = forget_class(
     model, cset, Attributions.load(sm.input.attributions), ex.targets, cls, validation, heldout, e["ks"], e["targets"],
