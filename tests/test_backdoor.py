@@ -102,6 +102,27 @@ def test_cifar10_backdoor_poisons_half_the_airplanes_with_a_blue_square(tmp_path
     assert np.array_equal(xt, batches["test_batch"][0]) and np.array_equal(yt, batches["test_batch"][1])
 
 
+def test_cifar10_files_failing_torchvisions_md5_are_reported_never_used(tmp_path, monkeypatch):
+    """The same files with torchvision's MD5 check in force: they are not the published batches, so loading
+    refuses them (download disabled), and with download allowed a failed re-fetch is reported, naming the
+    directory; nothing is returned either way."""
+    import urllib.request
+
+    from coar.data.registry import load_images
+
+    root = tmp_path / "cifar10"
+    _write_cifar10(root)
+    with pytest.raises(CoarError, match=rf"CIFAR-10 could not be loaded.*{root.name}.*corrupted"):
+        load_images("cifar10", "test", root, download=False)
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(CoarError, match=rf"CIFAR-10 could not be loaded from or downloaded into {root}"):
+        load_images("cifar10", "train", root, download=True)
+
+
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
 def test_paired_examples_are_other_classes_clean_then_triggered():
     from coar.data.backdoor import load_backdoored, trigger
