@@ -461,7 +461,7 @@ def shift_files(edit):
 
 
 def shift_spec(edit, name):
-    """What rule shifted_examples decodes: the shift's settings, completed from the edit's setup."""
+    """The settings a shifted set is decoded with, completed from the edit's setup."""
     e = config["edits"][edit]
     if name not in e.get("shifts", {}):
         raise WorkflowError(f"data/edits/{edit}/shift-{name}.npz: `edits.{edit}.shifts` has no entry {name!r}")
