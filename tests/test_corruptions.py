@@ -71,6 +71,17 @@ def test_cifar10c_truncated_or_missing_files_are_reported(tmp_path):
         load_cifar10c(tmp_path, "rain", 1, download=False)
 
 
+def test_cifar10c_file_changed_after_its_first_use_is_refused(tmp_path):
+    images, _ = _write_cifar10c(tmp_path)
+    load_cifar10c(tmp_path, "brightness", 1, download=False)
+    assert (tmp_path / "CIFAR-10-C" / "brightness.npy.sha256").is_file()
+    flipped = images.copy()
+    flipped[0, 0, 0, 0] ^= 1  # same shape and dtype: only the recorded hash can tell
+    np.save(tmp_path / "CIFAR-10-C" / "brightness.npy", flipped)
+    with pytest.raises(CoarError, match=r"brightness.npy is corrupted or was modified.*download .* again"):
+        load_cifar10c(tmp_path, "brightness", 2, download=False)
+
+
 def test_cifar10_corrupted_examples_match_the_clean_selection(tmp_path):
     _write_cifar10c(tmp_path, per=10)
     ex = make_examples("cifar10", "test", 5, seed=1, root=tmp_path / "cifar10",

@@ -420,3 +420,40 @@ def test_boolq_download_moves_a_complete_file_into_place(tmp_path, tokenizer, mo
     # a second call reads the file and does not download again
     boolq_examples(3, root=root, tokenizer=tokenizer)
     assert seen == [hf_text.BOOLQ_URL]
+
+
+def test_tinystories_placed_file_is_checked_against_its_first_use(clean_dir, tokenizer):
+    """A file placed by hand is trusted once (its SHA-256 recorded beside it); changed later, it is refused."""
+    first = tinystories_examples(2, 16, root=clean_dir, tokenizer=tokenizer)
+    record = clean_dir / f"{TINYSTORIES_FILE}.sha256"
+    assert record.is_file()
+    assert tinystories_examples(2, 16, root=clean_dir, tokenizer=tokenizer).fingerprint() == first.fingerprint()
+    path = clean_dir / TINYSTORIES_FILE
+    path.write_text(path.read_text(encoding="utf-8").replace("a", "b"), encoding="utf-8")
+    with pytest.raises(CoarError, match=rf"{TINYSTORIES_FILE} is corrupted or was modified.*fresh copy"):
+        tinystories_examples(2, 16, root=clean_dir, tokenizer=tokenizer)
+
+
+@pytest.mark.parametrize("lfs", [True, False])
+def test_tinystories_hub_cache_blob_is_checked_against_its_name(tmp_path, lfs):
+    """The Hugging Face cache names each blob by its content hash (SHA-256 for LFS files, git's blob SHA-1
+    otherwise); a cached file whose content no longer matches is reported, never read."""
+    import hashlib
+    import os
+
+    data = "\n<|endoftext|>\n".join(CLEAN).encode()
+    name = (hashlib.sha256(data) if lfs else hashlib.sha1(f"blob {len(data)}\0".encode() + data)).hexdigest()
+    repo = tmp_path / "datasets--roneneldan--TinyStories"
+    blob = repo / "blobs" / name
+    snap = repo / "snapshots" / "0123abcd" / TINYSTORIES_FILE
+    blob.parent.mkdir(parents=True)
+    snap.parent.mkdir(parents=True)
+    blob.write_bytes(data)
+    os.symlink(os.path.relpath(blob, snap.parent), snap)
+    assert hf_text.verify_hub_blob(snap) == snap
+    blob.write_bytes(data[:-5])
+    with pytest.raises(CoarError, match=rf"corrupted in the Hugging Face cache.*Delete {blob}"):
+        hf_text.verify_hub_blob(snap)
+    plain = tmp_path / "plain.txt"  # not a cache entry: nothing to compare with
+    plain.write_bytes(data)
+    assert hf_text.verify_hub_blob(plain) == plain

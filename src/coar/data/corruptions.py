@@ -81,7 +81,8 @@ def download_cifar10c(root: str | Path) -> Path:
 
 def load_cifar10c(root: str | Path, name: str, severity: int, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [10000, 3, 32, 32], int64 [10000]) CIFAR-10-C images of one corruption and severity, in the
-    order of the CIFAR-10 test set. A file of the wrong shape or dtype (truncated download) is reported."""
+    order of the CIFAR-10 test set. A file of the wrong shape or dtype (truncated download), or one changed
+    since its first use (its SHA-256 is recorded beside it), is reported."""
     if name not in CIFAR10C_NAMES:
         raise CoarError(f"unknown CIFAR-10-C corruption {name!r}; available: {', '.join(CIFAR10C_NAMES)}")
     if not 1 <= int(severity) <= 5:
@@ -89,9 +90,18 @@ def load_cifar10c(root: str | Path, name: str, severity: int, download: bool = T
     d = Path(root) / "CIFAR-10-C"
     if not (d / f"{name}.npy").exists() and download:
         d = download_cifar10c(root)
-    for f in (d / f"{name}.npy", d / "labels.npy"):
+    from .images import check_recorded
+
+    files = (d / f"{name}.npy", d / "labels.npy")
+    for f in files:
         if not f.exists():
             raise CoarError(f"CIFAR-10-C file {f} not found: download {CIFAR10C_URL} and unpack it into {root}")
+    # no checksum is published with the release: a file's SHA-256 is recorded at its first valid use and
+    # checked on every later one, so a file changed or damaged since is reported, never used
+    refetch = f"download {CIFAR10C_URL} again"
+    recorded = [f for f in files if Path(f"{f}.sha256").exists()]
+    for f in recorded:
+        check_recorded(f, refetch)
     try:
         images = np.load(d / f"{name}.npy", mmap_mode="r")
         labels = np.load(d / "labels.npy", mmap_mode="r")
@@ -103,6 +113,9 @@ def load_cifar10c(root: str | Path, name: str, severity: int, download: bool = T
         raise CoarError(f"CIFAR-10-C {d / (name + '.npy')}: expected uint8 [5 x n, 32, 32, 3] images matching "
                         f"labels.npy (50,000 each in the release), found {images.dtype} {images.shape} and labels "
                         f"{labels.shape}: delete the files and download again")
+    for f in files:
+        if f not in recorded:
+            check_recorded(f, refetch)  # valid: its hash is recorded now
     per = n // 5  # five severities, in order, each the whole test set
     rows = slice((int(severity) - 1) * per, int(severity) * per)
     return np.ascontiguousarray(images[rows].transpose(0, 3, 1, 2)), labels[rows].astype(np.int64)

@@ -97,19 +97,20 @@ def parse_tinystories(text: str) -> list[str]:
 def find_tinystories(root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Path of TinyStoriesV2-GPT4-valid.txt: `root` itself if it is that file, `root/<file>`, a copy already in
     the Hugging Face cache (cache_dir=root), else downloaded from the hub into that cache."""
-    if root is not None:
+    from .images import check_recorded
+
+    if root is not None:  # a file placed by hand: checked against the hash recorded at its first use
         r = Path(root)
-        if r.is_file():
-            return r
-        if (r / TINYSTORIES_FILE).is_file():
-            return r / TINYSTORIES_FILE
+        for placed in (r, r / TINYSTORIES_FILE):
+            if placed.is_file():
+                return check_recorded(placed, f"put a fresh copy of {TINYSTORIES_FILE} there")
     import huggingface_hub
 
     cache_dir = str(root) if root is not None else None
     cached = huggingface_hub.try_to_load_from_cache(TINYSTORIES_REPO, TINYSTORIES_FILE, cache_dir=cache_dir,
                                                     repo_type="dataset")
     if isinstance(cached, str) and Path(cached).is_file():
-        return Path(cached)
+        return verify_hub_blob(Path(cached))
     where = f"{root}/{TINYSTORIES_FILE}" if root is not None else f"<root>/{TINYSTORIES_FILE} (pass root=...)"
     manual = (f"download https://huggingface.co/datasets/{TINYSTORIES_REPO}/resolve/main/{TINYSTORIES_FILE} "
               f"on a machine with network access and put it at {where}")
@@ -122,7 +123,26 @@ def find_tinystories(root: str | os.PathLike | None = None, download: bool = Tru
     except Exception as exc:
         raise CoarError(f"could not download {TINYSTORIES_FILE} from the Hugging Face dataset {TINYSTORIES_REPO} "
                         f"({type(exc).__name__}: {exc}); {manual}") from exc
-    return Path(path)
+    return verify_hub_blob(Path(path))
+
+
+def verify_hub_blob(path: Path) -> Path:
+    """A file of the Hugging Face cache checked against the name of the blob it links to: the SHA-256 of the
+    content for LFS files, the git blob SHA-1 otherwise. A corrupted cached file is reported, never used."""
+    import hashlib
+
+    blob = path.resolve()
+    name = blob.name
+    if blob.parent.name != "blobs" or len(name) not in (40, 64) or any(c not in "0123456789abcdef" for c in name):
+        return path  # not a content-addressed cache entry: nothing to check against
+    digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
+    with open(blob, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != name:
+        raise CoarError(f"{path} is corrupted in the Hugging Face cache: its content hashes to {digest.hexdigest()}, "
+                        f"not to its blob name {name}. Delete {blob} and run again to download it")
+    return path
 
 
 def load_tinystories(root: str | os.PathLike | None = None, download: bool = True) -> tuple[list[str], Path]:

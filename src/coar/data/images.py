@@ -161,6 +161,24 @@ def _fetch(url: str, target: Path) -> str:
     return digest.hexdigest()
 
 
+def check_recorded(path: str | os.PathLike, refetch: str = "place it again") -> Path:
+    """A file downloaded or placed earlier, checked against the SHA-256 recorded beside it (`<path>.sha256`);
+    without a record, its hash is recorded now (the first use is trusted). A mismatch raises CoarError naming
+    both hashes and what to do (`refetch`): the file is reported, never used."""
+    path = Path(path)
+    record = _record_path(path)
+    found = sha256_file(path)
+    if not record.exists():
+        _write_record(record, found, path.name)
+        return path
+    recorded = _read_record(record)
+    if found != recorded:
+        raise CoarError(f"{path} is corrupted or was modified: its SHA-256 is {found}, but {record} recorded "
+                        f"{recorded} when it was first used. Delete {path} (and {record} to accept a new "
+                        f"version) and {refetch}")
+    return path
+
+
 def download_verified(url: str, dest: str | os.PathLike, sha256: str | None = None) -> Path:
     """Download `url` to `dest` (via a temporary file in the same directory, moved into place when complete).
 
@@ -177,21 +195,11 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str | None = No
     if expected is not None and (len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected)):
         raise CoarError(f"sha256 for {url} must be 64 hex digits, got {sha256!r}")
     if dest.exists():
-        found = sha256_file(dest)
-        if expected is not None:
-            if found == expected:
-                return dest
-            dest.unlink()  # fails verification: fetch a fresh copy below
-        elif record.exists():
-            recorded = _read_record(record)
-            if found == recorded:
-                return dest
-            raise CoarError(f"{dest} is corrupted or was modified: its SHA-256 is {found}, but {record} recorded "
-                            f"{recorded} when it was downloaded. Delete {dest} (and {record} to accept a new "
-                            f"version) and run again to download it from {url}")
-        else:
-            _write_record(record, found, dest.name)
+        if expected is None:
+            return check_recorded(dest, f"run again to download it from {url}")
+        if sha256_file(dest) == expected:
             return dest
+        dest.unlink()  # fails verification: fetch a fresh copy below
 
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)
