@@ -51,12 +51,14 @@ def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
     assert r.returncode == 0, out[-4000:]
     counts = job_counts(out)
     # pretrained ResNet-50 / ViT-B/16 / GPT-2 / Phi-2; the trained CIFAR ResNet, ViT, MLP and backdoored ResNet;
-    # ResNet-50 fine-tuned on Waterbirds and on CelebA; zero-shot CLIP: variants reuse their parent's
-    assert counts["model"] == 11
+    # ResNet-50 fine-tuned on Waterbirds, CelebA and MIMIC-CXR; zero-shot CLIP: variants reuse their parent's
+    assert counts["model"] == 12
     # A, B, C, V, M, G, P, the Fig. 10 variants on their own example sets (train split + 6 CIFAR-10-C sets),
     # the backdoor's paired training images and clean test set, and Waterbirds' and CelebA's test and
-    # training examples, and CLIP's paired photos
-    assert counts["examples"] == 21
+    # training examples, MIMIC-CXR's test examples, and CLIP's paired photos
+    assert counts["examples"] == 22
+    # forgetting under shift (Fig. 4c): ImageNet-Sketch and five ImageNet* shifts
+    assert counts["shifted_examples"] == 6
     # fix_A, fix_B, induce_B, subpop_WB, subpop_CB (Fig. 5a, b); one forget job per class (489, 559, 652,
     # 763); the backdoor and typographic edits (one rule)
     assert counts["edit_single"] == 5 and counts["edit_forget"] == 4 and counts["edit_backdoor"] == 2
