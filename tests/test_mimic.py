@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import os
-import time
 
 import numpy as np
 import pytest
@@ -96,14 +94,6 @@ def _sums(base):
     (base / "SHA256SUMS.txt").write_text("\n".join(lines) + "\n")
 
 
-def _age(base, seconds=3600):
-    """Move every file's mtime into the past, as for a download that finished a while ago."""
-    past = time.time() - seconds
-    for path in base.rglob("*"):
-        if path.is_file():
-            os.utime(path, (past, past))
-
-
 def _release(base, images=IMAGES, chexpert=CHEXPERT, sums=True, chexpert_header=None, label_override=None,
              split_override=None):
     """Write a MIMIC-CXR-JPG 2.0.0 release directory (the one holding the csv.gz files) at `base`."""
@@ -127,7 +117,6 @@ def _release(base, images=IMAGES, chexpert=CHEXPERT, sums=True, chexpert_header=
     _write_gz(base / "mimic-cxr-2.0.0-chexpert.csv.gz", header, chex_rows)
     if sums:
         _sums(base)
-    _age(base)
     return base
 
 
@@ -337,51 +326,22 @@ def test_corrupted_table_fails_sha256(release, name, monkeypatch):
     assert listed[0] in msg, "expected hash named"
 
 
-def test_verification_is_cached_and_invalidated(release, monkeypatch):
+def test_every_read_verifies_so_a_table_changed_between_reads_is_caught(release, monkeypatch):
     root, base = release
     calls = []
     real = mimic.sha256_file
     monkeypatch.setattr(mimic, "sha256_file", lambda path: calls.append(path.name) or real(path))
-    assert verify_release(base) is True and len(calls) == 3
-    marker = base / mimic.MARKER_FILE
-    assert marker.is_file()
-    assert sorted(p.name for p in base.iterdir()) == sorted(["SHA256SUMS.txt", "files", marker.name,
-                                                             *mimic.TABLES]), "no temporary file left"
-    index_mimic("train", root)
-    index_mimic("test", root)
-    assert verify_release(base) is True and len(calls) == 3, "unchanged files are not hashed again"
-
-    # a changed table (same size, new mtime) is hashed again and caught
+    assert verify_release(base) is True and sorted(calls) == sorted(mimic.TABLES)
+    assert len(index_mimic("train", root)[0]) == 4 and len(calls) == 6
+    assert sorted(p.name for p in base.iterdir()) == sorted(["SHA256SUMS.txt", "files", *mimic.TABLES]), \
+        "nothing is written into the release"
     table = base / "mimic-cxr-2.0.0-split.csv.gz"
     original = table.read_bytes()
     _flip_byte(table)
-    with pytest.raises(CoarError, match="split.csv.gz"):
+    with pytest.raises(CoarError, match="split.csv.gz failed SHA-256"):
         index_mimic("train", root)
-    assert len(calls) > 3
-
-    # the re-downloaded table verifies again, and is cached again once its mtime has settled
-    table.write_bytes(original)
-    _age(base)
-    calls.clear()
-    assert len(index_mimic("train", root)[0]) == 4 and len(calls) == 3
-    index_mimic("val", root)
-    assert len(calls) == 3
-
-    # a garbage marker is ignored, not trusted
-    marker.write_text("{not json")
-    calls.clear()
-    assert verify_release(base) is True and len(calls) == 3
-
-
-def test_recently_modified_files_are_not_cached(release, monkeypatch):
-    root, base = release
-    _sums(base)  # SHA256SUMS.txt written just now: its mtime may still be within the timestamp granularity
-    calls = []
-    real = mimic.sha256_file
-    monkeypatch.setattr(mimic, "sha256_file", lambda path: calls.append(path.name) or real(path))
-    verify_release(base)
-    verify_release(base)
-    assert len(calls) == 6 and not (base / mimic.MARKER_FILE).exists()
+    table.write_bytes(original)  # the re-downloaded table verifies again
+    assert len(index_mimic("train", root)[0]) == 4
 
 
 def test_without_sha256sums_nothing_is_hashed(tmp_path, monkeypatch):
@@ -389,7 +349,6 @@ def test_without_sha256sums_nothing_is_hashed(tmp_path, monkeypatch):
     monkeypatch.setattr(mimic, "sha256_file", lambda path: pytest.fail(f"{path} hashed without SHA256SUMS.txt"))
     assert verify_release(base) is False
     assert len(index_mimic("train", tmp_path)[0]) == 4
-    assert not (base / mimic.MARKER_FILE).exists()
 
 
 def test_sha256sums_without_an_entry_is_reported(release):

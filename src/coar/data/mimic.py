@@ -25,9 +25,8 @@ Labels come back as float32 [N, 14] in LABELS order with 1.0, 0.0, -1.0 as in th
 mentioned" (an empty cell, or a study without a row in the CheXpert table). `cardiomegaly_task` turns them
 into binary Cardiomegaly targets under the usual CheXpert uncertainty policies.
 
-Integrity: when SHA256SUMS.txt is present, the three csv.gz tables are checked against it before they are
-read (a mismatch is reported, the file never used); a successful check is remembered in a small marker file
-in the release directory, keyed by the files' sizes and modification times. The ~377k images are not hashed.
+Integrity: when SHA256SUMS.txt is present, the three csv.gz tables are checked against it every time they
+are read (a mismatch is reported, the file never used; hashing them takes well under a second). The ~377k images are not hashed.
 Images are decoded with the ImageNet evaluation transform (coar.data.images.decode_image); the grayscale
 JPEGs become 3-channel RGB with equal channels.
 """
@@ -35,11 +34,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import json
 import math
 import os
-import tempfile
-import time
 import zlib
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -58,7 +54,6 @@ CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
 TABLES = (METADATA_FILE, CHEXPERT_FILE, SPLIT_FILE)
 SUMS_FILE = "SHA256SUMS.txt"
-MARKER_FILE = ".coar-sha256-verified.json"
 IMAGE_DIR = "files"
 
 LABELS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
@@ -74,9 +69,6 @@ METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
 SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
 CHEXPERT_COLUMNS = ("subject_id", "study_id") + LABELS
 
-# A file modified this recently when it was hashed is not remembered as verified: file times are coarse
-# (a few ms on Linux), so a change right after the check could leave size and mtime unchanged ("racy git").
-_SETTLE_NS = 2_000_000_000
 _LABEL_VALUES = {"1.0": 1.0, "0.0": 0.0, "-1.0": -1.0, "": math.nan, "1": 1.0, "0": 0.0, "-1": -1.0}
 _READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error)
 
@@ -143,11 +135,6 @@ def image_path(base: str | os.PathLike, subject_id: int, study_id: int, dicom_id
 
 # --------------------------------------------------------------------------------------------- integrity
 
-def _stat_key(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
 def _read_sums(sums: Path, names: Sequence[str]) -> dict[str, str]:
     """The SHA-256 listed for each of `names` in a sha256sum-format file (streamed: the real one lists every
     image of the release)."""
@@ -178,38 +165,12 @@ def _read_sums(sums: Path, names: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def _read_marker(marker: Path) -> dict:
-    try:
-        data = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_marker(marker: Path, record: dict) -> None:
-    """Atomically (temporary file + os.replace); best effort: a read-only release directory is not an error,
-    the check is then simply repeated on the next call."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=marker.parent, prefix=f"{marker.name}.", suffix=".part")
-    except OSError:
-        return
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=1, sort_keys=True)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, marker)
-    except OSError:
-        pass
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def verify_release(base: str | os.PathLike) -> bool:
     """Check the three csv.gz tables of the release directory `base` against its SHA256SUMS.txt.
 
-    Returns True when they were verified (now or, with unchanged sizes and mtimes, on an earlier call: see
-    MARKER_FILE), False when `base` has no SHA256SUMS.txt (nothing is checked then; the images are never
-    hashed, there are too many). A table whose hash differs raises CoarError naming it and both hashes."""
+    Returns True when they were verified, False when `base` has no SHA256SUMS.txt (nothing is checked then;
+    the images are never hashed, there are too many). A table whose hash differs raises CoarError naming it
+    and both hashes."""
     base = Path(base)
     sums = base / SUMS_FILE
     if not sums.is_file():
@@ -217,24 +178,13 @@ def verify_release(base: str | os.PathLike) -> bool:
     for name in TABLES:
         if not (base / name).is_file():
             raise _missing_file(base, name)
-    marker = base / MARKER_FILE
-    keys = {name: _stat_key(base / name) for name in (SUMS_FILE, *TABLES)}
-    cached = _read_marker(marker).get("verified", {})
-    if all(cached.get(name, {}).get("stat") == key for name, key in keys.items()):
-        return True
     expected = _read_sums(sums, TABLES)
-    settled_before = time.time_ns() - _SETTLE_NS
-    record: dict[str, dict] = {}
     for name in TABLES:
         found = sha256_file(base / name)
         if found != expected[name]:
             raise CoarError(f"{base / name} failed SHA-256 verification: {sums} lists {expected[name]}, the file "
                             f"has {found}. It is corrupted or incomplete and was not used: delete it and "
                             f"{_file_hint(base, name)}")
-        record[name] = {"stat": keys[name], "sha256": found}
-    record[SUMS_FILE] = {"stat": keys[SUMS_FILE]}
-    if all(key[1] < settled_before for key in keys.values()):
-        _write_marker(marker, {"release": f"mimic-cxr-jpg {VERSION}", "verified": record})
     return True
 
 
@@ -276,6 +226,17 @@ def _id(path: Path, line: int, column: str, raw: str) -> int:
     return int(text)
 
 
+def _dicom(path: Path, line: int, raw: str, seen: set[str]) -> str:
+    """A row's dicom_id: non-empty and not seen before in the same table (added to `seen`)."""
+    dicom = raw.strip()
+    if not dicom:
+        raise CoarError(f"{path}, line {line}: column 'dicom_id' is empty")
+    if dicom in seen:
+        raise CoarError(f"{path}, line {line}: dicom_id {dicom!r} appears more than once")
+    seen.add(dicom)
+    return dicom
+
+
 def read_split(path: str | os.PathLike, split: str) -> list[tuple[int, int, str, int]]:
     """(subject_id, study_id, dicom_id, line) of the images of `split` ('train', 'validate' or 'test', as in
     the file) in mimic-cxr-2.0.0-split.csv.gz; every row's split value and ids are validated."""
@@ -288,12 +249,7 @@ def read_split(path: str | os.PathLike, split: str) -> list[tuple[int, int, str,
         if value not in allowed:
             raise CoarError(f"{path}, line {line} (dicom_id {dicom!r}): column 'split' is {value!r}, expected one "
                             f"of {allowed}")
-        dicom = dicom.strip()
-        if not dicom:
-            raise CoarError(f"{path}, line {line}: column 'dicom_id' is empty")
-        if dicom in seen:
-            raise CoarError(f"{path}, line {line}: dicom_id {dicom!r} appears more than once")
-        seen.add(dicom)
+        dicom = _dicom(path, line, dicom, seen)
         subject_id, study_id = _id(path, line, "subject_id", subject), _id(path, line, "study_id", study)
         if value == split:
             chosen.append((subject_id, study_id, dicom, line))
@@ -310,12 +266,7 @@ def read_metadata(path: str | os.PathLike, only: Iterable[str] | None = None) ->
     out: dict[str, tuple[int, int, str]] = {}
     seen: set[str] = set()
     for line, (dicom, subject, study, view) in _rows(path, METADATA_COLUMNS):
-        dicom = dicom.strip()
-        if not dicom:
-            raise CoarError(f"{path}, line {line}: column 'dicom_id' is empty")
-        if dicom in seen:
-            raise CoarError(f"{path}, line {line}: dicom_id {dicom!r} appears more than once")
-        seen.add(dicom)
+        dicom = _dicom(path, line, dicom, seen)
         if wanted is None or dicom in wanted:
             out[dicom] = (_id(path, line, "subject_id", subject), _id(path, line, "study_id", study), view.strip())
     return out
