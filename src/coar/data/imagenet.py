@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
-import tempfile
 import zipfile
 from functools import lru_cache
 from importlib import resources
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CoarError
-from .images import download_verified
+from .images import download_verified, extract_into_place, unsafe_member
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
 SKETCH_URL = "https://huggingface.co/datasets/songweig/imagenet_sketch/resolve/main/data/ImageNet-Sketch.zip"
@@ -162,8 +161,7 @@ def _safe_extract_zip(archive: Path, into: Path) -> None:
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                parts = Path(info.filename).parts
-                if info.filename.startswith(("/", "\\")) or ".." in parts or os.path.isabs(info.filename):
+                if unsafe_member(info.filename):
                     raise CoarError(f"zip {archive} holds an unsafe member {info.filename!r}; refusing to extract it")
             bad = zf.testzip()
             if bad is not None:
@@ -186,18 +184,14 @@ def ensure_sketch(root: str | os.PathLike, download: bool = True) -> Path:
         raise CoarError(f"ImageNet-Sketch not found at {final}. Download ImageNet-Sketch.zip ({SKETCH_URL}, or "
                         f"from {SKETCH_PROJECT}) and unzip it in {root} so that {final}/n01440764/ exists")
     archive = download_verified(SKETCH_URL, root / "ImageNet-Sketch.zip")
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".sketch.extract-"))
-    try:
-        _safe_extract_zip(archive, tmp)
-        source = tmp / "sketch"
-        if not source.is_dir():
+
+    def locate(tmp: Path) -> Path:
+        if not (tmp / "sketch").is_dir():
             raise CoarError(f"zip {archive} has no top-level folder sketch/; it is not ImageNet-Sketch's release")
-        if final.exists():
-            raise CoarError(f"{final} exists but holds no class folders; remove it and run again")
-        os.replace(source, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+        return tmp / "sketch"
+
+    return extract_into_place(root, final, lambda tmp: _safe_extract_zip(archive, tmp), locate,
+                              "holds no class folders")
 
 
 def index_sketch(root: str | os.PathLike, download: bool = True):

@@ -16,12 +16,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import shutil
 import tempfile
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -91,6 +92,30 @@ def decode_images(paths: Iterable[str | os.PathLike], size: int = 224, progress:
     finally:
         bar.close()
     return out
+
+
+def unsafe_member(name: str) -> bool:
+    """Whether an archive member's name would land outside the extraction directory (absolute or '..')."""
+    return name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in Path(name).parts
+
+
+def extract_into_place(root: Path, final: Path, extract: Callable[[Path], None], locate: Callable[[Path], Path],
+                       what_is_wrong: str) -> Path:
+    """Unpack an archive so that a failure never leaves a layout that looks complete: extract(tmp) fills a
+    temporary folder under root, locate(tmp) names the folder inside it that becomes `final` (both raise
+    CoarError when the archive is bad), and only then is it renamed into place. `final` must not exist yet;
+    what_is_wrong says why an existing one was not used."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.extract-"))
+    try:
+        extract(tmp)
+        source = locate(tmp)
+        if final.exists():
+            raise CoarError(f"{final} already exists but {what_is_wrong}; remove it and run again")
+        os.replace(source, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def seeded_subset(count: int, n: int | None, seed: int, what: str) -> np.ndarray:

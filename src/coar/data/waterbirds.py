@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CoarError
-from .images import decode_images, download_verified, seeded_subset
+from .images import decode_images, download_verified, extract_into_place, seeded_subset, unsafe_member
 
 DIRNAME = "waterbird_complete95_forest2water2"
 TARBALL_URL = "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz"
@@ -50,8 +48,7 @@ def _safe_members(tar: tarfile.TarFile, tarball: Path) -> list[tarfile.TarInfo]:
     """All members, refusing any that would land outside the extraction directory."""
     members = tar.getmembers()
     for m in members:
-        parts = Path(m.name).parts
-        if m.name.startswith(("/", "\\")) or os.path.isabs(m.name) or ".." in parts:
+        if unsafe_member(m.name):
             raise CoarError(f"tarball {tarball} holds an unsafe member {m.name!r} (absolute path or '..'); "
                             f"refusing to extract it")
         if m.issym() or m.islnk():
@@ -69,10 +66,8 @@ def extract_tarball(tarball: str | os.PathLike, root: str | os.PathLike) -> Path
     directory under root, renamed into place only when complete, so a failed extraction never leaves a
     layout that looks complete. Returns root/DIRNAME."""
     tarball, root = Path(tarball), Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / DIRNAME
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{DIRNAME}.extract-"))
-    try:
+
+    def extract(tmp: Path) -> None:
         try:
             with tarfile.open(tarball, "r:*") as tar:
                 members = _safe_members(tar, tarball)
@@ -81,19 +76,15 @@ def extract_tarball(tarball: str | os.PathLike, root: str | os.PathLike) -> Path
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise CoarError(f"tarball {tarball} is truncated or corrupt ({exc}); nothing was extracted. Delete "
                             f"{tarball} (and {tarball}.sha256 if present) and download {TARBALL_URL} again") from exc
-        if (tmp / DIRNAME / "metadata.csv").is_file():
-            source = tmp / DIRNAME
-        elif (tmp / "metadata.csv").is_file():
-            source = tmp
-        else:
-            raise CoarError(f"tarball {tarball} does not contain {DIRNAME}/metadata.csv; it is not the Waterbirds "
-                            f"release from {TARBALL_URL}")
-        if final.exists():
-            raise CoarError(f"{final} already exists but has no usable metadata.csv; remove it and run again")
-        os.replace(source, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    def locate(tmp: Path) -> Path:
+        for source in (tmp / DIRNAME, tmp):
+            if (source / "metadata.csv").is_file():
+                return source
+        raise CoarError(f"tarball {tarball} does not contain {DIRNAME}/metadata.csv; it is not the Waterbirds "
+                        f"release from {TARBALL_URL}")
+
+    return extract_into_place(root, root / DIRNAME, extract, locate, "has no usable metadata.csv")
 
 
 def ensure_waterbirds(root: str | os.PathLike, download: bool = True) -> Path:
