@@ -73,6 +73,13 @@ def _config_error(key, problem):
     raise WorkflowError(f"config error at `{key}` (preset {config['preset']!r}): {problem}")
 
 
+def _check_split(key, dataset, split):
+    from coar.data.registry import SPLITS
+
+    if dataset != "imagenet-star" and split not in SPLITS:  # imagenet-star's splits are its shifts
+        _config_error(key, f"{split!r} is not one of {', '.join(SPLITS)}")
+
+
 def _check_config():
     for name, s in SETUPS.items():
         if not name.isidentifier():
@@ -99,11 +106,7 @@ def _check_config():
                                                    f"{needs or 'margin or logit:<c>'}, not {s['output']!r}")
         if text and any(b in ("gp", "nc", "ii") for b in s["baselines"]):
             _config_error(f"setups.{name}.baselines", "gradient baselines need image inputs: use [loo] or [] for text")
-        from coar.data.registry import SPLITS
-
-        if s["dataset"] != "imagenet-star" and s["examples"]["split"] not in SPLITS:
-            _config_error(f"setups.{name}.examples.split", f"{s['examples']['split']!r} is not one of "
-                                                           f"{', '.join(SPLITS)}")
+        _check_split(f"setups.{name}.examples.split", s["dataset"], s["examples"]["split"])
         corruption = s["examples"].get("corruption")
         if corruption:
             from coar.data.corruptions import CIFAR10C_NAMES, SYNTHETIC_NAMES
@@ -134,12 +137,11 @@ def _check_config():
             if e["kind"] != "forget":
                 _config_error(key, "distribution shifts are scored for forget edits only")
             dataset = sh.get("dataset", SETUPS[e["setup"]]["dataset"])
-            from coar.data.registry import DATASETS, SPLITS
+            from coar.data.registry import DATASETS
 
             if dataset not in DATASETS:
                 _config_error(f"{key}.dataset", f"unknown image dataset {dataset!r}; known: {', '.join(DATASETS)}")
-            if dataset != "imagenet-star" and sh["split"] not in SPLITS:
-                _config_error(f"{key}.split", f"{sh['split']!r} is not one of {', '.join(SPLITS)}")
+            _check_split(f"{key}.split", dataset, sh["split"])
             if sh.get("corruption"):
                 from coar.data.corruptions import SYNTHETIC_NAMES
 

@@ -148,6 +148,25 @@ def test_bad_backdoor_config_names_the_key(tmp_path, old, new, key, message):
     assert r.returncode != 0 and key in r.stdout + r.stderr and message in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 
+@pytest.mark.parametrize("old, new, key, message", [
+    ("    examples: {split: train, n: 300}", "    examples: {split: fold1, n: 300}", "setups.S.examples.split",
+     "'fold1' is not one of train, test, val"),
+    ('blur: {title: "Gaussian blur", split: test,', 'blur: {title: "Gaussian blur", split: bar,',
+     "edits.forget_T.shifts.blur.split", "'bar' is not one of train, test, val"),
+    ("corruption: {name: gaussian_blur, severity: 2}}", "corruption: {name: fog, severity: 2}}",
+     "edits.forget_T.shifts.blur.corruption.name", "'fog' is not one of"),
+    ('blur: {title: "Gaussian blur", split: test,', 'blur: {dataset: mnist, split: test,',
+     "edits.forget_T.shifts.blur.dataset", "unknown image dataset 'mnist'"),
+])
+def test_bad_split_or_shift_config_names_the_key(tmp_path, old, new, key, message):
+    text = (ROOT / "config/test.yaml").read_text()
+    assert text.count(old) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(old, new))
+    r = snakemake("-n", f"--configfile={bad}", "--directory", str(tmp_path))
+    assert r.returncode != 0 and key in r.stdout + r.stderr and message in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
 def test_ci_preset_end_to_end(tmp_path):

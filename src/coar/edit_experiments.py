@@ -152,15 +152,17 @@ def forget_class(model: nn.Module, cset: ComponentSet, attributions: Attribution
                               for c in np.unique(yc)])
     # the same edits on shifted data: does forgetting transfer (Fig. 4, bottom)?
     shift_rows = []
+    methods = {"unedited": keep_mask(cset.size, []), **{m: keep_mask(cset.size, orders[m][:k]) for m in orders}}
     for shift, (xs, ys) in (shifted or {}).items():
-        parts = split(shift, (xs, ys))  # fails naming the set when it lacks the class or the others
-        masks = np.stack([keep_mask(cset.size, [])] + [keep_mask(cset.size, orders[m][:k]) for m in orders])
-        for part, (xp, yp) in parts.items():
-            out = counterfactual_outputs(model, cset, xp, yp, masks, margin, mode, gamma, batch_size, masks_per_pass)
-            for method, row in (("unedited", 0), *((m, i + 1) for i, m in enumerate(orders))):
-                shift_rows.append({"shift": shift, "method": method, "part": part.split(": ", 1)[1],
-                                   "k": 0 if method == "unedited" else k, "n": len(yp),
-                                   "accuracy": float((out[row] > 0).mean())})
+        split(shift, (xs, ys))  # fails naming the set when it lacks the class or the others
+        out = counterfactual_outputs(model, cset, xs, ys, np.stack(list(methods.values())), margin, mode, gamma,
+                                     batch_size, masks_per_pass)
+        inside = (ys == cls).cpu().numpy()
+        for part, rows in (("forgotten class", inside), ("other classes", ~inside)):
+            for i, method in enumerate(methods):
+                shift_rows.append({"shift": shift, "method": method, "part": part,
+                                   "k": 0 if method == "unedited" else k, "n": int(rows.sum()),
+                                   "accuracy": float((out[i][rows] > 0).mean())})
     shifted_table = pd.DataFrame(shift_rows, columns=["shift", "method", "part", "k", "n", "accuracy"])
     return sweep, classwise, k, shifted_table
 
