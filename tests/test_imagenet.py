@@ -158,7 +158,9 @@ def test_sketch_is_downloaded_verified_extracted_and_indexed(tmp_path, monkeypat
         assert np.array_equal(image, decode_image(grey[int(label)]))
     assert (root / "ImageNet-Sketch.zip.sha256").read_text().split()[0] == sha256_file(archive)
     assert sorted(p.name for p in root.iterdir()) == ["ImageNet-Sketch.zip", "ImageNet-Sketch.zip.sha256", "sketch"]
-    # a later corruption of the kept zip does not matter (the extracted folder is used) ...
+    # once extracted, the folder is used and the zip is not read again: damaging it changes nothing
+    (root / "ImageNet-Sketch.zip").write_bytes(b"damaged")
+    assert imagenet.index_sketch(root, download=True)[1].tolist() == labels.tolist()
     with pytest.raises(CoarError, match="one split here, test"):
         make_examples("imagenet-sketch", "val", n=1, root=root)
 
