@@ -5,6 +5,8 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from coar.data.sources import source_root, sources
+
 
 def _resolve_parents():
     """A setup with `parent: X` is X with the keys it sets replaced (nested dicts merged one level). The
@@ -455,6 +457,27 @@ def heldout_file(edit):
     if SETUPS[setup]["examples"].get("n") is None:
         return examples_file(setup)
     return f"data/{owner(setup, 'examples')}/heldout-{config['edits'][edit]['heldout']}.npz"
+
+
+def source_manifest(dataset, corruption=None):
+    """The manifest of the data source a job reads (made by the dataset job). `ancient`: it orders the jobs (the
+    source is obtained once, before any reader starts) without making readers stale when it is rewritten."""
+    from coar.data.sources import source_of
+
+    return ancient(f"data/datasets/{source_of(dataset, corruption)}.json")
+
+
+def setup_source(setup):
+    """The manifest of a setup's examples' source."""
+    s = SETUPS[setup]
+    return source_manifest(s["dataset"], s["examples"].get("corruption"))
+
+
+def model_sources(setup):
+    """Sources a model job reads: the training data of a trained model, the class names of zero-shot CLIP;
+    nothing for published weights used as they are."""
+    s = SETUPS[setup]
+    return [source_manifest(s["dataset"])] if not s["pretrained"] or s["model"] == "clip_zeroshot" else []
 
 
 def shift_files(edit):

@@ -1,7 +1,30 @@
-# Fixed evaluation sets: decoded once into uint8 arrays with a checksum (coar.data.examples.Examples).
+# Data sources, obtained once; fixed evaluation sets decoded from them once into uint8 arrays with a checksum
+# (coar.data.examples.Examples).
+
+
+rule dataset:
+    """Obtain one data source (download it, or check what was placed by hand), verify it with its loader's
+    checks over every split, and record what was found (coar.data.sources). Jobs reading the source wait for
+    this one, so it is fetched once, never by two jobs at once. A local rule: under a cluster profile it runs
+    on the submitting machine, which has the internet access compute nodes often lack."""
+    output:
+        "data/datasets/{source}.json",
+    params:
+        root=lambda w: source_root(w.source, config["data_root"], config["download_root"], config["imagenet_root"]),
+    wildcard_constraints:
+        source="|".join(re.escape(s) for s in sources()),
+    localrule: True
+    log:
+        "logs/datasets/{source}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/prepare_dataset.py"
 
 
 rule examples:
+    input:
+        lambda w: setup_source(w.setup),
     output:
         "data/{setup}/examples.npz",
     params:
@@ -19,6 +42,8 @@ rule examples:
 
 rule heldout_examples:
     """Examples disjoint from a setup's own: the next n of the same seeded permutation (edit evaluation)."""
+    input:
+        lambda w: setup_source(w.setup),
     output:
         "data/{setup}/heldout-{n}.npz",
     params:
@@ -39,6 +64,8 @@ rule heldout_examples:
 rule shifted_examples:
     """A distribution-shifted set a forget edit is scored on (Sec. 5.2: ImageNet-Sketch, ImageNet*): n random
     examples plus every example of the edit's classes."""
+    input:
+        lambda w: source_manifest(shift_spec(w.edit, w.shift)["dataset"], shift_spec(w.edit, w.shift)["corruption"]),
     output:
         "data/edits/{edit}/shift-{shift}.npz",
     params:

@@ -2,6 +2,8 @@
 
 
 rule model:
+    input:
+        lambda w: model_sources(w.setup),
     output:
         "results/{setup}/model.pt",
     params:

@@ -1,0 +1,17 @@
+"""Rule dataset: obtain one data source (download, or check what was placed by hand), verify it and write its
+manifest (coar.data.sources)."""
+import json
+import sys
+
+sm = snakemake  # noqa: F821
+sys.path.insert(0, sm.scriptdir)
+from _job import start  # noqa: E402
+
+start(sm)
+
+from coar.data.sources import prepare  # noqa: E402
+from coar.io import atomic_write_text  # noqa: E402
+
+manifest = prepare(sm.wildcards.source, sm.params.root)
+atomic_write_text(sm.output[0], json.dumps(manifest, indent=1) + "\n")
+print(json.dumps(manifest, indent=1))
