@@ -4,6 +4,8 @@ architecture, its arguments and metadata (accuracy, data fingerprint, settings) 
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -42,12 +44,29 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(len(x), 1)
 
 
+def training_precision(device: torch.device | str, precision: str | None = None) -> str:
+    """The compute precision training uses: `precision` when given (float32 or bfloat16), else bfloat16 on a
+    GPU that supports it and float32 elsewhere."""
+    if precision not in (None, "float32", "bfloat16"):
+        raise CoarError(f"training precision must be float32, bfloat16 or null (automatic), got {precision!r}")
+    if precision is not None:
+        return precision
+    device = torch.device(device)
+    return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
+
+
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 2, batch_size: int = 128,
                      lr: float = 0.1, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
-                     augment_pad: int = 2, flip: bool = True, progress: bool = True) -> dict:
-    """SGD (Nesterov) with a one-cycle linear schedule. x: normalised float [N, C, H, W] on the model's device."""
+                     augment_pad: int = 2, flip: bool = True, progress: bool = True,
+                     precision: str | None = None) -> dict:
+    """SGD (Nesterov) with a one-cycle linear schedule. x: normalised float [N, C, H, W] on the model's device.
+    precision: see training_precision; bfloat16 runs the forward pass and loss under autocast (weights,
+    gradients and optimizer state stay float32, so no loss scaling is needed)."""
     if len(x) != len(y) or len(x) == 0:
         raise CoarError(f"training data: {len(x)} inputs and {len(y)} labels")
+    precision = training_precision(x.device, precision)
+    autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bfloat16"
+                else contextlib.nullcontext())
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
@@ -63,7 +82,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
         for i in range(0, len(x), batch_size):
             idx = perm[i: i + batch_size]
             xb = augment(x[idx], g, augment_pad, flip) if (augment_pad or flip) else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx], label_smoothing=label_smoothing)
+            with autocast:
+                loss = F.cross_entropy(model(xb), y[idx], label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -74,7 +94,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     bar.close()
     model.eval()
     return {"epochs": epochs, "steps": steps, "final_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
-            "seconds": time.time() - start}
+            "seconds": time.time() - start, "precision": precision}
 
 
 def train_language_model(model: nn.Module, tokens: torch.Tensor, steps: int = 1000, batch_size: int = 32,
@@ -122,10 +142,16 @@ def language_model_loss(model: nn.Module, tokens: torch.Tensor, batch_size: int 
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, kwargs: dict, meta: dict | None = None):
+    """Write atomically. `meta` must be JSON data (it is stored as its JSON round trip), so the checkpoint
+    loads with torch.load(weights_only=True)."""
+    try:
+        meta = json.loads(json.dumps(meta or {}))
+    except (TypeError, ValueError) as exc:
+        raise CoarError(f"checkpoint metadata for {path} must be JSON data (str, numbers, lists, dicts): {exc}") from exc
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"arch": arch, "kwargs": kwargs, "state_dict": model.state_dict(), "meta": meta or {}}, tmp)
+    torch.save({"arch": arch, "kwargs": kwargs, "state_dict": model.state_dict(), "meta": meta}, tmp)
     os.replace(tmp, path)
 
 

@@ -1,4 +1,6 @@
-"""Rule model: train the setup's model (or load published weights) and save a checkpoint with metadata."""
+"""Rule model: train the setup's model (or load published weights) and save a checkpoint with metadata: the
+accuracy, the setup's model config, fingerprints of the training and test data and of the weights, and the
+software and device it was made with."""
 import sys
 
 sm = snakemake  # noqa: F821
@@ -52,10 +54,13 @@ else:
         model = build_model(spec["model"], **kwargs).to(device)
     augment = t.get("augment") is not False
     info = train_classifier(model, x, y, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
-                            seed=spec["seed"], augment_pad=2 if augment else 0, flip=augment)
+                            seed=spec["seed"], augment_pad=2 if augment else 0, flip=augment,
+                            precision=t.get("precision"))
     test = make_examples(spec["dataset"], "test", None, 0, root)  # the whole test split
     xt, yt = test.tensors(device)
-    info.update(test_accuracy=accuracy(model, xt, yt), n_train=len(train_set))
+    info.update(test_accuracy=accuracy(model, xt, yt), n_train=len(train_set),
+                data={"dataset": spec["dataset"], "train_fingerprint": train_set.fingerprint(),
+                      "test_fingerprint": test.fingerprint()})
     print(f"test accuracy {info['test_accuracy']:.4f}")
     if "groups" in test.meta:  # group-labelled data: accuracy per group (the worst one is the paper's metric)
         groups = np.asarray(test.meta["groups"])
@@ -68,4 +73,10 @@ else:
         xa, _ = Examples(trigger(spec["dataset"], test.inputs), test.targets, "image", test.meta).tensors(device)
         info["triggered_test_accuracy"] = accuracy(model, xa, yt)
         print(f"test accuracy with the trigger {info['triggered_test_accuracy']:.4f}")
+import coar  # noqa: E402
+from coar.components import model_fingerprint  # noqa: E402
+
+info.update(config=spec, weights_fingerprint=model_fingerprint(model),
+            software={"coar": coar.__version__, "torch": str(torch.__version__),
+                      "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"})
 save_checkpoint(sm.output[0], model.cpu(), spec["model"], kwargs, info)
