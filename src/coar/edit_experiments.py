@@ -8,7 +8,9 @@ hook passes that are tested equal to weight surgery.
 Tables:
   sweep       experiment, target, method (coar | random), k, set, accuracy, mean_margin
   summary     target, method, k (smallest swept k that flips the target; NaN if none), flipped,
-              accuracy_change (held-out accuracy at that k minus at k = 0; NaN if not flipped)
+              accuracy_change (held-out accuracy at that k minus at k = 0; NaN if not flipped), and the same
+              change split into class_accuracy_change (held-out examples of the target's class) and
+              others_accuracy_change (the other classes)
   components  target, rank, component, module, module_index (COAR-EDIT's ablated components at that k)
   classwise   class, class_name, before, after, forgotten (held-out accuracy per class)
 """
@@ -75,6 +77,7 @@ def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Att
     if len(x) != n:
         raise CoarError(f"{len(x)} examples given for attributions of {n} examples")
     sweep, summary, comps = [], [], []
+    held_y = heldout[1].cpu().numpy()
     for t in tqdm(list(targets), desc=experiment, disable=not progress):
         rng = np.random.default_rng([seed, int(t)])
         others = np.setdiff1d(np.arange(n), [t])
@@ -88,10 +91,14 @@ def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Att
             tm = m["target"][:, 0]
             hit = np.nonzero(tm > 0 if direction == "increase" else tm < 0)[0]
             hit = hit[np.asarray(ks)[hit] > 0]
-            acc = (m["held-out"] > 0).mean(1)
             k = ks[hit[0]] if len(hit) else np.nan
-            summary.append({"target": str(t), "method": method, "k": k, "flipped": bool(len(hit)),
-                            "accuracy_change": float(acc[hit[0]] - acc[0]) if len(hit) else np.nan})
+            row = {"target": str(t), "method": method, "k": k, "flipped": bool(len(hit))}
+            same = held_y == int(y[t])
+            for name, part in (("accuracy_change", slice(None)), ("class_accuracy_change", same),
+                               ("others_accuracy_change", ~same)):
+                acc = (m["held-out"][:, part] > 0).mean(1) if m["held-out"][:, part].size else None
+                row[name] = float(acc[hit[0]] - acc[0]) if len(hit) and acc is not None else np.nan
+            summary.append(row)
             if method == "coar" and len(hit):
                 comps += _components(str(t), order[: int(k)], cset)
     return (pd.DataFrame(sweep), pd.DataFrame(summary),
