@@ -66,6 +66,30 @@ def test_paper_preset_plans_every_figure_with_a_rule(tmp_path):
     # at full scale the held-out sets are the setups' own whole splits, except CelebA's (the 4,000 test
     # images after CB's 5,000) and the typographic photos after TY's 10
     assert counts["heldout_examples"] == 2
+    # every source is obtained by one job of its own, which every job reading it waits for
+    jobs = _dry_run_jobs(out)
+    made = sorted(j["output"] for j in jobs if j["rule"] == "dataset")
+    assert made == sorted(f"data/datasets/{s}.json" for s in (
+        "cifar10", "cifar10-c", "imagenet", "imagenet-sketch", "imagenet-star", "waterbirds", "celeba-blond",
+        "mimic-cxr", "typographic", "tinystories", "boolq"))
+    readers = [j for j in jobs if j["rule"] in ("examples", "heldout_examples", "shifted_examples")]
+    assert readers and all("data/datasets/" in j.get("input", "") for j in readers), readers
+    trained = [j for j in jobs if j["rule"] == "model" and "data/datasets/" in j.get("input", "")]
+    # the CIFAR ResNet, ViT, MLP and backdoored ResNet-18, the 3 fine-tuned ResNet-50s, and CLIP (class names);
+    # the 4 published models used as they are read no data
+    assert len(trained) == 8
+
+
+def _dry_run_jobs(out: str) -> list[dict]:
+    """The jobs of a dry run's output as {rule, input, output, ...} (one field per "key: value" line)."""
+    jobs = []
+    for line in out.splitlines():
+        if line.startswith("rule ") and line.endswith(":"):
+            jobs.append({"rule": line[5:-1]})
+        elif jobs and line.startswith("    ") and ": " in line:
+            key, value = line.strip().split(": ", 1)
+            jobs[-1].setdefault(key, value)
+    return jobs
 
 
 def test_variant_shares_what_it_does_not_change(tmp_path):
@@ -206,6 +230,20 @@ def test_ci_preset_end_to_end(tmp_path):
     assert backdoor.loc["coar", "clean_before"] == backdoor.loc["random", "clean_before"]
     chosen = json.loads((tmp_path / "results/edits/forget_T/class-1/chosen.json").read_text())
     assert chosen["k"] in (0, 2, 8) and chosen["class_name"] == "Trouser"
+    # Fashion-MNIST and the licence texts (T_text) were each obtained and verified once, by a job of their own
+    manifest = json.loads((tmp_path / "data/datasets/fashion-mnist.json").read_text())
+    assert manifest["counts"] == {"train": 60000, "test": 10000} and not manifest["manual"]
+    assert sorted(p.name for p in (tmp_path / "data/datasets").iterdir()) == ["fashion-mnist.json", "os-text.json"]
+    # the checkpoint says what it was trained on and with, and its weights are the ones fingerprinted
+    from coar.components import model_fingerprint
+    from coar.data.registry import make_examples
+    from coar.training import load_checkpoint
+
+    model, ck = load_checkpoint(tmp_path / "results/T/model.pt")
+    meta = ck["meta"]
+    assert meta["weights_fingerprint"] == model_fingerprint(model) and meta["precision"] == "float32"
+    assert meta["config"]["train"]["n_train"] == 2000 and meta["config"]["model"] == "resnet_tiny"
+    assert meta["data"]["train_fingerprint"] == make_examples("fashion-mnist", "train", 2000, 0).fingerprint()
     # every shard has a receipt and a complete store beside it
     receipts = sorted((tmp_path / "results/T/masks/train").glob("shard-*.json"))
     assert len(receipts) == 2 and all((r.with_suffix("") / "COMPLETE").exists() for r in receipts)
