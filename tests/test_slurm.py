@@ -245,11 +245,14 @@ def test_slurm_profile_runs_fig2_through_sbatch(slurm, tmp_path):
     planned = job_counts(plan.stdout + plan.stderr)
     planned.pop("total", None)
     assert planned["sample_shard"] == 4 and planned["baseline"] == 4 and planned["fig2"] == 1
+    # the dataset job is a local rule: it runs on the submitting machine (internet access), never via sbatch
+    assert planned.pop("dataset") == 1
 
     r = subprocess.run(args, env=env, capture_output=True, text=True, timeout=480)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:] + slurm.logs()
     assert (tmp_path / TARGET).read_bytes()[:4] == b"%PDF"
+    assert (tmp_path / "data/datasets/fashion-mnist.json").is_file() and "localrule dataset:" in out
     run_id = re.search(r"SLURM run ID: (\S+)", out).group(1)
     submitted = set(re.findall(r"has been submitted with SLURM jobid (\d+)", out))
     assert len(submitted) == sum(planned.values()), out[-4000:]
