@@ -5,7 +5,7 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from coar.data.sources import source_root, sources
+from coar.data.sources import source_of, source_root, sources
 
 
 def _resolve_parents():
@@ -462,8 +462,6 @@ def heldout_file(edit):
 def source_manifest(dataset, corruption=None):
     """The manifest of the data source a job reads (made by the dataset job). `ancient`: it orders the jobs (the
     source is obtained once, before any reader starts) without making readers stale when it is rewritten."""
-    from coar.data.sources import source_of
-
     return ancient(f"data/datasets/{source_of(dataset, corruption)}.json")
 
 

@@ -244,6 +244,14 @@ def test_ci_preset_end_to_end(tmp_path):
     assert meta["weights_fingerprint"] == model_fingerprint(model) and meta["precision"] == "float32"
     assert meta["config"]["train"]["n_train"] == 2000 and meta["config"]["model"] == "resnet_tiny"
     assert meta["data"]["train_fingerprint"] == make_examples("fashion-mnist", "train", 2000, 0).fingerprint()
+    import hashlib
+
+    from coar.data.text import load_corpus
+
+    text_meta = load_checkpoint(tmp_path / "results/T_text/model.pt")[1]["meta"]
+    corpus = load_corpus()[0]  # the language model's training bytes
+    assert text_meta["data"] == {"dataset": "os-text", "train_bytes": len(corpus),
+                                 "train_fingerprint": hashlib.sha256(corpus.tobytes()).hexdigest()[:16]}
     # every shard has a receipt and a complete store beside it
     receipts = sorted((tmp_path / "results/T/masks/train").glob("shard-*.json"))
     assert len(receipts) == 2 and all((r.with_suffix("") / "COMPLETE").exists() for r in receipts)

@@ -9,6 +9,8 @@ from _job import start  # noqa: E402
 
 device = start(sm)
 
+import hashlib  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -41,6 +43,8 @@ elif spec["dataset"] == "os-text":  # the byte-level LM of the offline text stan
                                 length=64, lr=t["lr"], seed=spec["seed"])  # 64-byte training windows
     held = torch.from_numpy(text_examples("test", None, 64, root=root).inputs).to(device)
     info["held_out_loss_nats_per_byte"] = language_model_loss(model, held)
+    info["data"] = {"dataset": spec["dataset"], "train_bytes": len(train_tokens),
+                    "train_fingerprint": hashlib.sha256(train_tokens.cpu().numpy().astype(np.uint8).tobytes()).hexdigest()[:16]}
     print(f"held-out loss {info['held_out_loss_nats_per_byte']:.3f} nats/byte")
 else:
     torch.manual_seed(spec["seed"])
