@@ -30,6 +30,10 @@ def test_cli_chain(tmp_path, capsys):
     (tmp_path / "fm").mkdir()
     make_fake_root(tmp_path / "fm", n_train=300, n_test=60)
     d = str(tmp_path)
+    assert main(["dataset", "fashion-mnist", "--root", f"{d}/fm", "--out", f"{d}/fm.json"]) == 0
+    assert '"train": 300' in capsys.readouterr().out and '"test": 60' in (tmp_path / "fm.json").read_text()
+    assert main(["dataset", "imagenet", "--root", f"{d}/none"]) == 2
+    assert "ILSVRC2012" in capsys.readouterr().err  # a manual source: what to place, and where
     assert main(["prepare", "fashion-mnist", "--split", "test", "--n", "40", "--root", f"{d}/fm",
                  "--out", f"{d}/ex.npz"]) == 0
     assert main(["train", "--model", "resnet_tiny", "--root", f"{d}/fm", "--epochs", "1", "--out", f"{d}/m.pt",

@@ -82,6 +82,20 @@ def cmd_prepare(a):
     print(f"wrote {len(ex)} {a.dataset} {a.split} examples to {a.out} (fingerprint {ex.fingerprint()})")
 
 
+def cmd_dataset(a):
+    import json
+
+    from .data.sources import prepare, source_root
+    from .io import atomic_write_text
+
+    root = a.root if a.root is not None else source_root(a.source)
+    manifest = prepare(a.source, root)
+    text = json.dumps(manifest, indent=1)
+    if a.out:
+        atomic_write_text(a.out, text + "\n")
+    print(text)
+
+
 def cmd_train(a):
     import torch
 
@@ -96,7 +110,8 @@ def cmd_train(a):
     kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 28}
     model = build_model(a.model, **kwargs).to(device)
     x, y = train.tensors(device)
-    info = train_classifier(model, x, y, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed)
+    info = train_classifier(model, x, y, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                            precision=None if a.precision == "auto" else a.precision)
     xt, yt = test.tensors(device)
     info["test_accuracy"] = accuracy(model, xt, yt)
     info.update(data=train.fingerprint(), n_train=len(train), seed=a.seed, lr=a.lr, batch_size=a.batch_size)
@@ -253,6 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prepare)
 
+    from .data.sources import sources
+
+    s = sub.add_parser("dataset", help="obtain and verify a data source (download, or check what was placed by "
+                                       "hand); prints its manifest")
+    s.add_argument("source", choices=sources())
+    s.add_argument("--root", help="where its files live (default: the workflow's, e.g. data/raw/<source>; "
+                                  "Fashion-MNIST: Debian's package)")
+    s.add_argument("--out", help="also write the manifest (JSON) here")
+    s.set_defaults(func=cmd_dataset)
+
     s = sub.add_parser("train", help="train a classifier on Fashion-MNIST")
     s.add_argument("--model", default="resnet_tiny")
     s.add_argument("--data", choices=["fashion-mnist"], default="fashion-mnist")
@@ -263,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=0.2)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
+    s.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="auto: bfloat16 autocast on GPUs that support it, float32 elsewhere")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_train)
 
