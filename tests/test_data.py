@@ -104,3 +104,15 @@ def test_debian_fashion_mnist_is_the_real_dataset():
     assert np.bincount(labels).tolist() == [1000] * 10
     tr, trl = load_fashion_mnist("train")
     assert tr.shape == (60000, 28, 28) and np.bincount(trl).tolist() == [6000] * 10
+
+
+def test_normalize_in_place_equals_the_plain_formula_and_leaves_the_images_alone():
+    import torch
+
+    from coar.data.examples import normalize
+
+    x = torch.randint(0, 256, (16, 3, 5, 5), dtype=torch.uint8)
+    before = x.clone()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    plain = (x.float() / 255.0 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    assert torch.equal(normalize(x, mean, std), plain) and torch.equal(x, before)
