@@ -415,10 +415,15 @@ def test_boolq_download_moves_a_complete_file_into_place(tmp_path, tokenizer, mo
     seen = _serve(monkeypatch, _Response(payload, length=len(payload)))
     root = tmp_path / "boolq"
     ex = boolq_examples(3, root=root, tokenizer=tokenizer)
-    assert seen == [hf_text.BOOLQ_URL] and sorted(p.name for p in root.iterdir()) == [BOOLQ_FILE]
+    assert seen == [hf_text.BOOLQ_URL] and sorted(p.name for p in root.iterdir()) == [BOOLQ_FILE, BOOLQ_FILE + ".sha256"]
     assert (root / BOOLQ_FILE).read_bytes() == payload and ex.meta["n_records"] == len(BOOLQ)
     # a second call reads the file and does not download again
     boolq_examples(3, root=root, tokenizer=tokenizer)
+    assert seen == [hf_text.BOOLQ_URL]
+    # a file changed since (same record count: only its recorded SHA-256 can tell) is reported, never used
+    (root / BOOLQ_FILE).write_bytes(payload.replace(b'"answer": true', b'"answer": false', 1))
+    with pytest.raises(CoarError, match=f"{BOOLQ_FILE} is corrupted or was modified.*download .* again"):
+        boolq_examples(3, root=root, tokenizer=tokenizer)
     assert seen == [hf_text.BOOLQ_URL]
 
 

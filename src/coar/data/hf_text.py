@@ -270,18 +270,23 @@ def _download_boolq(target: Path, url: str, expected: int | None) -> None:
 def find_boolq(root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Path of BoolQ's dev.jsonl: `root` itself if it is a file, else `root/dev.jsonl` (root defaults to
     data/raw/boolq), downloaded there from the original release when missing and download is allowed."""
+    from .images import check_recorded
+
     r = Path(root) if root is not None else BOOLQ_DEFAULT_ROOT
+    refetch = f"download {BOOLQ_URL} again"
+    # no checksum is published with the release: the file's SHA-256 is recorded at its first use (after a
+    # download, once its records are counted) and checked on every later one
     if r.is_file():
-        return r
+        return check_recorded(r, refetch)
     target = r / BOOLQ_FILE
     if target.is_file():
-        return target
+        return check_recorded(target, refetch)
     if not download:
         raise CoarError(f"BoolQ validation file not found at {target} (download disabled); download {BOOLQ_URL} "
                         f"on a machine with network access and put it there, or pass root= a directory "
                         f"containing {BOOLQ_FILE}")
     _download_boolq(target, BOOLQ_URL, BOOLQ_DEV_SIZE)
-    return target
+    return check_recorded(target, refetch)
 
 
 def _answer_ids(tokenizer) -> tuple[int, int]:
