@@ -50,3 +50,28 @@ def test_checkpoint_metadata_is_json_so_it_loads_without_unpickling_objects(tmp_
     with pytest.raises(CoarError, match="must be JSON data"):
         save_checkpoint(tmp_path / "bad.pt", model, "resnet_tiny", kwargs, {"accuracy": np.float32(0.5)})
     assert not (tmp_path / "bad.pt").exists()
+
+
+@pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
+def test_uint8_images_standardised_per_batch_train_the_same_weights_as_a_normalised_set():
+    """The workflow keeps training images uint8 on the device (a quarter of the memory) and standardises each
+    batch: bitwise the same training as normalising the whole set first, augmentation included."""
+    from coar.training import accuracy
+
+    torch.set_num_threads(2)
+    ex = fashion_mnist_examples("train", 600, seed=0)
+    states = []
+    for raw in (False, True):
+        x, y = ex.tensors(normalized=not raw)
+        assert x.dtype == (torch.uint8 if raw else torch.float32)
+        torch.manual_seed(0)
+        model = build_model("resnet_tiny", in_channels=1, image_size=28)
+        train_classifier(model, x, y, epochs=1, lr=0.2, progress=False, norm=ex.norm() if raw else None)
+        states.append((model.state_dict(), accuracy(model, x, y, batch_size=128, norm=ex.norm() if raw else None)))
+    (a, acc_a), (b, acc_b) = states
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and acc_a == acc_b
+    x, y = ex.tensors(normalized=False)
+    with pytest.raises(CoarError, match="need norm"):
+        accuracy(model, x, y)
+    with pytest.raises(CoarError, match="already normalised"):
+        accuracy(model, *ex.tensors(), norm=ex.norm())

@@ -51,7 +51,7 @@ else:
     t = spec["train"]
     # the first n_train of a seeded permutation of the training split (all when null)
     train_set = make_examples(spec["dataset"], "train", t.get("n_train"), spec["seed"], root)
-    x, y = train_set.tensors(device)
+    x, y = train_set.tensors(device, normalized=False)  # uint8 on the device, standardised per batch
     if t.get("from_pretrained"):  # fine-tune published weights with a fresh head (paper Sec. 5.3's ResNet-50s)
         model = replace_head(build_model(spec["model"], pretrained=True, **kwargs), spec["num_classes"]).to(device)
     else:
@@ -59,23 +59,26 @@ else:
     augment = t.get("augment") is not False
     info = train_classifier(model, x, y, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
                             seed=spec["seed"], augment_pad=2 if augment else 0, flip=augment,
-                            precision=t.get("precision"))
+                            precision=t.get("precision"), norm=train_set.norm())
+    del x
     test = make_examples(spec["dataset"], "test", None, 0, root)  # the whole test split
-    xt, yt = test.tensors(device)
-    info.update(test_accuracy=accuracy(model, xt, yt), n_train=len(train_set),
+    xt, yt = test.tensors(device, normalized=False)
+    norm = test.norm()
+    info.update(test_accuracy=accuracy(model, xt, yt, norm=norm), n_train=len(train_set),
                 data={"dataset": spec["dataset"], "train_fingerprint": train_set.fingerprint(),
                       "test_fingerprint": test.fingerprint()})
     print(f"test accuracy {info['test_accuracy']:.4f}")
     if "groups" in test.meta:  # group-labelled data: accuracy per group (the worst one is the paper's metric)
         groups = np.asarray(test.meta["groups"])
-        info["group_accuracy"] = {name: accuracy(model, xt[groups == g], yt[groups == g])
+        info["group_accuracy"] = {name: accuracy(model, xt[groups == g], yt[groups == g], norm=norm)
                                   for g, name in enumerate(group_names(spec["dataset"])) if (groups == g).any()}
         print("group accuracy", info["group_accuracy"])
     if spec["dataset"].endswith("-backdoor"):  # the attack: the trigger on every test image
         from coar.data.backdoor import trigger
 
-        xa, _ = Examples(trigger(spec["dataset"], test.inputs), test.targets, "image", test.meta).tensors(device)
-        info["triggered_test_accuracy"] = accuracy(model, xa, yt)
+        xa, _ = Examples(trigger(spec["dataset"], test.inputs), test.targets, "image", test.meta).tensors(
+            device, normalized=False)
+        info["triggered_test_accuracy"] = accuracy(model, xa, yt, norm=norm)
         print(f"test accuracy with the trigger {info['triggered_test_accuracy']:.4f}")
 import coar  # noqa: E402
 from coar.components import model_fingerprint  # noqa: E402
