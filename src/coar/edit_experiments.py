@@ -93,11 +93,11 @@ def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Att
             hit = hit[np.asarray(ks)[hit] > 0]
             k = ks[hit[0]] if len(hit) else np.nan
             row = {"target": str(t), "method": method, "k": k, "flipped": bool(len(hit))}
-            same = held_y == int(y[t])
+            correct, same = m["held-out"] > 0, held_y == int(y[t])
             for name, part in (("accuracy_change", slice(None)), ("class_accuracy_change", same),
                                ("others_accuracy_change", ~same)):
-                acc = (m["held-out"][:, part] > 0).mean(1) if m["held-out"][:, part].size else None
-                row[name] = float(acc[hit[0]] - acc[0]) if len(hit) and acc is not None else np.nan
+                acc = correct[:, part].mean(1) if len(hit) and correct[:, part].size else None
+                row[name] = np.nan if acc is None else float(acc[hit[0]] - acc[0])
             summary.append(row)
             if method == "coar" and len(hit):
                 comps += _components(str(t), order[: int(k)], cset)

@@ -134,7 +134,8 @@ assert set(_PREPARE) == set(sources())
 
 def prepare(source: str, root) -> dict:
     """Obtain and verify a source under `root` (the registry's dataset_root of its datasets); returns the
-    manifest {source, location (where the files were found), manual, counts (per split or file)}. Raises CoarError naming what is missing or corrupt."""
+    manifest {source, location (where the files were found), manual, counts (per split or file)}. Raises
+    CoarError naming what is missing or corrupt."""
     if source not in _PREPARE:
         raise CoarError(f"unknown data source {source!r}; known: {', '.join(_PREPARE)}")
     counts = _PREPARE[source](root)
