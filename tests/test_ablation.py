@@ -40,11 +40,11 @@ def assert_hooks_equal_surgery(model, cset, x, K=3, mode="zero", gamma=0.5, seed
 
 
 
-@pytest.mark.parametrize("mode", ["zero", "scale"])
-def test_conv_bn_resnet(mode):
+@pytest.mark.parametrize("name,mode", [("resnet_small", "zero"), ("resnet_small", "scale"), ("resnet18_w8", "zero")])
+def test_conv_bn_resnet(name, mode):
     torch.manual_seed(0)
-    model = randomize_bn(build_model("resnet_small", in_channels=1, image_size=28))
-    cset = component_set(model, "resnet_small")
+    model = randomize_bn(build_model(name, in_channels=1, image_size=28))
+    cset = component_set(model, name)
     assert_hooks_equal_surgery(model, cset, torch.randn(4, 1, 28, 28), mode=mode)
 
 

@@ -92,6 +92,24 @@ def _dry_run_jobs(out: str) -> list[dict]:
     return jobs
 
 
+def test_edit_granularity_study_plans_on_the_default_preset(tmp_path):
+    """config/edit-granularity.yaml adds edits to the default preset: the same fixes and induced errors on A
+    (104 filters), B (200) and R (488), each model trained once and each edit one job."""
+    edits = [f"{kind}_{s}" for kind in ("fix", "induce") for s in "ABR"]
+    r = snakemake("-n", *[f"results/edits/{e}/summary.csv" for e in edits], "--configfile",
+                  str(ROOT / "config/config.yaml"), str(ROOT / "config/edit-granularity.yaml"), "--directory",
+                  str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["model"] == 3 and counts["edit_single"] == 6 and counts["fit"] == 3 and counts["sample_shard"] == 6
+    # Fig. 19 of the default preset fixes R's errors, not A's
+    r = snakemake("-n", "figures/fig19.pdf", f"--configfile={ROOT / 'config/config.yaml'}", "--directory", str(tmp_path))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    jobs = _dry_run_jobs(r.stdout + r.stderr)
+    assert [j["output"] for j in jobs if j["rule"] == "model"] == ["results/R/model.pt"]
+
+
 def test_variant_shares_what_it_does_not_change(tmp_path):
     r = snakemake("-n", "figures/fig13.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory", str(tmp_path))
     counts = job_counts(r.stdout + r.stderr)
