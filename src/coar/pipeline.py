@@ -8,26 +8,31 @@ import copy
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from . import regression
-from .ablation import counterfactual_outputs
 from .attributions import Attributions
-from .components import ComponentSet, model_fingerprint
-from .data.examples import Examples
 from .errors import CoarError
 from .evaluate import correlations
-from .outputs import get_output_fn
 from .store import PRECISIONS, ShardStore, load_shards, read_meta, run_shard
+
+if TYPE_CHECKING:  # sampling needs torch; fitting and evaluating do not, and their jobs skip importing it
+    import torch
+    from torch import nn
+
+    from .components import ComponentSet
+    from .data.examples import Examples
 
 
 def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int, alpha: float, seed: int,
                shard: int, output: str = "margin", scheme: str = "exact", ablation: str = "zero",
                gamma: float = 0.5, dtype: str = "float16", precision: str = "float32") -> dict:
     """Everything that determines a shard's contents; a store reopened with other values is refused."""
+    from .components import model_fingerprint
+
     return {"model_fingerprint": model_fingerprint(model), "components_fingerprint": cset.fingerprint(),
             "examples_fingerprint": examples.fingerprint(), "n_components": cset.size, "n_examples": len(examples),
             "m": int(m), "alpha": float(alpha), "seed": int(seed), "shard": int(shard), "output_fn": output,
@@ -45,6 +50,11 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
     precision: "float32", or "bfloat16" to run the forward passes on a bf16 copy of the model with bf16
     inputs (outputs are still computed from float32 logits). It is part of the store's metadata: a store is
     never resumed in another precision."""
+    import torch
+
+    from .ablation import counterfactual_outputs
+    from .outputs import get_output_fn
+
     if precision not in PRECISIONS:
         raise CoarError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype, precision)

@@ -6,7 +6,7 @@ sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
 from _job import start  # noqa: E402
 
-device = start(sm)
+start(sm, torch=False)
 
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402

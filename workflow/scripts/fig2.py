@@ -5,7 +5,7 @@ sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
 from _job import provenance, start  # noqa: E402
 
-device = start(sm)
+start(sm, torch=False)
 
 import pandas as pd  # noqa: E402
 

@@ -6,7 +6,7 @@ sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
 from _job import provenance, start  # noqa: E402
 
-device = start(sm)
+start(sm, torch=False)
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
