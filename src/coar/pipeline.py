@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
