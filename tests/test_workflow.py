@@ -335,12 +335,12 @@ def test_shard_job_killed_mid_shard_resumes_to_the_uninterrupted_result(tmp_path
 
 
 def test_table_and_figure_jobs_do_not_import_torch():
-    """Scripts that call start(sm, torch=False) skip torch's import (about 1.6 s per job, some 190 jobs in the
+    """Scripts that call start(sm, torch=False) skip torch's import (about 1.6 s per job, some 220 jobs in the
     default run): their module-level imports, run as written, must leave torch out of sys.modules."""
     import ast
 
     light = [p for p in sorted((ROOT / "workflow/scripts").glob("*.py")) if "start(sm, torch=False)" in p.read_text()]
-    assert {"gather.py", "evaluate_alpha.py", "fig2.py", "fig_edit.py"} <= {p.name for p in light}
+    assert {"gather.py", "evaluate_alpha.py", "fig2.py", "fig_edit.py", "fit.py"} <= {p.name for p in light}
     for path in light:
         tree = ast.parse(path.read_text())
         imports = [ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
@@ -349,3 +349,23 @@ def test_table_and_figure_jobs_do_not_import_torch():
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "workflow/scripts")
         assert r.returncode == 0, r.stderr[-2000:]
         assert r.stdout.strip() == "[]", f"{path.name} imports torch via {r.stdout.strip()}"
+
+
+@pytest.mark.parametrize("gpu, possible, imported", [(0, True, False), (1, False, False), (1, True, True)])
+def test_start_imports_torch_only_where_a_gpu_job_may_find_one(tmp_path, gpu, possible, imported):
+    """start(sm, torch=False) leaves torch out unless the rule asks for a GPU and the machine has GPU device
+    files; then it imports torch to ask CUDA (the fit rule's GPU regression)."""
+    code = f"""
+import sys, types
+import _job
+_job.cuda_possible = lambda: {possible}
+sm = types.SimpleNamespace(log=[{str(tmp_path / 'job.log')!r}], threads=1, resources={{"gpu": {gpu}}})
+device = _job.start(sm, torch=False)
+sys.stdout = sys.__stdout__
+print(device, "torch" in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT / "workflow/scripts")
+    assert r.returncode == 0, r.stderr[-2000:]
+    device, torch_loaded = r.stdout.split()
+    assert torch_loaded == str(imported)
+    assert device == "cpu" or (imported and device == "cuda")

@@ -7,18 +7,24 @@ import sys
 def start(sm, torch: bool = True) -> str:
     """Redirect output to the log, set threads; returns the device ("cuda" only for rules with gpu > 0).
 
-    torch=False: the script never touches torch (tables, figures, checks), so torch is not imported: such a
-    job starts in 0.7 s instead of 2.3 s (measured), and the default run has about 190 of them. Rules with gpu > 0 always
-    import it, to see whether CUDA is there. tests/test_workflow.py checks that such scripts' imports leave
-    torch out."""
+    torch=False: the script needs torch only on a GPU (tables, figures, checks, the CPU regression), so it is
+    not imported unless the rule asks for a GPU on a machine that may have one: such a job starts in 0.7 s
+    instead of 2.3 s (measured), and the default run has about 220 of them. tests/test_workflow.py checks
+    that such scripts' imports leave torch out."""
     sys.stderr = sys.stdout = open(sm.log[0], "w", buffering=1)
     os.environ.setdefault("TQDM_MININTERVAL", "15")  # a progress line every 15 s in the log, not every step
-    if not torch and not sm.resources.get("gpu", 0):
+    if not torch and not (sm.resources.get("gpu", 0) and cuda_possible()):
         return "cpu"
     import torch as _torch
 
     _torch.set_num_threads(sm.threads)
     return "cuda" if _torch.cuda.is_available() and sm.resources.get("gpu", 0) else "cpu"
+
+
+def cuda_possible() -> bool:
+    """False when the machine has no GPU device file (NVIDIA, WSL2's /dev/dxg, ROCm's /dev/kfd): torch cannot
+    see a GPU there, so there is no need to import it to ask."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd"))
 
 
 def model_and_components(checkpoint, spec, device):

@@ -5,7 +5,7 @@ sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
 from _job import start  # noqa: E402
 
-device = start(sm)
+device = start(sm, torch=False)  # torch only to fit on a GPU
 
 import json  # noqa: E402
 
