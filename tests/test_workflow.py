@@ -335,7 +335,7 @@ def test_shard_job_killed_mid_shard_resumes_to_the_uninterrupted_result(tmp_path
 
 
 def test_table_and_figure_jobs_do_not_import_torch():
-    """Scripts that call start(sm, torch=False) skip torch's import (about 1.6 s per job, some 220 jobs in the
+    """Scripts that call start(sm, torch=False) skip torch's import (about 1.6 s per job, 199 jobs in the
     default run): their module-level imports, run as written, must leave torch out of sys.modules."""
     import ast
 

@@ -8,8 +8,8 @@ def start(sm, torch: bool = True) -> str:
     """Redirect output to the log, set threads; returns the device ("cuda" only for rules with gpu > 0).
 
     torch=False: the script needs torch only on a GPU (tables, figures, checks, the CPU regression), so it is
-    not imported unless the rule asks for a GPU on a machine that may have one: such a job starts in 0.7 s
-    instead of 2.3 s (measured), and the default run has about 220 of them. tests/test_workflow.py checks
+    not imported unless the rule asks for a GPU on a machine that may have one: such a job's imports take
+    0.7 s instead of 2.3 s (measured), and the default run has 199 of them. tests/test_workflow.py checks
     that such scripts' imports leave torch out."""
     sys.stderr = sys.stdout = open(sm.log[0], "w", buffering=1)
     os.environ.setdefault("TQDM_MININTERVAL", "15")  # a progress line every 15 s in the log, not every step
