@@ -46,17 +46,23 @@ def test_single_example_edits_fix_errors_exactly_as_predicted(exact):
     errors = np.nonzero(margins < 0)[0][:12]
     assert len(errors) >= 8
     ks = [0, 1, 2, 4, 8, 16]
-    sweep, summary, comps = edit_single_examples(model, cset, attr, x[:200], y[:200], errors,
-                                                 (x[200:], y[200:]), ks, "increase", n_references=50, seed=3,
+    validation, heldout = (x[200:400], y[200:400]), (x[400:], y[400:])
+    sweep, summary, comps = edit_single_examples(model, cset, attr, x[:200], y[:200], errors, validation, heldout,
+                                                 ks, "increase", n_references=50, max_drop=1.0, seed=3,
                                                  progress=False)
-    coar = summary[summary.method == "coar"]
-    rand = summary[summary.method == "random"]
+    coar = summary[summary.method == "coar"].set_index("target")
+    rand = summary[summary.method == "random"].set_index("target")
     assert coar.flipped.mean() >= 0.9 and coar.flipped.sum() > rand.flipped.sum()
+    # without a limit on the validation drop, the chosen k is the first that flips the target
+    assert (coar.k.dropna() == coar.first_k.dropna()).all()
+    # the random control ablates COAR-EDIT's k; its own first flip is reported beside it
+    assert (rand.k.fillna(-1) == coar.k.fillna(-1)).all()
+    assert (rand.first_k.dropna() >= 1).all()
     # the swept target margin is the linear prediction of the ablated set, and rises with k
     for t in errors[:3]:
         s = sweep[(sweep.target == str(t)) & (sweep.method == "coar") & (sweep.set == "target")].sort_values("k")
         first = comps[comps.target == str(t)].sort_values("rank")
-        k = int(coar.set_index("target").loc[str(t), "k"])
+        k = int(coar.loc[str(t), "k"])
         assert len(first) == k and list(first["rank"]) == list(range(1, k + 1))
         ablated = [int(c.split("[")[1][:-1]) for c in first.component]
         keep = np.ones(cset.size, bool)
@@ -64,25 +70,62 @@ def test_single_example_edits_fix_errors_exactly_as_predicted(exact):
         got = float(s[s.k == k].mean_margin.iloc[0])
         assert got == pytest.approx(float(w[t] @ keep + b[t]), rel=1e-4, abs=1e-4)
         assert got > 0 and (np.diff(s.mean_margin.to_numpy()) > -1e-6).all()
+        # the summary's changes are those of the sweep's validation and held-out rows at k
+        acc = sweep[(sweep.target == str(t)) & (sweep.method == "coar")].set_index(["set", "k"]).accuracy
+        assert coar.loc[str(t), "accuracy_change"] == pytest.approx(acc["held-out", k] - acc["held-out", 0])
+        assert coar.loc[str(t), "validation_accuracy_change"] == pytest.approx(acc["validation", k] - acc["validation", 0])
     # k = 0 is the unedited model: the same for both methods; accuracy change is measured from it
     k0 = sweep[sweep.k == 0].groupby(["target", "set"]).accuracy.nunique()
     assert (k0 == 1).all()
-    assert set(sweep.set) == {"target", "reference", "held-out"}
+    assert set(sweep.set) == {"target", "reference", "validation", "held-out"}
     # the held-out change splits into the target's class and the others, weighted by their sizes
-    held_y = y[200:].numpy()
-    for row in summary[summary.flipped].itertuples():
+    held_y = heldout[1].numpy()
+    rows = summary[summary.k.notna()]
+    assert len(rows) and set(rows.method) == {"coar", "random"}
+    for row in rows.itertuples():
         n_same = int((held_y == int(y[int(row.target)])).sum())
         total = n_same * row.class_accuracy_change + (len(held_y) - n_same) * row.others_accuracy_change
         assert total == pytest.approx(len(held_y) * row.accuracy_change, abs=1e-9)
-    unflipped = summary[~summary.flipped]  # the random control misses some: no change is reported for them
-    assert len(unflipped) and unflipped[["class_accuracy_change", "others_accuracy_change"]].isna().all().all()
+    # the random control at COAR-EDIT's k misses some targets: still scored (same k), but not flipped
+    missed = summary[(summary.method == "random") & summary.k.notna() & ~summary.flipped]
+    assert len(missed) and missed.accuracy_change.notna().all()
+
+
+def test_single_example_edits_choose_k_within_the_validation_drop(exact):
+    """max_drop bounds the validation accuracy drop at the chosen k; a target that flips only at a larger cost
+    is reported as not edited (k NaN), and its first flip is still reported."""
+    model, cset, attr, x, y, w, b = exact
+    errors = np.nonzero(w[:200].sum(1) + b[:200] < 0)[0][:12]
+    validation, heldout = (x[200:400], y[200:400]), (x[400:], y[400:])
+    ks = [0, 1, 2, 4, 8, 16, 32]
+    sweep, free, _ = edit_single_examples(model, cset, attr, x[:200], y[:200], errors, validation, heldout, ks,
+                                          max_drop=1.0, seed=3, progress=False)
+    drops = -free[free.method == "coar"].validation_accuracy_change
+    limit = float(np.sort(drops.dropna().unique())[len(drops.dropna().unique()) // 2])  # between the edits' costs
+    _, tight, comps = edit_single_examples(model, cset, attr, x[:200], y[:200], errors, validation, heldout, ks,
+                                           max_drop=limit, seed=3, progress=False)
+    c = tight[tight.method == "coar"].set_index("target")
+    assert (-c.validation_accuracy_change.dropna() <= limit + 1e-12).all()
+    assert c.k.isna().any() and c.k.notna().any()
+    # each chosen k is the smallest swept k that flips the target within the limit, from the sweep itself
+    for t, row in c.iterrows():
+        d = sweep[(sweep.target == t) & (sweep.method == "coar")].set_index(["set", "k"])
+        ok = [k for k in ks[1:] if d.mean_margin["target", k] > 0
+              and d.accuracy["validation", 0] - d.accuracy["validation", k] <= limit + 1e-12]
+        assert (row.k == ok[0]) if ok else np.isnan(row.k)
+        assert row.first_k == free.set_index(["target", "method"]).first_k[t, "coar"]
+    assert set(comps.target) == set(c.index[c.k.notna()])
+    with pytest.raises(CoarError, match="max_drop"):
+        edit_single_examples(model, cset, attr, x[:200], y[:200], errors, validation, heldout, ks, max_drop=2.0,
+                             progress=False)
 
 
 def test_inducing_errors_uses_top_k(exact):
     model, cset, attr, x, y, w, b = exact
     right = np.nonzero(w[:200].sum(1) + b[:200] > 0)[0][:6]
-    _, summary, _ = edit_single_examples(model, cset, attr, x[:200], y[:200], right, (x[200:], y[200:]),
-                                         [0, 2, 4, 8, 16, 32], "decrease", seed=1, experiment="induce", progress=False)
+    _, summary, _ = edit_single_examples(model, cset, attr, x[:200], y[:200], right, (x[200:400], y[200:400]),
+                                         (x[400:], y[400:]), [0, 2, 4, 8, 16, 32], "decrease", max_drop=1.0, seed=1,
+                                         experiment="induce", progress=False)
     assert summary[summary.method == "coar"].flipped.mean() >= 0.8
 
 

@@ -117,6 +117,28 @@ def test_edit_prediction_draws_the_tables():
     assert f"random components: 2 of {n_coar} flipped" in note
 
 
+def test_edit_prediction_with_k_chosen_on_validation():
+    """A summary with first_k (the first flip at any cost) beside the validated k: the star marks the first flip,
+    a dotted line the chosen k, and panel (c) outlines the first flips' costs (far outliers counted, not drawn)."""
+    sweep, summary = edit_sweep(), edit_summary()
+    summary["first_k"] = np.where(summary.method == "coar", 1.0, np.nan)
+    first = np.where(summary.flipped, summary.accuracy_change - 0.01, -0.03)
+    first[summary.target == "1005"] = -0.60  # one first flip far off the axis
+    summary["first_accuracy_change"] = np.where(summary.method == "coar", first, np.nan)
+    summary.loc[summary.method == "random", "k"] = summary.loc[summary.method == "coar", "k"].to_numpy()
+    fig = fig_edit_prediction(sweep, summary, "17", PROV, "Editing predictions (cf. paper Fig. 3)", "ResNet")
+    ax_m, _, ax_h = visible_axes(fig)
+    assert line(ax_m, "flip").get_xdata()[0] == 1  # first flip
+    assert line(ax_m, "chosen_k").get_xdata()[0] == 2  # chosen on validation
+    outline = [p for p in ax_h.patches if p.get_gid() == "first_flips"]
+    assert len(outline) == 1 and outline[0].get_xy()[:, 0].min() > -13  # the -60 pp flip is not drawn
+    note = axis_texts(ax_h)
+    n_coar = int((summary.method == "coar").sum())
+    assert "errors fixed within the validation limit" in note
+    assert f"at any cost: {n_coar} flipped" in note and "(1 of them below" in note
+    assert f"random components, same k: 2 of {n_coar} flipped" in note
+
+
 def test_edit_prediction_rejects_bad_input():
     sweep, summary = edit_sweep(), edit_summary()
     args = (PROV, "Fig (cf. paper Fig. 3)", "t")
@@ -162,6 +184,20 @@ def test_edit_examples_one_row_per_target():
             np.testing.assert_allclose(line(ax_a, f"accuracy_{method}|held-out").get_ydata(), 100 * acc)
         assert line(ax_m, "flip").get_xdata()[0] == min(k for k in KS if k > 0 and curve(
             sweep, t, "coar", "target", "mean_margin")[1][KS.index(k)] > 0)
+
+
+def test_edit_examples_mark_the_k_chosen_on_validation():
+    sweep = edit_sweep()
+    fig = fig_edit_examples(sweep, ["17", "42"], PROV, "Inducing errors (cf. paper Fig. 21)", "ResNet",
+                            chosen={"17": 4.0, "42": np.nan})
+    ax_m, ax_a, ax_m2, _ = visible_axes(fig)
+    assert line(ax_m, "chosen_k").get_xdata()[0] == 4
+    assert ax_a.get_title(loc="left").startswith("k chosen on validation: ")
+    k, acc = curve(sweep, "17", "coar", "held-out", "accuracy")
+    change = 100 * (acc[k == 4][0] - acc[0])
+    assert "held-out " + f"{change:+.2f} pp at k = 4".replace("-", "\u2212") in ax_a.get_title(loc="left")
+    assert visible_axes(fig)[3].get_title(loc="left").startswith("no k passes validation; ")
+    assert not [ln for ln in ax_m2.get_lines() if ln.get_gid() == "chosen_k"]
 
 
 def test_edit_examples_rejects_bad_input():

@@ -7,11 +7,14 @@ hook passes that are tested equal to weight surgery.
 
 Tables:
   sweep       experiment, target, method (coar | random), k, set, accuracy, mean_margin
-  summary     target, method, k (smallest swept k that flips the target; NaN if none), flipped,
-              accuracy_change (held-out accuracy at that k minus at k = 0; NaN if not flipped), and the same
-              change split into class_accuracy_change (held-out examples of the target's class) and
-              others_accuracy_change (the other classes)
-  components  target, rank, component, module, module_index (COAR-EDIT's ablated components at that k)
+  summary     target, method, k (chosen on the validation set: the smallest swept k that flips the target
+              while validation accuracy drops by at most max_drop; NaN if none; the random control takes
+              COAR-EDIT's k), flipped (the target flipped at k), accuracy_change (held-out accuracy at k minus
+              at k = 0; NaN without a k), the same change split into class_accuracy_change (held-out examples
+              of the target's class) and others_accuracy_change (the other classes),
+              validation_accuracy_change, first_k (the method's smallest swept k that flips the target at any
+              cost; NaN if none) and first_accuracy_change (held-out accuracy change there)
+  components  target, rank, component, module, module_index (COAR-EDIT's ablated components at the chosen k)
   classwise   class, class_name, before, after, forgotten (held-out accuracy per class)
 """
 from __future__ import annotations
@@ -63,19 +66,37 @@ def _components(target: str, ablated: np.ndarray, cset: ComponentSet) -> list[di
              "module_index": int(groups[c])} for r, c in enumerate(ablated)]
 
 
+def _flip_index(target_margin: np.ndarray, direction: str, allowed: np.ndarray) -> int | None:
+    """Index of the smallest swept k > 0 whose target margin is on the intended side of 0, among `allowed`."""
+    hit = (target_margin > 0 if direction == "increase" else target_margin < 0) & allowed
+    hit[0] = False  # k = 0 is the unedited model
+    idx = np.nonzero(hit)[0]
+    return int(idx[0]) if len(idx) else None
+
+
 def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Attributions, x: torch.Tensor,
-                         y: torch.Tensor, targets: Sequence[int], heldout: tuple[torch.Tensor, torch.Tensor],
-                         ks: Sequence[int], direction: str = "increase", n_references: int = 50, seed: int = 0,
-                         experiment: str = "fix", mode: str = "zero", gamma: float = 0.5, batch_size: int = 32,
-                         masks_per_pass: int = 8, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                         y: torch.Tensor, targets: Sequence[int], validation: tuple[torch.Tensor, torch.Tensor],
+                         heldout: tuple[torch.Tensor, torch.Tensor], ks: Sequence[int], direction: str = "increase",
+                         n_references: int = 50, max_drop: float = 0.02, seed: int = 0, experiment: str = "fix",
+                         mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8,
+                         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Sec. 5.1 / App. D.1: edit each target example on its own. x, y: the examples the attributions were
     computed for; each target gets `n_references` random other examples of that set as references (seeded
     per target). direction "increase" raises the target's margin (fix an error, bottom-k), "decrease"
-    lowers it (induce an error, top-k). Returns (sweep, summary, components)."""
+    lowers it (induce an error, top-k).
+
+    k is chosen on `validation`: the smallest swept k that flips the target while validation accuracy drops by
+    at most `max_drop` (none: the edit fails). The random-components control ablates that same k. Everything
+    is reported on `heldout`, disjoint from `validation`. Besides, `first_k` is each method's smallest swept k
+    that flips the target whatever it costs (the paper's figures mark it), with `first_accuracy_change`.
+
+    Returns (sweep, summary, components); the sweep's sets are target, reference, validation and held-out."""
     ks = _check_ks(ks, cset.size)
     n = attributions.n_examples
     if len(x) != n:
         raise CoarError(f"{len(x)} examples given for attributions of {n} examples")
+    if not 0 <= max_drop <= 1:
+        raise CoarError(f"max_drop must be a fraction in [0, 1], got {max_drop}")
     sweep, summary, comps = [], [], []
     held_y = heldout[1].cpu().numpy()
     for t in tqdm(list(targets), desc=experiment, disable=not progress):
@@ -84,23 +105,32 @@ def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Att
         refs = rng.choice(others, size=min(n_references, len(others)), replace=False)
         orders = {"coar": ranking(edit_scores(attributions, [t], refs), direction),
                   "random": rng.permutation(cset.size)}
-        sets = {"target": (x[[t]], y[[t]]), "reference": (x[refs], y[refs]), "held-out": heldout}
+        sets = {"target": (x[[t]], y[[t]]), "reference": (x[refs], y[refs]), "validation": validation,
+                "held-out": heldout}
+        margins = {}
         for method, order in orders.items():
-            m = sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
-            sweep += _rows(experiment, str(t), method, ks, m)
+            margins[method] = sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
+            sweep += _rows(experiment, str(t), method, ks, margins[method])
+        val = (margins["coar"]["validation"] > 0).mean(1)
+        chosen = _flip_index(margins["coar"]["target"][:, 0], direction, val[0] - val <= max_drop + 1e-12)
+        same = held_y == int(y[t])
+        for method, m in margins.items():
+            correct = m["held-out"] > 0
             tm = m["target"][:, 0]
-            hit = np.nonzero(tm > 0 if direction == "increase" else tm < 0)[0]
-            hit = hit[np.asarray(ks)[hit] > 0]
-            k = ks[hit[0]] if len(hit) else np.nan
-            row = {"target": str(t), "method": method, "k": k, "flipped": bool(len(hit))}
-            correct, same = m["held-out"] > 0, held_y == int(y[t])
+            first = _flip_index(tm, direction, np.ones(len(ks), bool))
+            row = {"target": str(t), "method": method, "k": np.nan if chosen is None else ks[chosen],
+                   "flipped": chosen is not None and bool(tm[chosen] > 0 if direction == "increase" else tm[chosen] < 0)}
             for name, part in (("accuracy_change", slice(None)), ("class_accuracy_change", same),
                                ("others_accuracy_change", ~same)):
-                acc = correct[:, part].mean(1) if len(hit) and correct[:, part].size else None
-                row[name] = np.nan if acc is None else float(acc[hit[0]] - acc[0])
+                acc = correct[:, part].mean(1) if correct[:, part].size else None
+                row[name] = np.nan if acc is None or chosen is None else float(acc[chosen] - acc[0])
+            vacc = (m["validation"] > 0).mean(1)
+            row["validation_accuracy_change"] = np.nan if chosen is None else float(vacc[chosen] - vacc[0])
+            row["first_k"] = np.nan if first is None else ks[first]
+            row["first_accuracy_change"] = np.nan if first is None else float(correct[first].mean() - correct[0].mean())
             summary.append(row)
-            if method == "coar" and len(hit):
-                comps += _components(str(t), order[: int(k)], cset)
+        if chosen is not None:
+            comps += _components(str(t), orders["coar"][: ks[chosen]], cset)
     return (pd.DataFrame(sweep), pd.DataFrame(summary),
             pd.DataFrame(comps, columns=["target", "rank", "component", "module", "module_index"]))
 

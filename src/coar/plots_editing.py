@@ -17,8 +17,9 @@ Tables (as written by the editing workflow):
   sweep: target, method ("coar" | "random"), k (components ablated; 0 = unedited), set, accuracy (0..1),
     mean_margin; one row per (target, method, k, set). An `experiment` column may be present; it is not
     read, so pass the rows of one experiment.
-  summary: target, method, k (smallest swept k that flips the target; NaN if none), flipped (bool),
-    accuracy_change (held-out accuracy at that k minus at k = 0, fraction; NaN when not flipped).
+  summary: target, method, k (the k chosen on validation, NaN if none; the control ablates COAR-EDIT's k),
+    flipped (bool: the target flipped at k), accuracy_change (held-out accuracy at k minus at k = 0, fraction;
+    NaN without a k); optionally first_k and first_accuracy_change (the method's first flip at any cost).
   components: target, rank, component, module, module_index.
   classwise: class, class_name, before, after (accuracy 0..1), forgotten (bool).
 """
@@ -68,6 +69,7 @@ _METHOD_STYLE = {
     "random": {"color": RANDOM_COLOR, "ls": (0, (4.0, 2.2)), "zorder": 3},
 }
 _SET_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+_FIRST_FLIP_FLOOR = 12.0  # pp: Fig. 3c draws first flips down to this cost (or the worst validated edit)
 _BOUNDARY_COLOR = "0.2"
 _SMALL = 6.5
 _MAX_EXAMPLE_ROWS = 8
@@ -195,8 +197,9 @@ def _flip_k(k: np.ndarray, margin: np.ndarray) -> float:
     return float(k[1 + hits[0]]) if len(hits) else float("nan")
 
 
-def _margin_panel(ax, d: pd.DataFrame, flip_k: float | None = None) -> None:
-    """Target margin vs k (COAR-EDIT vs control) with the labelled decision boundary at 0."""
+def _margin_panel(ax, d: pd.DataFrame, flip_k: float | None = None, chosen_k: float | None = None) -> None:
+    """Target margin vs k (COAR-EDIT vs control) with the labelled decision boundary at 0, a star where
+    COAR-EDIT first flips the target and a dotted line at the k chosen on validation."""
     values, ks = [], []
     for m in EDIT_METHODS:
         k, y = _curve(d, m, "target", "mean_margin")
@@ -214,6 +217,9 @@ def _margin_panel(ax, d: pd.DataFrame, flip_k: float | None = None) -> None:
         if hit.any():
             ax.plot([flip_k], [float(y[hit][0])], ls="none", marker="*", ms=10, color=_METHOD_STYLE["coar"]["color"],
                     mec="white", mew=0.6, zorder=6, gid="flip", label=f"prediction flips (k = {flip_k:g})")
+    if chosen_k is not None and np.isfinite(chosen_k):
+        ax.axvline(chosen_k, color="0.25", ls=":", lw=1.1, zorder=2, gid="chosen_k",
+                   label=f"k chosen on validation ({chosen_k:g})")
     finite = y_all[np.isfinite(y_all)]
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 1.0)
     lo, hi = min(lo, 0.0), max(hi, 0.0)
@@ -388,7 +394,19 @@ def fig_edit_prediction(sweep: pd.DataFrame, summary: pd.DataFrame, target, prov
     changes = changes[np.isfinite(changes)]
     rnd = s[s["method"] == "random"]
     row = coar[coar["target"] == name]
-    flip_k = float(row["k"].iloc[0]) if len(row) and bool(row["flipped"].iloc[0]) else None
+    validated = "first_k" in s.columns  # k chosen on validation; first_k is the first flip at any cost
+    if validated:
+        s = _numeric(s, ["first_k", "first_accuracy_change"], "summary")
+        coar = s[s["method"] == "coar"]
+        row = coar[coar["target"] == name]
+        first = 100.0 * coar["first_accuracy_change"].to_numpy(dtype=float)
+        first = first[np.isfinite(first)]
+        flip_k = float(row["first_k"].iloc[0]) if len(row) else None
+        chosen_k = float(row["k"].iloc[0]) if len(row) and bool(row["flipped"].iloc[0]) else None
+    else:
+        first = np.array([])
+        flip_k = float(row["k"].iloc[0]) if len(row) and bool(row["flipped"].iloc[0]) else None
+        chosen_k = None
     phrase = _flip_phrase(_ordered_unique(coar["target"]), t)
 
     width, height = _WIDTH_IN, _ROW_HEIGHT_IN + 1.35
@@ -397,7 +415,7 @@ def fig_edit_prediction(sweep: pd.DataFrame, summary: pd.DataFrame, target, prov
         ax_m, ax_a, ax_h = panel.subplots(1, 3)
         pw = width / 3 - 0.3
 
-        _margin_panel(ax_m, d, flip_k)
+        _margin_panel(ax_m, d, flip_k, chosen_k)
         _panel_title(ax_m, f"(a) example {name}: target margin", pw)
         _legend_below(ax_m, ax_m.get_legend_handles_labels()[0])
 
@@ -411,16 +429,29 @@ def fig_edit_prediction(sweep: pd.DataFrame, summary: pd.DataFrame, target, prov
         _legend_below(ax_a, _key_handles(acc_sets, styles, methods, "{} set"))
 
         colour = _METHOD_STYLE["coar"]["color"]
-        lines = [f"COAR-EDIT: {len(flipped)} of {len(coar)} {phrase}"]
+        lines = [f"COAR-EDIT: {len(flipped)} of {len(coar)} {phrase}"
+                 + (" within the\nvalidation limit" if validated else "")]
         med = None
+        off_axis = 0
         if len(changes):
-            edges = np.histogram_bin_edges(changes, bins="auto")
-            if len(edges) > 31:
-                edges = np.histogram_bin_edges(changes, bins=30)
+            if len(first):  # 1-pp bins; first flips that cost far more than any validated edit are counted, not drawn
+                floor = min(float(np.floor(changes.min())) - 1.0, -_FIRST_FLIP_FLOOR)
+                off_axis = int((first < floor).sum())
+                shown = first[first >= floor]
+                both = np.concatenate([changes, shown])
+                edges = np.arange(np.floor(both.min()), np.ceil(both.max()) + 1.0 + 1e-9, 1.0)
+            else:
+                edges = np.histogram_bin_edges(changes, bins="auto")
+                if len(edges) > 31:
+                    edges = np.histogram_bin_edges(changes, bins=30)
             heights, _, _ = ax_h.hist(changes, bins=edges, color=colour, alpha=0.8, edgecolor="white", linewidth=0.5,
                                       gid="edits")
-            med = float(np.median(changes))
             top = float(np.max(heights))
+            if len(first) and len(shown):
+                h2, _, _ = ax_h.hist(shown, bins=edges, histtype="step", color="0.35", lw=1.1, ls="-",
+                                     gid="first_flips", zorder=5)
+                top = max(top, float(np.max(h2)))
+            med = float(np.median(changes))
             ax_h.plot([med, med], [0.0, 1.06 * top], color="0.15", ls="--", lw=1.2, gid="median", zorder=4)
             lines.append(f"median change {_signed(med)} pp")
             ax_h.set_ylim(0, top * 1.6)  # headroom for the note
@@ -432,8 +463,13 @@ def fig_edit_prediction(sweep: pd.DataFrame, summary: pd.DataFrame, target, prov
                       ha="center", va="center", fontsize=_SMALL, color="0.4", gid="empty")
         if no_change:
             lines.append(f"({no_change} flipped without an accuracy change: left out)")
+        if len(first):
+            lines.append(f"at any cost: {len(first)} flipped, median {_signed(float(np.median(first)))} pp")
+            if off_axis:
+                lines.append(f"({off_axis} of them below {_signed(floor)} pp: off the axis)")
         if len(rnd):
-            lines.append(f"random components: {int(rnd['flipped'].sum())} of {len(rnd)} flipped")
+            lines.append(f"random components{', same k' if validated else ''}: "
+                         f"{int(rnd['flipped'].sum())} of {len(rnd)} flipped")
         right = False
         if med is not None:
             x0, x1 = ax_h.get_xlim()
@@ -446,19 +482,26 @@ def fig_edit_prediction(sweep: pd.DataFrame, summary: pd.DataFrame, target, prov
         ax_h.set_ylabel("edits (one per target)")
         _panel_title(ax_h, f"(c) all {len(coar)} targets, one edit each", pw)
         if med is not None:
-            _legend_below(ax_h, [Patch(color=colour, alpha=0.8, label="COAR-EDIT edits that flip their target"),
-                                 Line2D([], [], color="0.15", ls="--", lw=1.2, label="median")])
+            handles = [Patch(color=colour, alpha=0.8, label="COAR-EDIT edits that flip their target"
+                             + (" (k chosen on validation)" if validated else "")),
+                       Line2D([], [], color="0.15", ls="--", lw=1.2, label="median")]
+            if len(first):
+                handles.insert(1, Patch(fc="none", ec="0.35", lw=1.1, label="first flip at any cost"))
+            _legend_below(ax_h, handles)
     return fig
 
 
 # ------------------------------------------------------------------------------------------ Figs. 19-21
 
-def fig_edit_examples(sweep: pd.DataFrame, targets: Sequence, provenance: str, suptitle: str, title: str) -> Figure:
+def fig_edit_examples(sweep: pd.DataFrame, targets: Sequence, provenance: str, suptitle: str, title: str,
+                      chosen: Mapping[str, float] | None = None) -> Figure:
     """Paper Figs. 19, 20, 21: one row per target (at most 8, in the given order), labelled "example <target>".
 
     Left: the target's correct-class margin (set == "target", mean_margin) vs k, COAR-EDIT vs the random
     control, with the decision boundary at 0 and a star where COAR-EDIT flips the prediction. Right:
     held-out accuracy (%) (set == "held-out") vs k, with the change at the flipping k (vs. k = 0) in the title.
+    chosen: target -> the k chosen on validation (NaN: none within the limit); drawn as a dotted line, and the
+    held-out change is then given at that k.
 
     sweep: columns target, method, k, set, accuracy, mean_margin. targets: example ids (str; ints are
     accepted and compared as text). title: model / data line under the bold `suptitle`.
@@ -490,11 +533,17 @@ def fig_edit_examples(sweep: pd.DataFrame, targets: Sequence, provenance: str, s
             ax_m, ax_a = axes[r]
             km, mm = _curve(d, "coar", "target", "mean_margin")
             fk = _flip_k(km, mm)
-            _margin_panel(ax_m, d, fk)
+            ck = float(chosen[n]) if chosen is not None and n in chosen else None
+            _margin_panel(ax_m, d, fk, ck)
             ax_m.set_ylabel("target margin")
             ax_m.set_title(f"example {n}", loc="left", fontweight="bold", fontsize=_SMALL + 1.5)
             ax_m.set_title(f"COAR-EDIT flips it at k = {fk:g}" if np.isfinite(fk)
                            else f"not flipped for k \u2264 {km.max():g}", loc="right", fontsize=_SMALL, color="0.25")
+            prefix = ""
+            if ck is not None and np.isfinite(ck):
+                fk, prefix = ck, "k chosen on validation: "  # the held-out change is reported at the chosen k
+            elif ck is not None and np.isfinite(fk):
+                prefix = "no k passes validation; "
 
             plotted = _accuracy_lines(ax_a, d, ["held-out"], _set_styles(["held-out"]))
             _percent_ylim(ax_a, plotted)
@@ -504,9 +553,10 @@ def fig_edit_examples(sweep: pd.DataFrame, targets: Sequence, provenance: str, s
             hit = np.isclose(ka, fk) if np.isfinite(fk) else np.zeros(len(ka), bool)
             if hit.any():
                 change = 100.0 * (float(acc[hit][0]) - float(acc[0]))
-                text = f"held-out accuracy {_signed(change)} pp at k = {fk:g} (vs. k = {ka[0]:g})"
+                text = (f"{prefix}held-out {_signed(change)} pp at k = {fk:g}" if prefix
+                        else f"held-out accuracy {_signed(change)} pp at k = {fk:g} (vs. k = {ka[0]:g})")
             else:
-                text = "held-out accuracy"
+                text = f"{prefix}held-out accuracy"
             ax_a.set_title(text, loc="left", fontsize=_SMALL + 0.5, color="0.25")
             if r < len(names) - 1:
                 ax_m.set_xlabel("")
@@ -515,7 +565,9 @@ def fig_edit_examples(sweep: pd.DataFrame, targets: Sequence, provenance: str, s
         handles.append(Line2D([], [], ls="none", marker="*", ms=8, color=_METHOD_STYLE["coar"]["color"], mec="white",
                               label="prediction flips"))
         handles.append(Line2D([], [], color=_BOUNDARY_COLOR, lw=0.9, label="margin 0 (decision boundary)"))
-        panel.legend(handles=handles, loc="outside lower center", ncols=len(handles), borderaxespad=0.2)
+        if chosen is not None:
+            handles.append(Line2D([], [], color="0.25", ls=":", lw=1.1, label="k chosen on validation"))
+        panel.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), borderaxespad=0.2)
     return fig
 
 

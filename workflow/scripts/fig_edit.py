@@ -27,6 +27,8 @@ n, opt, e, setups = int(sm.wildcards.n), sm.params.options, sm.params.edit, sm.p
 title = next(iter(setups.values()))["title"]
 prov = (provenance(sm.params.preset, setups) + f" | edit {opt['edit']}: {e['kind']}, {e['references']} random "
         f"references, k in {e['ks']}, random-components control with the same k")
+if e["kind"] in ("fix", "induce"):
+    prov += f"; k: smallest that flips the target, validation accuracy drop \u2264 {100 * e['max_drop']:g} pp"
 if n in (4, 23):
     sweep = pd.concat([pd.read_csv(p) for p in sm.input.sweep], ignore_index=True)
     chosen = [json.load(open(p)) for p in sm.input.chosen]
@@ -57,7 +59,9 @@ else:
     elif n == 22:
         fig = pe.fig_edit_layers(pd.read_csv(sm.input.components, dtype={"target": str}), prov, SUPTITLES[n], title)
     else:
-        fig = pe.fig_edit_examples(sweep, targets[: opt.get("show") or 4], prov, SUPTITLES[n], title)
+        coar = summary[summary.method == "coar"]
+        chosen = dict(zip(coar.target, coar.k)) if "first_k" in summary else None
+        fig = pe.fig_edit_examples(sweep, targets[: opt.get("show") or 4], prov, SUPTITLES[n], title, chosen)
     table = summary
 save_figure(fig, sm.output.figure)
 atomic_write_csv(table, sm.output.table)
