@@ -122,6 +122,12 @@ def test_choose_k_respects_reference_drop():
     ])
     assert choose_k(table, "t", "r", max_drop=0.02) == 5
     assert choose_k(table, "t", "r", max_drop=0.2) == 10
+    # a drop of exactly max_drop is within it, though 0.9145 - 0.9045 > 0.01 in floating point
+    exact = pd.DataFrame([{"split": "t", "k": 0, "accuracy": 0.61}, {"split": "r", "k": 0, "accuracy": 1829 / 2000},
+                          {"split": "t", "k": 1, "accuracy": 0.75}, {"split": "r", "k": 1, "accuracy": 1809 / 2000}])
+    assert 1829 / 2000 - 1809 / 2000 > 0.01
+    assert choose_k(exact, "t", "r", max_drop=0.01) == 1
+    assert choose_k(exact, "t", "r", max_drop=0.0095) == 0
     tab = sweep_table({"a": np.array([[1.0, -1.0], [1.0, 1.0]])}, [0, 4])
     assert list(tab.accuracy) == [0.5, 1.0]
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .ablation import counterfactual_outputs
 from .attributions import Attributions
 from .components import ComponentSet
-from .editing import choose_k, edit_scores, keep_mask, ranking, sweep_outputs
+from .editing import DROP_TOLERANCE, choose_k, edit_scores, keep_mask, ranking, sweep_outputs
 from .errors import CoarError
 from .outputs import margin
 
@@ -112,7 +112,7 @@ def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Att
             margins[method] = sweep_margins(model, cset, order, ks, sets, mode, gamma, batch_size, masks_per_pass)
             sweep += _rows(experiment, str(t), method, ks, margins[method])
         val = (margins["coar"]["validation"] > 0).mean(1)
-        chosen = _flip_index(margins["coar"]["target"][:, 0], direction, val[0] - val <= max_drop + 1e-12)
+        chosen = _flip_index(margins["coar"]["target"][:, 0], direction, val[0] - val <= max_drop + DROP_TOLERANCE)
         same = held_y == int(y[t])
         for method, m in margins.items():
             correct = m["held-out"] > 0

@@ -22,6 +22,7 @@ from .components import ComponentSet
 from .errors import CoarError, ShapeError
 
 DIRECTIONS = ("increase", "decrease")
+DROP_TOLERANCE = 1e-9  # accuracy drops are differences of counts / n: compare "at most max_drop" with slack for rounding
 
 
 def t_statistic(target: np.ndarray, reference: np.ndarray, ddof: int = 0) -> np.ndarray:
@@ -108,7 +109,8 @@ def choose_k(table: pd.DataFrame, target_split: str, reference_split: str, max_d
     tgt = table[table.split == target_split].set_index("k")["accuracy"]
     if 0 not in ref.index:
         raise CoarError("the sweep must include k = 0 (the unedited model) to measure the reference drop")
-    ok = ref.index[(ref.loc[0] - ref) <= max_drop]
+    # a drop of exactly max_drop is allowed: 0.9145 - 0.9045 is 0.01000000000000001 in floating point
+    ok = ref.index[(ref.loc[0] - ref) <= max_drop + DROP_TOLERANCE]
     cand = tgt.loc[ok]
     best = cand.max() if maximize else cand.min()
     return int(cand[cand == best].index.min())
