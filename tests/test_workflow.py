@@ -243,9 +243,9 @@ def test_ci_preset_end_to_end(tmp_path):
     sweep = pd.read_csv(tmp_path / "results/edits/fix_T/sweep.csv")
     assert set(sweep.method) == {"coar", "random"} and sweep.query("k == 0").groupby(["target", "set"]).accuracy.nunique().max() == 1
     fix = pd.read_csv(tmp_path / "results/edits/fix_T/summary.csv").set_index(["target", "method"])
-    # k chosen on the validation half within edits.fix_T.max_drop (default 0.02); the control at COAR-EDIT's k
+    # k chosen on the validation half within edits.fix_T.max_drop (1.0 here); the control at COAR-EDIT's k
     assert (fix.xs("random", level="method").k.fillna(-1) == fix.xs("coar", level="method").k.fillna(-1)).all()
-    assert (fix.validation_accuracy_change.dropna() >= -0.02 - 1e-9).all() and fix.first_k.isin([2, 8, np.nan]).all()
+    assert (fix.validation_accuracy_change.dropna() >= -1.0 - 1e-9).all() and fix.first_k.isin([2, 8, np.nan]).all()
     subpop = pd.read_csv(tmp_path / "results/edits/subpop_S/summary.csv")
     assert subpop.chosen.sum() == 4 and set(subpop.split) == {"validation", "held-out"}  # 2 methods x 2 splits
     backdoor = pd.read_csv(tmp_path / "results/edits/backdoor_D/summary.csv").set_index("method")
