@@ -246,6 +246,20 @@ def test_edit_layers_shares_and_order(tmp_path):
     assert out.read_bytes()[:5] == b"%PDF-"
 
 
+def test_edit_layers_without_edits_says_so(tmp_path):
+    """No target edited (empty components table, header only): a page with the reason, no bars, no error."""
+    empty = components_table().iloc[:0]
+    fig = fig_edit_layers(empty, PROV, "Which layers? (cf. paper Fig. 22)", "ResNet")
+    assert PROV in footer_text(fig)
+    texts = [t for ax in fig.axes for t in ax.texts if t.get_gid() == "no_edit"]
+    assert len(texts) == 1 and "no validated edit" in texts[0].get_text()
+    assert not [p for ax in fig.axes for p in ax.patches if p.get_gid() == "share"]
+    header_only = tmp_path / "components.csv"
+    empty.to_csv(header_only, index=False)
+    fig = fig_edit_layers(pd.read_csv(header_only, dtype={"target": str}), PROV, "F", "t")
+    assert save_figure(fig, tmp_path / "fig22.pdf").read_bytes()[:5] == b"%PDF-"
+
+
 def test_edit_layers_rejects_bad_input():
     comp = components_table()
     with pytest.raises(CoarError, match="module_index"):

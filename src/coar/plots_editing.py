@@ -573,6 +573,18 @@ def fig_edit_examples(sweep: pd.DataFrame, targets: Sequence, provenance: str, s
 
 # ------------------------------------------------------------------------------------------------ Fig. 22
 
+def _no_edit_figure(provenance: str, suptitle: str, title: str) -> Figure:
+    """A Fig. 22 page for an experiment in which COAR-EDIT ablated nothing: says so instead of drawing bars."""
+    with matplotlib.rc_context(_style()):
+        fig, panel = _figure(min(_WIDTH_IN, 5.6), 2.4, provenance, suptitle, title)
+        ax = panel.subplots()
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "no validated edit: COAR-EDIT ablated no components\n"
+                "(no target flipped within the edit's max_drop on the validation half)",
+                transform=ax.transAxes, ha="center", va="center", color="0.3", fontsize=_SMALL + 1, gid="no_edit")
+    return fig
+
+
 def fig_edit_layers(components: pd.DataFrame, provenance: str, suptitle: str, title: str) -> Figure:
     """Paper Fig. 22: which modules COAR-EDIT ablates components from.
 
@@ -582,8 +594,11 @@ def fig_edit_layers(components: pd.DataFrame, provenance: str, suptitle: str, ti
 
     components: columns target, component, module, module_index (one index per module; `rank` is not read).
     title: model / data line under the bold `suptitle`.
+    An empty `components` (no target was edited) gives a page that says so.
     """
-    _require(components, COMPONENT_COLUMNS, "components")
+    _require(components, COMPONENT_COLUMNS, "components", allow_empty=True)
+    if components.empty:
+        return _no_edit_figure(provenance, suptitle, title)
     c = _numeric(components, ["module_index"], "components")
     if c["module_index"].isna().any():
         raise CoarError("components column 'module_index' has missing values; every row needs its module's position")

@@ -95,13 +95,13 @@ def _style() -> dict:
     return rc
 
 
-def _require(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def _require(table: pd.DataFrame, columns: Sequence[str], what: str, allow_empty: bool = False) -> None:
     if not isinstance(table, pd.DataFrame):
         raise CoarError(f"{what} must be a pandas DataFrame, got {type(table).__name__}")
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise CoarError(f"{what} table is missing required column(s) {missing}; it has {list(table.columns)}")
-    if table.empty:
+    if table.empty and not allow_empty:
         raise CoarError(f"{what} table is empty")
 
 
