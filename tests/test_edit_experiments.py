@@ -7,7 +7,9 @@ import torch
 
 from coar.attributions import Attributions
 from coar.components import component_set
-from coar.edit_experiments import edit_backdoor, edit_single_examples, edit_subpopulation, forget_class
+from coar.edit_experiments import (draw_references, draw_targets, edit_backdoor, edit_single_examples,
+                                   edit_subpopulation, forget_class, pick_targets, sweep_margins)
+from coar.editing import edit_scores, ranking
 from coar.errors import CoarError
 from coar.models.cifar import MLP
 
@@ -249,3 +251,86 @@ def test_backdoor_edit_finds_the_trigger_neurons_and_picks_k_on_validation():
     assert np.allclose(outputs.clean_after, outputs.triggered_after, atol=1e-5)
     with pytest.raises(CoarError, match="10 pairs asked for"):
         edit_backdoor(model, cset, attr, pairs[:5], val, held, ks)
+
+
+def test_pick_targets_takes_the_errors_or_the_correct_examples():
+    margins = np.array([0.5, -1.0, 2.0, -0.1, 0.0, -3.0, 1.0, -2.0])
+    assert list(pick_targets(margins, "fix")) == [1, 3, 5, 7]  # a margin of exactly 0 is neither
+    assert list(pick_targets(margins, "induce")) == [0, 2, 6]
+    some = pick_targets(margins, "fix", n=2, seed=4)
+    assert len(some) == 2 and set(some) <= {1, 3, 5, 7} and list(some) == sorted(some)
+    assert list(pick_targets(margins, "fix", n=2, seed=4)) == list(some)  # seeded
+    draws = {tuple(pick_targets(margins, "fix", n=2, seed=s)) for s in range(20)}
+    assert len(draws) > 1  # the seed matters
+    assert list(pick_targets(margins, "induce", n=3)) == [0, 2, 6]  # n >= the count: all of them
+    with pytest.raises(CoarError, match="edits.fix_X: the model has no misclassified example among the setup's 2"):
+        pick_targets(np.array([1.0, 2.0]), "fix", what="edits.fix_X")
+    with pytest.raises(CoarError, match="kind must be fix or induce"):
+        pick_targets(margins, "forget")
+
+
+def test_single_example_references_exclude_the_target_and_are_what_the_edit_uses(exact):
+    model, cset, attr, x, y, w, b = exact
+    for t in (0, 57, 199):
+        refs = draw_references(np.random.default_rng([3, t]), 200, t, 50)
+        assert len(refs) == 50 == len(set(refs)) and t not in refs and refs.min() >= 0 and refs.max() < 200
+    assert sorted(draw_references(np.random.default_rng(0), 5, 2, 50)) == [0, 1, 3, 4]  # fewer others: all
+    # the sweep's reference set is exactly those examples: its unedited accuracy and mean margin match them
+    t = int(np.nonzero(w[:200].sum(1) + b[:200] < 0)[0][0])
+    sweep, _, _ = edit_single_examples(model, cset, attr, x[:200], y[:200], [t], (x[200:400], y[200:400]),
+                                       (x[400:], y[400:]), [0, 1], seed=3, progress=False)
+    refs = draw_references(np.random.default_rng([3, t]), 200, t, 50)
+    m = w[refs].sum(1) + b[refs]
+    row = sweep[(sweep.method == "coar") & (sweep.set == "reference") & (sweep.k == 0)].iloc[0]
+    assert row.accuracy == pytest.approx((m > 0).mean()) and row.mean_margin == pytest.approx(m.mean(), rel=1e-5)
+
+
+def _record_draws(monkeypatch):
+    import coar.edit_experiments as ee
+    calls = []
+
+    def recording(*args, **kwargs):
+        out = draw_targets(*args, **kwargs)
+        calls.append((np.asarray(args[1], bool), *out))
+        return out
+    monkeypatch.setattr(ee, "draw_targets", recording)
+    return calls
+
+
+def test_forget_targets_are_the_class_and_references_the_others(exact, monkeypatch):
+    model, cset, attr, x, y, w, b = exact
+    calls = _record_draws(monkeypatch)
+    ks = [0, 1, 2, 4]
+    val, held = (x[200:400], y[200:400]), (x[400:], y[400:])
+    sweep, _, _, _ = forget_class(model, cset, attr, y[:200].numpy(), 1, val, held, ks, n_targets=10,
+                                  n_references=50, seed=2)
+    (members, targets, refs), = calls
+    ya = y[:200].numpy()
+    assert (members == (ya == 1)).all()
+    assert len(set(targets)) == 10 and (ya[targets] == 1).all()
+    assert len(set(refs)) == 50 and (ya[refs] != 1).all()
+    # the edit is eq. 8's top-k for exactly these targets and references: re-sweeping that ranking gives the sweep
+    order = ranking(edit_scores(attr, targets, refs), "decrease")
+    inside = (held[1] == 1).numpy()
+    again = sweep_margins(model, cset, order, ks, {"held-out: forgotten class": (held[0][inside], held[1][inside])})
+    got = sweep[(sweep.method == "coar") & (sweep.set == "held-out: forgotten class")].sort_values("k").accuracy
+    assert np.allclose(got.to_numpy(), (again["held-out: forgotten class"] > 0).mean(1))
+    with pytest.raises(CoarError, match="class 1: .* attribution examples, 500 targets asked for"):
+        forget_class(model, cset, attr, ya, 1, val, held, ks, n_targets=500)
+
+
+def test_subpopulation_targets_are_the_worst_validation_group(exact, monkeypatch):
+    model, cset, attr, x, y, w, b = exact
+    g_all = 2 * y.numpy() + (np.random.default_rng(7).random(600) < 0.5)
+    calls = _record_draws(monkeypatch)
+    val = (x[200:400], y[200:400], g_all[200:400])
+    _, summary, _, _ = edit_subpopulation(model, cset, attr, g_all[:200], val, (x[400:], y[400:], g_all[400:]),
+                                          [0, 1, 2], n_targets=8, n_references=8, seed=0)
+    with torch.no_grad():
+        right = model(val[0]).argmax(1).numpy() == val[1].numpy()
+    worst = int(np.argmin([right[val[2] == gg].mean() for gg in range(4)]))
+    (members, targets, refs), = calls
+    assert (members == (g_all[:200] == worst)).all()
+    assert len(set(targets)) == 8 and (g_all[targets] == worst).all()
+    assert len(set(refs)) == 8 and (g_all[refs] != worst).all()
+    assert set(summary.target_group) == {f"group {worst}"}

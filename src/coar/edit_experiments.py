@@ -74,6 +74,42 @@ def _flip_index(target_margin: np.ndarray, direction: str, allowed: np.ndarray) 
     return int(idx[0]) if len(idx) else None
 
 
+def pick_targets(margins: np.ndarray, kind: str, n: int | None = None, seed: int = 0, what: str = "edit"
+                 ) -> np.ndarray:
+    """Sec. 5.1's targets among the attribution examples, from the unedited model's correct-class margins: the
+    errors (kind "fix": margin < 0) or the correctly classified examples ("induce": margin > 0); when there
+    are more than `n`, `n` of them drawn without replacement (seeded). Sorted indices."""
+    margins = np.asarray(margins)
+    if kind not in ("fix", "induce"):
+        raise CoarError(f"{what}: kind must be fix or induce to pick single-example targets, got {kind!r}")
+    found = np.nonzero(margins < 0 if kind == "fix" else margins > 0)[0]
+    if not len(found):
+        raise CoarError(f"{what}: the model has no {'misclassified' if kind == 'fix' else 'correctly classified'}"
+                        f" example among the setup's {len(margins)} examples")
+    if n is not None and len(found) > n:
+        found = np.sort(np.random.default_rng(seed).choice(found, n, replace=False))
+    return found
+
+
+def draw_references(rng: np.random.Generator, n_examples: int, target: int, n_references: int) -> np.ndarray:
+    """Sec. 5.1's references for one target: `n_references` of the other attribution examples (all of them if
+    fewer), drawn without replacement."""
+    others = np.setdiff1d(np.arange(n_examples), [target])
+    return rng.choice(others, size=min(n_references, len(others)), replace=False)
+
+
+def draw_targets(rng: np.random.Generator, members: np.ndarray, n_targets: int, n_references: int, what: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Secs. 5.2-5.3: `n_targets` targets among the attribution examples where `members` holds (the class to
+    forget, the group to raise) and `n_references` references among the others (all of them if fewer), both
+    drawn without replacement, targets first."""
+    members = np.asarray(members, bool)
+    mine, others = np.nonzero(members)[0], np.nonzero(~members)[0]
+    if len(mine) < n_targets:
+        raise CoarError(f"{what}: {len(mine)} attribution examples, {n_targets} targets asked for")
+    return rng.choice(mine, n_targets, replace=False), rng.choice(others, min(n_references, len(others)), replace=False)
+
+
 def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Attributions, x: torch.Tensor,
                          y: torch.Tensor, targets: Sequence[int], validation: tuple[torch.Tensor, torch.Tensor],
                          heldout: tuple[torch.Tensor, torch.Tensor], ks: Sequence[int], direction: str = "increase",
@@ -101,8 +137,7 @@ def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Att
     held_y = heldout[1].cpu().numpy()
     for t in tqdm(list(targets), desc=experiment, disable=not progress):
         rng = np.random.default_rng([seed, int(t)])
-        others = np.setdiff1d(np.arange(n), [t])
-        refs = rng.choice(others, size=min(n_references, len(others)), replace=False)
+        refs = draw_references(rng, n, int(t), n_references)
         orders = {"coar": ranking(edit_scores(attributions, [t], refs), direction),
                   "random": rng.permutation(cset.size)}
         sets = {"target": (x[[t]], y[[t]]), "reference": (x[refs], y[refs]), "validation": validation,
@@ -153,11 +188,7 @@ def forget_class(model: nn.Module, cset: ComponentSet, attributions: Attribution
     ks = _check_ks(ks, cset.size)
     y_attr = np.asarray(y_attr)
     rng = np.random.default_rng([seed, cls])
-    mine, others = np.nonzero(y_attr == cls)[0], np.nonzero(y_attr != cls)[0]
-    if len(mine) < n_targets:
-        raise CoarError(f"class {cls}: {len(mine)} attribution examples, {n_targets} targets asked for")
-    targets = rng.choice(mine, n_targets, replace=False)
-    refs = rng.choice(others, min(n_references, len(others)), replace=False)
+    targets, refs = draw_targets(rng, y_attr == cls, n_targets, n_references, f"class {cls}")
     orders = {"coar": ranking(edit_scores(attributions, targets, refs), "decrease"),
               "random": rng.permutation(cset.size)}
     name = class_names[cls] if class_names else str(cls)
@@ -242,8 +273,7 @@ def edit_subpopulation(model: nn.Module, cset: ComponentSet, attributions: Attri
         raise CoarError(f"group {names.get(target_group, target_group)}: {len(mine)} attribution examples in the "
                         f"group and {len(others)} outside it; {n_targets} targets and {n_references} references "
                         "asked for")
-    targets = rng.choice(mine, n_targets, replace=False)
-    refs = rng.choice(others, n_references, replace=False)
+    targets, refs = draw_targets(rng, groups == target_group, n_targets, n_references, f"group {target_group}")
     orders = {"coar": ranking(edit_scores(attributions, targets, refs), "increase"),
               "random": rng.permutation(cset.size)}
     sets = {**by_group("validation", validation), **by_group("held-out", heldout)}

@@ -14,8 +14,7 @@ import numpy as np  # noqa: E402
 from coar.ablation import counterfactual_outputs  # noqa: E402
 from coar.attributions import Attributions  # noqa: E402
 from coar.data.examples import Examples  # noqa: E402
-from coar.edit_experiments import edit_single_examples  # noqa: E402
-from coar.errors import CoarError  # noqa: E402
+from coar.edit_experiments import edit_single_examples, pick_targets  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
 from coar.outputs import margin  # noqa: E402
 
@@ -44,12 +43,7 @@ if e["kind"] == "subpop":  # Sec. 5.3: the worst group against the others; k cho
     sys.exit(0)
 base = counterfactual_outputs(model, cset, x, y, np.ones((1, cset.size), bool), margin, **kw)[0]
 fix = e["kind"] == "fix"
-candidates = np.nonzero(base < 0 if fix else base > 0)[0]
-if not len(candidates):
-    raise CoarError(f"edits.{sm.wildcards.edit}: the model has no {'misclassified' if fix else 'correctly classified'}"
-                    f" example among the setup's {len(base)} examples")
-if e.get("targets") is not None and len(candidates) > e["targets"]:
-    candidates = np.sort(np.random.default_rng(e["seed"]).choice(candidates, e["targets"], replace=False))
+candidates = pick_targets(base, e["kind"], e.get("targets"), e["seed"], f"edits.{sm.wildcards.edit}")
 print(f"{len(candidates)} targets of {int((base < 0).sum())} errors among {len(base)} examples")
 hx, hy = heldout
 validation, heldout = (hx[0::2], hy[0::2]), (hx[1::2], hy[1::2])  # alternate examples: two disjoint halves
