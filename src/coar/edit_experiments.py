@@ -98,15 +98,18 @@ def draw_references(rng: np.random.Generator, n_examples: int, target: int, n_re
     return rng.choice(others, size=min(n_references, len(others)), replace=False)
 
 
-def draw_targets(rng: np.random.Generator, members: np.ndarray, n_targets: int, n_references: int, what: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def draw_targets(rng: np.random.Generator, members: np.ndarray, n_targets: int, n_references: int, what: str,
+                 all_references: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Secs. 5.2-5.3: `n_targets` targets among the attribution examples where `members` holds (the class to
-    forget, the group to raise) and `n_references` references among the others (all of them if fewer), both
-    drawn without replacement, targets first."""
+    forget, the group to raise) and `n_references` references among the others, both drawn without
+    replacement, targets first. With fewer others than `n_references`, all of them are references, or, with
+    `all_references`, it is an error (subpopulations: the paper's few labelled examples per group)."""
     members = np.asarray(members, bool)
     mine, others = np.nonzero(members)[0], np.nonzero(~members)[0]
     if len(mine) < n_targets:
         raise CoarError(f"{what}: {len(mine)} attribution examples, {n_targets} targets asked for")
+    if all_references and len(others) < n_references:
+        raise CoarError(f"{what}: {len(others)} attribution examples outside it, {n_references} references asked for")
     return rng.choice(mine, n_targets, replace=False), rng.choice(others, min(n_references, len(others)), replace=False)
 
 
@@ -268,12 +271,8 @@ def edit_subpopulation(model: nn.Module, cset: ComponentSet, attributions: Attri
                 if f"validation: group {names[k]}" in base}
         target_group = min(accs, key=accs.get)
     rng = np.random.default_rng([seed, 5])
-    mine, others = np.nonzero(groups == target_group)[0], np.nonzero(groups != target_group)[0]
-    if len(mine) < n_targets or len(others) < n_references:
-        raise CoarError(f"group {names.get(target_group, target_group)}: {len(mine)} attribution examples in the "
-                        f"group and {len(others)} outside it; {n_targets} targets and {n_references} references "
-                        "asked for")
-    targets, refs = draw_targets(rng, groups == target_group, n_targets, n_references, f"group {target_group}")
+    targets, refs = draw_targets(rng, groups == target_group, n_targets, n_references,
+                                 f"group {names.get(target_group, target_group)}", all_references=True)
     orders = {"coar": ranking(edit_scores(attributions, targets, refs), "increase"),
               "random": rng.permutation(cset.size)}
     sets = {**by_group("validation", validation), **by_group("held-out", heldout)}
