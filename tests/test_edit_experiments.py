@@ -335,7 +335,7 @@ def test_subpopulation_targets_are_the_worst_validation_group(exact, monkeypatch
     assert len(set(refs)) == 8 and (g_all[refs] != worst).all()
     assert set(summary.target_group) == {f"group {worst}"}
     # the paper's few labelled examples per group: asking for more references than there are is an error, not a
-    # quietly smaller reference set (forget_class, with thousands of others, takes all of them instead)
+    # quietly smaller reference set (forget_class, without the flag, takes all of them instead)
     outside = int((g_all[:200] != worst).sum())
     with pytest.raises(CoarError, match=f"group {worst}: {outside} attribution examples outside it, 500 references"):
         edit_subpopulation(model, cset, attr, g_all[:200], val, (x[400:], y[400:], g_all[400:]), [0, 1],
