@@ -224,7 +224,7 @@ RULE_KEYS = {
     "model": ("dataset", "model", "pretrained", "num_classes", "in_channels", "image_size", "train", "seed"),
     "sample_shard": ("model", "components", "output", "scheme", "ablation", "gamma", "dtype", "precision"),
     "fit": ("regression", "lambdas"),
-    "baseline": ("model", "components", "output", "ablation", "gamma"),
+    "baseline": ("model", "components", "output", "ablation", "gamma", "baseline_options"),
     "evaluate": ("alpha_train",),
     "fig2": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
     "fig14": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
@@ -248,7 +248,7 @@ def setup_spec(setup, rule):
 
 # Top-level setup keys added after results existed: left out of the params at their null default, like the
 # nested ones above, so that finished jobs do not rerun.
-LATE_KEYS = ("precision",)
+LATE_KEYS = ("precision", "baseline_options")
 
 
 # Which setup's artifact a setup uses: a variant (`parent:`) reuses its parent's artifact of a kind when the

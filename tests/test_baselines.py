@@ -254,3 +254,16 @@ def test_compute_baseline_dispatch_and_errors(resnet):
         loo(model, cset, x, y, margin, mode="scale", gamma=1.5, progress=False)
     with pytest.raises(CoarError):
         grad_times_param(model, cset, x, y[:2], margin, progress=False)
+
+
+def test_loo_on_a_subset_measures_those_components_exactly_and_no_others(resnet, resnet_loo):
+    model, cset, x, y = resnet
+    sub = loo(model, cset, x, y, margin, n_components=7, seed=3, progress=False)
+    measured = np.asarray(sub.meta["measured"])
+    assert len(measured) == 7 and len(set(measured.tolist())) == 7
+    np.testing.assert_allclose(sub.weights[:, measured], resnet_loo["zero"].weights[:, measured], rtol=1e-5, atol=1e-6)
+    others = np.setdiff1d(np.arange(cset.size), measured)
+    assert np.all(sub.weights[:, others] == 0) and np.abs(sub.weights[:, measured]).max() > 1e-3
+    again = loo(model, cset, x, y, margin, n_components=7, seed=3, progress=False)
+    assert again.meta["measured"] == sub.meta["measured"]
+    assert "measured" not in loo(model, cset, x, y, margin, n_components=cset.size, progress=False).meta

@@ -81,3 +81,31 @@ def test_fit_on_a_prefix_of_the_masks_equals_fitting_those_masks(tmp_path):
     assert part.meta["n_masks"] == 70
     with pytest.raises(CoarError, match="only 100"):
         fit_stores(stores, max_masks=150)
+
+
+def test_fit_with_fewer_masks_than_components_uses_the_dual_form_and_equals_the_float64_min_norm_solution(tmp_path):
+    """M < C: the workflow's fit takes the M x M kernel (no C x C Gram) and gives the minimum-norm least-squares
+    solution in standardised coordinates, as numpy's float64 lstsq does."""
+    from coar.pipeline import fit_stores
+
+    rng = np.random.default_rng(5)
+    C, N, M = 60, 3, 20
+    W = rng.normal(size=(C, N))
+    stores = []
+    for shard in range(2):
+        meta = {"model_fingerprint": "m", "components_fingerprint": "c", "examples_fingerprint": "e",
+                "n_components": C, "n_examples": N, "m": M // 2, "alpha": 0.2, "seed": 1, "shard": shard,
+                "output_fn": "margin", "dtype": "float32"}
+        store = ShardStore.create_or_open(tmp_path / f"s{shard}", meta)
+        run_shard(store, lambda k: (k.astype(np.float32) @ W).astype(np.float32), progress=False)
+        stores.append(tmp_path / f"s{shard}")
+    keep, out = (np.concatenate(p) for p in zip(*load_shards(stores)))
+    attr = fit_stores(stores)
+    assert attr.meta["solver"] == "dual-eigh" and attr.meta["n_masks"] == M
+    x = keep.astype(np.float64)
+    xbar, sd = x.mean(0), x.std(0)
+    z = np.where(sd > 0, (x - xbar) / np.where(sd > 0, sd, 1), 0)
+    coef = np.linalg.lstsq(z, out - out.mean(0), rcond=None)[0]
+    ref = np.where(sd[:, None] > 0, coef / np.where(sd > 0, sd, 1)[:, None], 0)
+    np.testing.assert_allclose(attr.weights, ref.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(attr.predict(keep), out, rtol=1e-5, atol=1e-5)  # M < C: interpolates

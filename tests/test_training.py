@@ -1,5 +1,6 @@
 """Training on real data (Fashion-MNIST) on this CPU: a stated accuracy in float32 and under bfloat16
 autocast (the precision train_classifier picks on GPUs), and the checkpoint's provenance."""
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,23 @@ def test_uint8_images_standardised_per_batch_train_the_same_weights_as_a_normali
         accuracy(model, x, y)
     with pytest.raises(CoarError, match="already normalised"):
         accuracy(model, *ex.tensors(), norm=ex.norm())
+
+
+@pytest.mark.parametrize("pct_start", [0.25, 0.1])
+def test_one_cycle_runs_any_number_of_steps_with_positive_rates_up_to_the_peak(pct_start):
+    """torch's OneCycleLR divides by zero when the warm-up is exactly one step (4 steps at 0.25, 10 at 0.1)."""
+    from coar.training import one_cycle
+
+    for steps in range(1, 41):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+        sched = one_cycle(opt, 0.1, steps, pct_start)
+        used = []
+        for _ in range(steps):
+            used.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert all(0 < lr <= 0.1 + 1e-12 for lr in used), (steps, used)
+        if steps >= 12:  # a real warm-up: the rate rises to the peak, then falls
+            peak = int(np.argmax(used))
+            assert 0 < peak < steps - 1 and max(used) > 0.09

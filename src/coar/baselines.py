@@ -96,8 +96,13 @@ def _result(weights: np.ndarray, method: str, cset: ComponentSet, meta: dict) ->
 # LOO
 def loo(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor, output_fn: Callable,
         mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8,
-        progress: bool = True, chunk: int | None = None) -> Attributions:
+        progress: bool = True, chunk: int | None = None, n_components: int | None = None,
+        seed: int = 0) -> Attributions:
     """Leave-one-out: w_j = f(z, {}) - f(z, {c_j}) for every component j and example z.
+
+    n_components: measure only this many components, drawn at random (seeded); the others get 0 and the
+    result's meta lists the measured ones ("measured"). It bounds the cost (one forward pass per component and
+    example) where a full leave-one-out is not affordable; None measures every component.
 
     This is the NEGATIVE of the paper's ablation effect f(z, {c_j}) - f(z, {}) (App. A.3), because the
     weights are coefficients on the keep indicator (see the module docstring). Uses C + 1 masked forwards
@@ -109,17 +114,24 @@ def loo(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: tor
     C, N = cset.size, len(inputs)
     chunk = int(chunk) if chunk else max(int(masks_per_pass), 256)
     kw = dict(output_fn=output_fn, mode=mode, gamma=gamma, batch_size=batch_size, masks_per_pass=masks_per_pass)
+    if n_components is not None and not 1 <= int(n_components):
+        raise CoarError(f"n_components must be at least 1, got {n_components}")
+    measured = np.arange(C) if n_components is None or n_components >= C else np.sort(
+        np.random.default_rng(seed).choice(C, int(n_components), replace=False))
     full = counterfactual_outputs(model, cset, inputs, targets, np.ones((1, C), dtype=bool), **kw)[0]  # [N]
-    weights = np.empty((N, C), dtype=np.float32)
-    with tqdm(total=C, desc="leave-one-out", disable=not progress, leave=False) as bar:
-        for start in range(0, C, chunk):
-            idx = np.arange(start, min(start + chunk, C))
+    weights = np.zeros((N, C), dtype=np.float32)
+    with tqdm(total=len(measured), desc="leave-one-out", disable=not progress, leave=False) as bar:
+        for start in range(0, len(measured), chunk):
+            idx = measured[start:start + chunk]
             keep = np.ones((len(idx), C), dtype=bool)
             keep[np.arange(len(idx)), idx] = False
             out = counterfactual_outputs(model, cset, inputs, targets, keep, **kw)  # [len(idx), N]
             weights[:, idx] = (full[None, :] - out).T
             bar.update(len(idx))
-    return _result(weights, "loo", cset, {"mode": mode, "gamma": gamma if mode == "scale" else 0.0})
+    meta = {"mode": mode, "gamma": gamma if mode == "scale" else 0.0}
+    if len(measured) < C:
+        meta.update(measured=measured.tolist(), seed=int(seed))
+    return _result(weights, "loo", cset, meta)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -83,6 +83,17 @@ def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequen
     if not paths:
         raise CoarError("no mask stores given to fit")
     meta = read_meta(paths[0])
+    fp = meta["components_fingerprint"]
+    total = sum(int(read_meta(p)["m"]) for p in paths)
+    m = total if max_masks is None else min(max_masks, total)
+    if method == "ols" and m >= 2 and regression.memory_plan(m, meta["n_components"], meta["n_examples"])["chosen"] == "dual":
+        # fewer masks than components: the M x M kernel instead of the C x C Gram (the same minimum-norm fit)
+        if max_masks is not None and total < max_masks:
+            raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {total}")
+        keep, y = (np.concatenate(parts)[:m] for parts in zip(*load_shards(paths)))
+        attr = regression.fit_dual(keep, y, standardize=standardize, components=fp, device=device)
+        attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"))
+        return attr
     acc = regression.GramAccumulator(meta["n_components"], meta["n_examples"], device=device)
     for keep, y in load_shards(paths):
         if max_masks is not None:
@@ -92,7 +103,6 @@ def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequen
         acc.add(keep, y)
     if max_masks is not None and acc.m < max_masks:
         raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {acc.m}")
-    fp = meta["components_fingerprint"]
     if method == "ols":
         attr = regression.fit_ols(acc, standardize=standardize, components=fp, device=device)
     elif method == "ridge":

@@ -18,6 +18,20 @@ from tqdm.auto import tqdm
 from .errors import CoarError, StoreError
 
 
+
+def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int, pct_start: float):
+    """Linear one-cycle schedule over `steps` optimizer steps, for any number of steps. torch's OneCycleLR
+    divides by the warm-up's length in steps minus one, so a warm-up of exactly one step (4 steps at
+    pct_start 0.25, 10 at 0.1) raises ZeroDivisionError; such a warm-up is lengthened to two steps."""
+    if steps < 1:
+        raise CoarError(f"training needs at least one optimizer step, got {steps}")
+    if float(pct_start * steps) - 1 == 0 and steps > 2:
+        pct_start = 2 / steps
+    elif float(pct_start * steps) - 1 == 0:  # 1 step at pct_start 1, or 2 at 0.5: no warm-up phase
+        pct_start = 0.5 / steps
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start,
+                                               anneal_strategy="linear")
+
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 2, flip: bool = True) -> torch.Tensor:
     """Random translation by up to `pad` pixels (zero padding) and horizontal flips, batched."""
     n, _, h, w = x.shape
@@ -89,8 +103,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     steps = epochs * ((len(x) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25,
-                                                anneal_strategy="linear")
+    sched = one_cycle(opt, lr, steps, 0.25)
     start = time.time()
     losses = []
     bar = tqdm(total=steps, desc="train", disable=not progress, leave=False)
@@ -127,8 +140,7 @@ def train_language_model(model: nn.Module, tokens: torch.Tensor, steps: int = 10
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1,
-                                                anneal_strategy="linear")
+    sched = one_cycle(opt, lr, steps, 0.1)
     offsets = torch.arange(length + 1)
     start, losses = time.time(), []
     model.train()

@@ -17,7 +17,11 @@ x, y = Examples.load(sm.input.examples).tensors(device)
 kw = {"batch_size": res.get("batch_size", 32)}
 if method in ("loo", "gp"):
     kw.update(mode=spec["ablation"], gamma=spec["gamma"])
+options = spec.get("baseline_options") or {}  # cost bounds (null: the paper's full baselines)
 if method == "loo":
     kw["masks_per_pass"] = res.get("masks_per_pass", 8)
+    kw["n_components"] = options.get("loo_components")
+if method in ("nc", "ii") and options.get("n_steps"):
+    kw["n_steps"] = options["n_steps"]
 attr = compute_baseline(method, model, cset, x, y, get_output_fn(spec["output"]), **kw)
 attr.save(sm.output[0])
