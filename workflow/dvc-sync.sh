@@ -12,6 +12,7 @@
 #
 #   bash workflow/dvc-sync.sh default    # the default preset (outputs in ./)
 #   bash workflow/dvc-sync.sh test       # the CI preset (outputs in runs/test/)
+#   bash workflow/dvc-sync.sh paper      # the paper preset (outputs in runs/paper/)
 set -euo pipefail
 stage=${1:-default}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,6 +29,8 @@ case "$stage" in
   default) "$bin/snakemake" --cores 1 --touch --forceall --quiet all ;;
   test) (cd runs/test && "$bin/snakemake" --snakefile ../../Snakefile --configfile=../../config/test.yaml \
           --cores 1 --touch --forceall --quiet all) ;;
-  *) echo "dvc-sync: unknown stage '$stage' (default | test)" >&2; exit 2 ;;
+  paper) (cd runs/paper && "$bin/snakemake" --snakefile ../../Snakefile --configfile=../../config/paper.yaml \
+          --cores 1 --touch --forceall --quiet all) ;;
+  *) echo "dvc-sync: unknown stage '$stage' (default | test | paper)" >&2; exit 2 ;;
 esac
 echo "dvc-sync: outputs of stage '$stage' marked up to date; 'snakemake -n' now has nothing to do."

@@ -44,4 +44,6 @@ def provenance(preset, setups) -> str:
         ablation = f", {v['ablation']} ablation (gamma {v['gamma']:g})" if v.get("ablation") == "scale" else ""
         parts.append(f"{name}: {v['model']} on {v['dataset']}, {v['masks']:,} masks at alpha {v['alpha_train']:g}"
                      f"{ablation}, {v['examples'].get('n') or 'all'} {v['examples']['split']} examples")
-    return f"preset: {preset} | " + " | ".join(parts) + f" | coar {coar.__version__}"
+    warning = ("REHEARSAL on miniature fake data with random weights, not results | "
+               if "rehearsal" in str(preset) else "")  # workflow/rehearsal/preset.py names its preset so
+    return f"{warning}preset: {preset} | " + " | ".join(parts) + f" | coar {coar.__version__}"
