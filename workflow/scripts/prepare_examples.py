@@ -17,6 +17,7 @@ if "n" in sm.wildcards.keys():
     n, offset = int(sm.wildcards.n), ex_spec["n"]
 ex = make_examples(spec["dataset"], ex_spec["split"], n, spec["seed"] + 1,
                    dataset_root(spec["dataset"], sm.params.data_root, sm.params.download_root, sm.params.imagenet_root),
-                   ex_spec.get("every"), ex_spec.get("corruption"), ex_spec.get("length"), offset, ex_spec.get("trigger"))
+                   ex_spec.get("every"), ex_spec.get("corruption"), ex_spec.get("length"), offset, ex_spec.get("trigger"),
+                   ex_spec.get("whole_classes") or ())
 ex.save(sm.output[0])
 print(f"{len(ex)} {spec['dataset']} {ex_spec['split']} examples, fingerprint {ex.fingerprint()}")

@@ -187,8 +187,9 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     random word per photo (meta "attack_words"), as the paper's targets (App. D.5).
 
     whole_classes: every example of these classes is added to the n drawn (the shifted sets a forgotten class
-    is evaluated on, Sec. 5.2). The result is in dataset order; its meta lists the dataset indices and which
-    examples were drawn ("drawn"), so the other classes can be scored on the random draw alone.
+    is evaluated on, Sec. 5.2; with an offset, to the held-out draw too, as at the paper's scale, where the
+    setup's examples and its held-out ones are both the whole split). The result is in dataset order; its
+    meta lists the dataset indices and which examples were drawn ("drawn"), so the other classes can be scored on the random draw alone.
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
@@ -247,8 +248,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
                             "are available")
         idx = np.sort(np.random.default_rng(seed).permutation(idx)[offset:offset + n])
     if len(whole_classes):
-        if trigger is not None or offset:
-            raise CoarError("whole_classes does not combine with a trigger or an offset")
+        if trigger is not None:
+            raise CoarError("whole_classes does not combine with a trigger")
         extra = np.flatnonzero(np.isin(labels, np.asarray(whole_classes)))
         if not len(extra):
             raise CoarError(f"{dataset} {split} has no examples of the classes {list(whole_classes)}")
