@@ -189,7 +189,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     whole_classes: every example of these classes is added to the n drawn (the shifted sets a forgotten class
     is evaluated on, Sec. 5.2; with an offset, to the held-out draw too, as at the paper's scale, where the
     setup's examples and its held-out ones are both the whole split). The result is in dataset order; its
-    meta lists the dataset indices and which examples were drawn ("drawn"), so the other classes can be scored on the random draw alone.
+    meta lists the dataset indices and which examples were drawn ("drawn"), so the other classes can be
+    scored on the random draw alone.
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
