@@ -23,6 +23,8 @@ kw = dict(m=st["m"], alpha=st["alpha"], seed=st["seed"], shard=st["shard"], outp
           scheme=spec["scheme"], ablation=spec["ablation"], gamma=spec["gamma"], dtype=spec["dtype"],
           precision=spec.get("precision") or "float32",
           batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8), device=device)
+print(f"sampling on {device}: {kw['batch_size']} examples x {kw['masks_per_pass']} masks per pass, "
+      f"{kw['precision']}")
 if os.path.isdir(sm.params.store):  # a killed or failed earlier attempt: its finished rows are kept
     try:
         with ShardStore.open(sm.params.store, readonly=True) as old:
