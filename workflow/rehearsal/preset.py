@@ -37,6 +37,9 @@ CHANGES = [
     ("setups.*.examples.length", "at most 16 tokens", "size: sequence length"),
     ("setups.*.train", "1 epoch, at most 64 images, batches of at most 16, at most 6 language-model steps",
      "size: training (a run of a few optimizer steps, as a small fine-tuning would have)"),
+    ("setups.*.train.lr", "scaled with the batch size (times 16/512 where the batch shrinks from 512 to 16)",
+     "the linear scaling rule: a 512-image batch's learning rate on 16 images diverges (the CIFAR ResNet's "
+     "logits reached 1e6 in 4 steps, which overflow the float16 mask stores)"),
     ("setups.*.baseline_options", "leave-one-out on 8 components; NC and II on 3 layers with 2 integration steps",
      "size: leave-one-out costs one forward pass per component and example (22,720 for ResNet-50, 82,944 for "
      "ViT-B/16), NC and II a forward and backward pass per layer and integration step (49 layers of ResNet-50: "
@@ -78,7 +81,10 @@ def derive(paper: dict, fixtures: str | Path) -> dict:
         if "train" in s:
             t = s["train"]
             t["epochs"] = EPOCHS
+            batch = t.get("batch_size")
             _at_most(t, "batch_size", BATCH, null_means_all=True)
+            if batch and t.get("lr") and t["batch_size"] < batch:  # the linear scaling rule
+                t["lr"] = t["lr"] * t["batch_size"] / batch
             _at_most(t, "steps", LM_STEPS)
             if "steps" not in t:  # language models: the trainer's default number of steps is 1,000
                 t["n_train"] = N_TRAIN if t.get("n_train") is None else min(t["n_train"], N_TRAIN)
