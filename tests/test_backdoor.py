@@ -102,24 +102,33 @@ def test_cifar10_backdoor_poisons_half_the_airplanes_with_a_blue_square(tmp_path
     assert np.array_equal(xt, batches["test_batch"][0]) and np.array_equal(yt, batches["test_batch"][1])
 
 
-def test_cifar10_files_failing_torchvisions_md5_are_reported_never_used(tmp_path, monkeypatch):
-    """The same files with torchvision's MD5 check in force: they are not the published batches, so loading
-    refuses them (download disabled), and with download allowed a failed re-fetch is reported, naming the
-    directory; nothing is returned either way."""
+def test_cifar10_placed_copy_is_recorded_at_first_use_and_a_changed_file_is_never_used(tmp_path, monkeypatch):
+    """A placed copy (not the published batches: torchvision's MD5 check would refuse it) is read by
+    coar.data.cifar and its files' SHA-256 recorded; a file changed since is reported, never used. An
+    incomplete folder is reported (download disabled), and with download allowed a failed fetch is reported,
+    naming the directory."""
     import urllib.request
 
     from coar.data.registry import load_images
 
     root = tmp_path / "cifar10"
-    _write_cifar10(root)
-    with pytest.raises(CoarError, match=rf"CIFAR-10 could not be loaded.*{root.name}.*corrupted"):
+    batches = _write_cifar10(root)
+    x, y = load_images("cifar10", "test", root, download=False)
+    assert np.array_equal(x, batches["test_batch"][0]) and np.array_equal(y, batches["test_batch"][1])
+    assert (root / "cifar-10-batches-py" / "data_batch_3.sha256").is_file()
+    with open(root / "cifar-10-batches-py" / "data_batch_3", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(CoarError, match=r"data_batch_3 is corrupted or was modified"):
+        load_images("cifar10", "test", root, download=False)
+    (root / "cifar-10-batches-py" / "data_batch_3").unlink()
+    with pytest.raises(CoarError, match=rf"CIFAR-10 could not be loaded from {root}.*data_batch_3"):
         load_images("cifar10", "test", root, download=False)
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network in this test")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(CoarError, match=rf"CIFAR-10 could not be loaded from or downloaded into {root}"):
+    with pytest.raises(CoarError, match=rf"CIFAR-10 could not be downloaded from .* into {root}"):
         load_images("cifar10", "train", root, download=True)
 
 

@@ -267,3 +267,23 @@ def test_loo_on_a_subset_measures_those_components_exactly_and_no_others(resnet,
     again = loo(model, cset, x, y, margin, n_components=7, seed=3, progress=False)
     assert again.meta["measured"] == sub.meta["measured"]
     assert "measured" not in loo(model, cset, x, y, margin, n_components=cset.size, progress=False).meta
+
+
+@pytest.mark.parametrize("fn", [neuron_conductance, internal_influence])
+def test_nc_ii_on_a_subset_of_layers_equal_the_full_run_on_those_layers(resnet, fn):
+    model, cset, x, y = resnet
+    full = fn(model, cset, x, y, margin, n_steps=3, progress=False)
+    sub = fn(model, cset, x, y, margin, n_steps=3, n_groups=2, progress=False)
+    names = [g.module for g in cset.groups]
+    assert sub.meta["measured_groups"] == [names[0], names[-1]]  # evenly spaced: the first and the last
+    for gi, group in enumerate(cset.groups):
+        cols = cset.group_range(gi)
+        if group.module in sub.meta["measured_groups"]:
+            np.testing.assert_allclose(sub.weights[:, cols], full.weights[:, cols], rtol=1e-5, atol=1e-7)
+            assert np.abs(sub.weights[:, cols]).max() > 0
+        else:
+            assert np.all(sub.weights[:, cols] == 0)
+    assert "measured_groups" not in fn(model, cset, x, y, margin, n_steps=3, n_groups=len(names),
+                                       progress=False).meta
+    with pytest.raises(CoarError, match="n_groups must be at least 1"):
+        fn(model, cset, x, y, margin, n_groups=0, progress=False)

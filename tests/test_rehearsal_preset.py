@@ -72,7 +72,8 @@ def test_a_setup_added_to_the_paper_preset_is_rehearsed(tmp_path):
     r = preset.derive(paper, tmp_path)["setups"]["NEW"]
     assert (r["masks"], r["shards"], r["test_masks"], r["examples"]["n"]) == (16, 2, 6, preset.EXAMPLES)
     assert r["train"] == {"epochs": 1, "batch_size": 16, "n_train": 64}
-    assert r["baseline_options"] == {"loo_components": preset.LOO_COMPONENTS, "n_steps": preset.IG_STEPS}
+    assert r["baseline_options"] == {"loo_components": preset.LOO_COMPONENTS, "n_steps": preset.IG_STEPS,
+                                   "groups": preset.IG_GROUPS}
 
 
 def test_the_written_preset_lists_its_differences(tmp_path, capsys):

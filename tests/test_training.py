@@ -96,3 +96,30 @@ def test_one_cycle_runs_any_number_of_steps_with_positive_rates_up_to_the_peak(p
         if steps >= 12:  # a real warm-up: the rate rises to the peak, then falls
             peak = int(np.argmax(used))
             assert 0 < peak < steps - 1 and max(used) > 0.09
+
+
+@pytest.mark.parametrize("arch,kwargs,shape", [
+    ("resnet_tiny", {"num_classes": 10, "in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
+    ("vit_tiny", {"num_classes": 10, "in_channels": 1, "image_size": 28}, (2, 1, 28, 28)),
+    ("resnet50", {"num_classes": 1000, "image_size": 224}, (1, 3, 224, 224)),
+])
+def test_a_checkpoint_loads_without_random_init_into_the_same_model(tmp_path, arch, kwargs, shape):
+    """load_checkpoint builds on the meta device and assigns the saved tensors: the same parameters, buffers
+    and outputs as building the model and loading its state the ordinary way, with nothing left on meta."""
+    from coar.training import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model(arch, **kwargs).eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so buffers matter
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    save_checkpoint(tmp_path / "m.pt", model, arch, kwargs)
+    loaded, _ = load_checkpoint(tmp_path / "m.pt")
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
+    ref, got = model.state_dict(), loaded.state_dict()
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert not loaded.training

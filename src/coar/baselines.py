@@ -217,8 +217,17 @@ def grad_times_param(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor,
 
 # --------------------------------------------------------------------------------------------------
 # NC / II (Captum)
+def _measured_groups(n_groups_total: int, n_groups: int | None) -> list[int]:
+    """Every group (None), or n_groups of them evenly spaced from the first to the last."""
+    if n_groups is None or n_groups >= n_groups_total:
+        return list(range(n_groups_total))
+    if int(n_groups) < 1:
+        raise CoarError(f"n_groups must be at least 1 (or None for every group), got {n_groups}")
+    return sorted({int(round(v)) for v in np.linspace(0, n_groups_total - 1, int(n_groups))})
+
+
 def _captum_layer_scores(kind: str, model, cset, inputs, targets, output_fn, n_steps, batch_size,
-                         internal_batch_size, method, progress) -> Attributions:
+                         internal_batch_size, method, progress, n_groups=None) -> Attributions:
     _check_inputs(cset, inputs, targets)
     _check_eval(model)
     if not torch.is_tensor(inputs) or not inputs.is_floating_point():
@@ -241,7 +250,8 @@ def _captum_layer_scores(kind: str, model, cset, inputs, targets, output_fn, n_s
     N = len(inputs)
     weights = np.zeros((N, cset.size), dtype=np.float32)
     modules = [_hook_module(model, g) for g in cset.groups]
-    steps = [(gi, j) for gi in range(len(cset.groups)) for j in range(0, N, batch_size)]
+    measured = _measured_groups(len(cset.groups), n_groups)
+    steps = [(gi, j) for gi in measured for j in range(0, N, batch_size)]
     for gi, j in tqdm(steps, desc=kind, disable=not progress, leave=False):
         group, module = cset.groups[gi], modules[gi]
         x = inputs[j: j + batch_size].to(device)
@@ -253,30 +263,35 @@ def _captum_layer_scores(kind: str, model, cset, inputs, targets, output_fn, n_s
             attr = attr[0]
         s = _per_feature(attr.detach().float(), _feature_dim(module), group.width, len(x), group.module)
         weights[j: j + len(x), cset.group_range(gi)] = _per_unit(s, group).cpu().numpy()
-    return _result(weights, kind, cset, {"n_steps": n_steps, "method": method, "baseline": "zeros"})
+    meta = {"n_steps": n_steps, "method": method, "baseline": "zeros"}
+    if len(measured) < len(cset.groups):
+        meta["measured_groups"] = [cset.groups[gi].module for gi in measured]
+    return _result(weights, kind, cset, meta)
 
 
 def neuron_conductance(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                        output_fn: Callable, n_steps: int = 20, batch_size: int = 64,
                        internal_batch_size: int | None = None, method: str = "gausslegendre",
-                       progress: bool = True) -> Attributions:
+                       progress: bool = True, n_groups: int | None = None) -> Attributions:
     """Neuron conductance [DSY18] via captum.attr.LayerConductance on each group's module.
 
     forward_func is f(z) (output_fn on the logits with the example's target), baseline input zeros. The layer's
     output (site "output") or input (site "input", attribute_to_layer_input=True) conductance is summed over
     positions to one score per feature and over a unit's block. Continuous inputs only (CoarError otherwise).
+    n_groups: attribute only this many component groups (layers), evenly spaced; the others get 0 and meta
+    lists the measured ones (a cost bound: each group costs a forward and backward pass per integration step).
     """
     return _captum_layer_scores("nc", model, cset, inputs, targets, output_fn, n_steps, batch_size,
-                                internal_batch_size, method, progress)
+                                internal_batch_size, method, progress, n_groups)
 
 
 def internal_influence(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                        output_fn: Callable, n_steps: int = 20, batch_size: int = 64,
                        internal_batch_size: int | None = None, method: str = "gausslegendre",
-                       progress: bool = True) -> Attributions:
+                       progress: bool = True, n_groups: int | None = None) -> Attributions:
     """Internal influence [LSD+18] via captum.attr.InternalInfluence; aggregation as in neuron_conductance."""
     return _captum_layer_scores("ii", model, cset, inputs, targets, output_fn, n_steps, batch_size,
-                                internal_batch_size, method, progress)
+                                internal_batch_size, method, progress, n_groups)
 
 
 _FUNCS = {"loo": loo, "gp": grad_times_param, "nc": neuron_conductance, "ii": internal_influence}

@@ -23,5 +23,7 @@ if method == "loo":
     kw["n_components"] = options.get("loo_components")
 if method in ("nc", "ii") and options.get("n_steps"):
     kw["n_steps"] = options["n_steps"]
+if method in ("nc", "ii"):
+    kw["n_groups"] = options.get("groups")
 attr = compute_baseline(method, model, cset, x, y, get_output_fn(spec["output"]), **kw)
 attr.save(sm.output[0])

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from coar.data.examples import Examples  # noqa: E402
 from coar.data.registry import dataset_root, group_names, make_examples  # noqa: E402
-from coar.models import build_model, replace_head  # noqa: E402
+from coar.models import architecture, build_model, replace_head  # noqa: E402
 from coar.training import accuracy, save_checkpoint, train_classifier  # noqa: E402
 
 spec = sm.params.spec
@@ -29,8 +29,10 @@ if spec["model"] == "clip_zeroshot":  # zero-shot CLIP over the dataset's class 
     names = class_names(spec["dataset"], root)
     model, info = build_zero_shot_clip(names), {"source": "published weights", "class_names": names}
     kwargs["num_classes"] = len(names)
+    kwargs.update(architecture(model))  # the hub's configuration, which the checkpoint loads into
 elif spec["pretrained"]:
     model, info = build_model(spec["model"], pretrained=True, **kwargs), {"source": "published weights"}
+    kwargs.update(architecture(model))
 elif spec["dataset"] == "os-text":  # the byte-level LM of the offline text stand-in
     from coar.data.text import load_corpus, text_examples
     from coar.training import language_model_loss, train_language_model

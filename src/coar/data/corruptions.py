@@ -69,13 +69,25 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
 
 
 def download_cifar10c(root: str | Path) -> Path:
-    """Fetch and unpack CIFAR-10-C into <root>/CIFAR-10-C (about 2.9 GB); returns that directory."""
-    from torchvision.datasets.utils import download_and_extract_archive
+    """Fetch and unpack CIFAR-10-C into <root>/CIFAR-10-C (about 2.9 GB); returns that directory. The archive
+    comes from COAR_DATA_MIRROR when it is set (and is checked against its SHA256SUMS when that lists it)."""
+    from torchvision.datasets.utils import download_url, extract_archive
+
+    from .mirror import check_mirrored, download, mirror_base, mirrored
 
     root = Path(root)
     target = root / "CIFAR-10-C"
     if not (target / "labels.npy").exists():
-        download_and_extract_archive(CIFAR10C_URL, str(root), filename="CIFAR-10-C.tar", remove_finished=True)
+        archive = root / "CIFAR-10-C.tar"
+        try:
+            if mirror_base() is None:
+                download_url(CIFAR10C_URL, str(root), filename=archive.name)
+            else:  # torchvision's downloader cannot read file:// URLs
+                download(CIFAR10C_URL, archive)
+        except Exception as exc:
+            raise CoarError(f"downloading {mirrored(CIFAR10C_URL)} into {root} failed: {exc!r}") from exc
+        check_mirrored(CIFAR10C_URL, archive)
+        extract_archive(str(archive), str(root), remove_finished=True)
     return target
 
 

@@ -237,9 +237,10 @@ def read_boolq(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _download_boolq(target: Path, url: str, expected: int | None) -> None:
+def _download_boolq(target: Path, url: str, expected: int | None, sha256: str | None = None) -> None:
     """Stream `url` into a temporary sibling of `target`, validate it (complete lines, `expected` records,
-    Content-Length if sent) and only then move it to `target`; on any failure the temporary file is removed."""
+    Content-Length if sent, `sha256` when given) and only then move it to `target`; on any failure the temporary
+    file is removed."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     manual = (f"download {url} on a machine with network access and put it at {target} "
@@ -258,18 +259,41 @@ def _download_boolq(target: Path, url: str, expected: int | None) -> None:
             raise CoarError(f"could not download BoolQ from {url} ({type(exc).__name__}: {exc}); {manual}") from exc
         if size is not None and int(size) != got:
             raise CoarError(f"BoolQ download {tmp} is incomplete: {got} of {size} bytes; {manual}")
+        if sha256 is not None:
+            from .images import sha256_file
+
+            found = sha256_file(tmp)
+            if found != sha256:
+                raise CoarError(f"BoolQ download from {url} failed verification: expected SHA-256 {sha256} (the "
+                                f"mirror's SHA256SUMS), found {found}; {manual}")
         records = read_boolq(tmp)
         if expected is not None and len(records) != expected:
-            raise CoarError(f"BoolQ download {tmp} has {len(records)} examples, the release has {expected}; {manual}")
+            source = "the release has" if url == BOOLQ_URL else "its mirror says it has"
+            raise CoarError(f"BoolQ download {tmp} has {len(records)} examples, {source} {expected}; {manual}")
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
+def mirror_count(url: str) -> int:
+    """The number of records a mirror of BoolQ says its copy at `url` has: the integer in `<url>.count`. A mirror
+    (a local or test copy, see coar.data.mirror) need not hold the release's 3,270 records, so its download is
+    checked against the count the mirror publishes beside the file instead."""
+    count_url = url + ".count"
+    try:
+        with urllib.request.urlopen(count_url, timeout=60) as resp:
+            text = resp.read().decode("utf-8").strip()
+        return int(text)
+    except Exception as exc:
+        raise CoarError(f"BoolQ mirror: could not read the number of records of {url} from {count_url} "
+                        f"({type(exc).__name__}: {exc}); a mirror publishes it there as one integer") from exc
+
+
 def find_boolq(root: str | os.PathLike | None = None, download: bool = True) -> Path:
     """Path of BoolQ's dev.jsonl: `root` itself if it is a file, else `root/dev.jsonl` (root defaults to
-    data/raw/boolq), downloaded there from the original release when missing and download is allowed."""
+    data/raw/boolq), downloaded there from the original release (or from the mirror that COAR_DATA_MIRROR
+    names, checked against the record count it publishes: mirror_count) when missing and download is allowed."""
     from .images import check_recorded
 
     r = Path(root) if root is not None else BOOLQ_DEFAULT_ROOT
@@ -285,7 +309,11 @@ def find_boolq(root: str | os.PathLike | None = None, download: bool = True) -> 
         raise CoarError(f"BoolQ validation file not found at {target} (download disabled); download {BOOLQ_URL} "
                         f"on a machine with network access and put it there, or pass root= a directory "
                         f"containing {BOOLQ_FILE}")
-    _download_boolq(target, BOOLQ_URL, BOOLQ_DEV_SIZE)
+    from .mirror import mirror_sha256, mirrored
+
+    url = mirrored(BOOLQ_URL)  # the release, or the same file name under COAR_DATA_MIRROR
+    # a mirror's SHA256SUMS, when it lists dev.jsonl, is checked too
+    _download_boolq(target, url, BOOLQ_DEV_SIZE if url == BOOLQ_URL else mirror_count(url), mirror_sha256(BOOLQ_URL))
     return check_recorded(target, refetch)
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CoarError
-from .images import download_verified, extract_into_place, unsafe_member
+from .images import extract_into_place, unsafe_member
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # ImageFolder's
 SKETCH_URL = "https://huggingface.co/datasets/songweig/imagenet_sketch/resolve/main/data/ImageNet-Sketch.zip"
@@ -183,7 +183,9 @@ def ensure_sketch(root: str | os.PathLike, download: bool = True) -> Path:
     if not download:
         raise CoarError(f"ImageNet-Sketch not found at {final}. Download ImageNet-Sketch.zip ({SKETCH_URL}, or "
                         f"from {SKETCH_PROJECT}) and unzip it in {root} so that {final}/n01440764/ exists")
-    archive = download_verified(SKETCH_URL, root / "ImageNet-Sketch.zip")
+    from .mirror import download
+
+    archive = download(SKETCH_URL, root / "ImageNet-Sketch.zip")  # from COAR_DATA_MIRROR when it is set
 
     def locate(tmp: Path) -> Path:
         if not (tmp / "sketch").is_dir():

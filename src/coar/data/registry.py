@@ -1,7 +1,8 @@
 """One entry point for every image dataset the workflow uses: uint8 images [N, C, H, W] and int64 labels.
 
 fashion-mnist  offline (Debian's package, COAR_FASHION_MNIST, or torchvision's download)
-cifar10        torchvision's download (MD5-checked by torchvision) into `root`
+cifar10        the python release under `root`: a placed copy (checked, its SHA-256 recorded at first use) or
+               torchvision's download (MD5-checked); coar.data.cifar
 *-backdoor     the base dataset with a trigger on half of one class's training images (coar.data.backdoor)
 tinystories    GPT-2 tokens of TinyStories validation stories (Hugging Face hub); boolq: Phi-2 prompts of
                BoolQ's dev set (its release URL); both in coar.data.hf_text
@@ -161,15 +162,12 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
         from .backdoor import load_backdoored
 
         return load_backdoored(dataset, split, root, download)[:2]
-    if dataset == "cifar10":
-        from torchvision.datasets import CIFAR10
+    if dataset == "cifar10":  # a placed copy of the python release, or torchvision's download (coar.data.cifar)
+        from .cifar import load_cifar10
 
-        target = Path(root or "data/raw/cifar10")
-        try:
-            ds = CIFAR10(str(target), train=split == "train", download=download)
-        except Exception as exc:
-            raise CoarError(f"CIFAR-10 could not be loaded from or downloaded into {target}: {exc}") from exc
-        return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets, dtype=np.int64)
+        if split not in ("train", "test"):
+            raise CoarError(f"CIFAR-10 has the splits train and test, not {split!r}")
+        return load_cifar10(split, Path(root or "data/raw/cifar10"), download)
     from .images import decode_images  # imagenet and its shifts: every image of the split, decoded
 
     paths, labels, _ = _file_index(dataset, split, root, download)

@@ -3,10 +3,13 @@
 build_model(name, pretrained=False) returns a model in eval mode whose attention (if any) has explicit hook
 sites (see attention.make_hookable). Pretrained loading uses the real hubs (torchvision / Hugging Face) and
 fails with a clear error when offline. device="meta" builds shapes only (for counting components).
+config= (from architecture(model)) rebuilds a hub model's own shape, as the hub configured it, for loading
+a checkpoint of its weights.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 
 import torch
 from torch import nn
@@ -52,16 +55,46 @@ def _hf_config(name: str):
 
 
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-                pretrained: bool = False, device: str | torch.device | None = None) -> nn.Module:
+                pretrained: bool = False, device: str | torch.device | None = None,
+                config: dict | None = None) -> nn.Module:
+    """config: the architecture(model) of a Hugging Face or zero-shot CLIP model (random init of that shape,
+    not the registry's default one; pretrained models come with the hub's)."""
     if name not in MODELS:
         raise CoarError(f"unknown model {name!r}; known models: {', '.join(MODELS)}")
+    if config is not None and (pretrained or name not in HF_ARCHITECTURES):
+        raise CoarError(f"config= gives the architecture of a checkpoint of {', '.join(sorted(HF_ARCHITECTURES))}; "
+                        f"not usable for {name!r}" + (" with pretrained=True" if pretrained else ""))
     ctx = torch.device(device) if device is not None else contextlib.nullcontext()
     with ctx:
-        model = _build(name, num_classes, in_channels, image_size, pretrained)
+        model = _build(name, num_classes, in_channels, image_size, pretrained, config)
     return make_hookable(model).eval()
 
 
-def _build(name, num_classes, in_channels, image_size, pretrained):
+# models whose shape is the hub's configuration, not fixed by (name, num_classes, in_channels, image_size)
+HF_ARCHITECTURES = TEXT_MODELS | {"clip_vit_b_16", "clip_zeroshot"}
+
+
+def architecture(model: nn.Module) -> dict:
+    """build_model kwargs that rebuild `model`'s shape: {"config": <the Hugging Face config as JSON data>} for
+    a Hugging Face model, {"config": {"vision_config": ..., "projection_dim": ...}} for a ZeroShotCLIP, {} for
+    any other (its registry name and kwargs determine it). The training rule stores these with a checkpoint of
+    published weights, so the checkpoint loads whatever configuration the hub held (the released one, or a
+    rehearsal's tiny stand-in)."""
+    from .clip_zeroshot import ZeroShotCLIP
+
+    def as_json(cfg) -> dict:
+        return json.loads(cfg.to_json_string(use_diff=False))
+
+    if isinstance(model, ZeroShotCLIP):
+        return {"config": {"vision_config": as_json(model.vision_model.config),
+                           "projection_dim": int(model.visual_projection.out_features)}}
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_json_string"):
+        return {"config": as_json(cfg)}
+    return {}
+
+
+def _build(name, num_classes, in_channels, image_size, pretrained, config=None):
     if name in ("cifar_resnet", "resnet18_cifar", "resnet18_w8", "resnet_small", "resnet_tiny", "resnet_mini", "vit_small", "vit_tiny"):
         if pretrained:
             raise CoarError(f"{name} has no published weights: train it with the workflow's training rule")
@@ -90,7 +123,10 @@ def _build(name, num_classes, in_channels, image_size, pretrained):
                             "coar.models.clip_zeroshot.build_zero_shot_clip(class_names)")
         from .clip_zeroshot import skeleton
 
-        return skeleton(num_classes)
+        if config is None:
+            return skeleton(num_classes)
+        vision = _hf().CLIPVisionConfig.from_dict(config["vision_config"])
+        return skeleton(num_classes, vision, projection_dim=int(config["projection_dim"]))
     t = _hf()
     cls = t.CLIPVisionModel if name == "clip_vit_b_16" else (t.PhiForCausalLM if name.startswith("phi") else t.GPT2LMHeadModel)
     if pretrained:
@@ -100,7 +136,7 @@ def _build(name, num_classes, in_channels, image_size, pretrained):
             return cls.from_pretrained(HUB_IDS[name])
         except Exception as exc:
             raise CoarError(f"could not load {HUB_IDS[name]} from the Hugging Face hub: {exc}") from exc
-    return cls(_hf_config(name))
+    return cls(cls.config_class.from_dict(config) if config is not None else _hf_config(name))
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
@@ -115,5 +151,5 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
-__all__ = ["build_model", "replace_head", "MODELS", "IMAGE_MODELS", "TEXT_MODELS", "make_hookable", "HookableMultiheadAttention",
+__all__ = ["build_model", "architecture", "replace_head", "MODELS", "IMAGE_MODELS", "TEXT_MODELS", "make_hookable", "HookableMultiheadAttention",
            "CifarResNet", "MLP"]

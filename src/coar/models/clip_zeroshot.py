@@ -184,16 +184,18 @@ def build_zero_shot_clip(class_names: Sequence[str], templates: Sequence[str] = 
     return ZeroShotCLIP(model.vision_model, model.visual_projection, emb, scale, class_names, templates).eval()
 
 
-def skeleton(num_classes: int, vision_config=None) -> ZeroShotCLIP:
-    """A random-init ZeroShotCLIP of ViT-B/16's shape with `num_classes` zero class embeddings: the
-    architecture a saved zero-shot classifier's weights load into (no download; tests pass a small config)."""
+def skeleton(num_classes: int, vision_config=None, projection_dim: int = 512) -> ZeroShotCLIP:
+    """A random-init ZeroShotCLIP of ViT-B/16's shape (projection to 512) with `num_classes` zero class
+    embeddings: the architecture a saved zero-shot classifier's weights load into (no download). A checkpoint
+    records its own vision_config and projection_dim (coar.models.architecture); tests pass small ones."""
     import transformers as t
 
     vision = vision_config or t.CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                  num_attention_heads=12, patch_size=16, image_size=224)
     text = t.CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
-    clip = t.CLIPModel(t.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=512))
-    return ZeroShotCLIP(clip.vision_model, clip.visual_projection, torch.zeros(num_classes, 512), 100.0)
+    clip = t.CLIPModel(t.CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                    projection_dim=projection_dim))
+    return ZeroShotCLIP(clip.vision_model, clip.visual_projection, torch.zeros(num_classes, projection_dim), 100.0)
 
 
 __all__ = ["ZeroShotCLIP", "build_zero_shot_clip", "skeleton", "class_embeddings", "encode_prompts", "TEMPLATES",
