@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ShapeError
+from .errors import CoarError, ShapeError
 from .io import atomic_savez, load_npz
 
 
@@ -53,7 +53,18 @@ class Attributions:
         return Attributions(self.weights[idx], self.bias[idx], self.method, self.components, dict(self.meta))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a crash never leaves a half-written file under the final name."""
+        """Write atomically: a crash never leaves a half-written file under the final name. Non-finite weights or
+        biases are refused (nothing is written)."""
+        for name, arr in (("weights", self.weights), ("bias", self.bias)):
+            for lo in range(0, len(arr), 1024):  # row blocks: no full-size temporary for large attributions
+                bad = np.argwhere(~np.isfinite(arr[lo:lo + 1024]))
+                if len(bad):
+                    first = (lo + int(bad[0][0]),) + tuple(int(i) for i in bad[0][1:])
+                    where = f"example {first[0]}" + (f", component {first[1]}" if arr.ndim == 2 else "")
+                    count = int((~np.isfinite(arr)).sum())
+                    raise CoarError(f"{self.method} attribution {name} hold {count} non-finite value(s), the first "
+                                    f"at {where} ({arr[first]}); nothing written to {path}. Check the outputs or the "
+                                    "fit that produced them")
         atomic_savez(path, header={"method": self.method, "components": self.components, "meta": self.meta},
                      weights=self.weights, bias=self.bias)
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -42,11 +43,34 @@ def _alpha(text: str) -> float:
     return a
 
 
+def _lr(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"learning rate must be a finite number > 0, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"learning rate must be a finite number > 0, got {text}")
+    return v
+
+
+def _nonnegative(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return v
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return v
+
+
+def _out_file(path: str | None, flag: str = "--out") -> None:
+    """Refuse an output file name that is an existing directory, before any work."""
+    if path is not None and Path(path).is_dir():
+        raise CoarError(f"{flag} {path} is a directory; give a file name")
 
 
 def _device(name: str | None):
@@ -103,6 +127,7 @@ def cmd_train(a):
     from .models import build_model
     from .training import accuracy, save_checkpoint, train_classifier
 
+    _out_file(a.out)
     torch.manual_seed(a.seed)
     device = _device(a.device)
     train = fashion_mnist_examples("train", a.n_train, a.seed, a.root)
@@ -140,6 +165,7 @@ def cmd_sample(a):
 def cmd_fit(a):
     from .pipeline import fit_stores
 
+    _out_file(a.out)
     device = None if a.device == "cpu" else str(_device(a.device))
     attr = fit_stores(a.stores, a.method, a.lambdas, standardize=not a.no_standardize, device=device)
     attr.save(a.out)
@@ -148,19 +174,29 @@ def cmd_fit(a):
 
 
 def cmd_baseline(a):
+    from .ablation import unit_factors
     from .baselines import compute_baseline
     from .components import component_set
     from .data.examples import Examples
     from .outputs import get_output_fn
+    from .pipeline import check_examples_fit
+    from .provenance import for_baseline
     from .training import load_checkpoint
 
+    _out_file(a.out)
+    fn = get_output_fn(a.output)
+    if a.method in ("loo", "gp"):
+        unit_factors(np.zeros(1, dtype=bool), a.ablation, a.gamma)  # an ablation or gamma it cannot apply
     device = _device(a.device)
     model, ck = load_checkpoint(a.checkpoint, device)
     cset = component_set(model, a.components or ck["arch"])
     ex = Examples.load(a.examples)
     x, y = ex.tensors(device)
-    attr = compute_baseline(a.method, model, cset, x, y, get_output_fn(a.output), mode=a.ablation, gamma=a.gamma,
-                            batch_size=a.batch_size)
+    check_examples_fit(model, x, y, a.output, fn)
+    kw = {"mode": a.ablation, "gamma": a.gamma} if a.method in ("loo", "gp") else {}  # NC, II: no ablation
+    prov = for_baseline(model, cset, ex, a.output, a.ablation if kw else None, a.gamma)
+    attr = compute_baseline(a.method, model, cset, x, y, fn, batch_size=a.batch_size, **kw)
+    attr.meta["provenance"] = prov
     attr.save(a.out)
     print(f"{a.method} attributions [{attr.n_examples} x {attr.n_components}] written to {a.out}")
 
@@ -172,10 +208,15 @@ def cmd_evaluate(a):
     from .evaluate import summarize
     from .pipeline import evaluate_stores
 
-    attrs = {}
+    _out_file(a.out)
+    attrs, where = {}, {}
     for p in a.attributions:
         at = Attributions.load(p)
-        attrs[at.method if at.method not in attrs else Path(p).stem] = at
+        name = at.method if at.method not in attrs else Path(p).stem
+        if name in attrs:
+            raise CoarError(f"attributions {where[name]} and {p} would both be reported as {name!r}; give files of "
+                            "other methods or other file names")
+        attrs[name], where[name] = at, p
     table = evaluate_stores(attrs, a.stores)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -188,32 +229,33 @@ def cmd_edit(a):
     from .attributions import Attributions
     from .components import component_set
     from .data.examples import Examples
-    from .editing import apply_edit, edit_scores, select_components, sweep_outputs, sweep_table, ranking
+    from .editing import (apply_edit, edit_references, edit_scores, ranking, select_components, sweep_outputs,
+                          sweep_table)
     from .outputs import margin
+    from .provenance import check_edit
     from .training import load_checkpoint, save_checkpoint
 
+    _out_file(a.out)
     attr = Attributions.load(a.attributions)
     model, ck = load_checkpoint(a.checkpoint, "cpu")
     cset = component_set(model, a.components or ck["arch"])
     if attr.components != cset.fingerprint():
-        raise CoarError(f"attributions {a.attributions} do not match the checkpoint's component set")
-    targets = a.targets
-    if a.references is not None:
-        refs = a.references
-    else:
-        pool = np.setdiff1d(np.arange(attr.n_examples), targets)
-        refs = np.random.default_rng(a.seed).choice(pool, size=min(a.references_random, len(pool)), replace=False)
-    bad = [i for i in list(targets) + list(refs) if not 0 <= i < attr.n_examples]
-    if bad:
-        raise CoarError(f"example indices {bad} outside the {attr.n_examples} attributed examples")
+        raise CoarError(f"attributions {a.attributions} were computed for component set {attr.components}, the "
+                        f"checkpoint {a.checkpoint} has component set {cset.fingerprint()} ({cset.name}); give the "
+                        "checkpoint and --components the attributions were computed for")
+    ex = Examples.load(a.examples) if a.examples else None
+    check_edit(attr, a.attributions, model, f"the checkpoint {a.checkpoint}", ex, f"the examples file {a.examples}")
+    for k in [a.k] + list(a.sweep or []):
+        if not 0 <= k <= cset.size:
+            raise CoarError(f"--k/--sweep value {k} outside 0..{cset.size} (the checkpoint's components)")
+    targets, refs = edit_references(attr.n_examples, a.targets, a.references, a.references_random, a.seed)
     scores = edit_scores(attr, targets, refs)
     chosen = select_components(scores, a.k, a.direction)
     labels = cset.labels()
     print(f"ablating {a.k} components ({'bottom' if a.direction == 'increase' else 'top'}-k of eq. 8):")
     for j in chosen:
         print(f"  {labels[j]:50s} tau={scores[j]:+.3f}")
-    if a.examples:
-        ex = Examples.load(a.examples)
+    if ex is not None:
         x, y = ex.tensors("cpu")
         ks = sorted(set([0, a.k] + list(a.sweep or [])))
         order = ranking(scores, a.direction)
@@ -261,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset", choices=["fashion-mnist"])
     s.add_argument("--split", choices=["train", "test"], default="test")
     s.add_argument("--n", type=_positive)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_nonnegative, default=0)
     s.add_argument("--root", help="directory with the IDX files (default: Debian's package)")
     s.add_argument("--pad-to", type=_positive)
     s.add_argument("--channels", type=_positive, default=1)
@@ -285,8 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-train", type=_positive)
     s.add_argument("--epochs", type=_positive, default=2)
     s.add_argument("--batch-size", type=_positive, default=128)
-    s.add_argument("--lr", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--lr", type=_lr, default=0.2)
+    s.add_argument("--seed", type=_nonnegative, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto: bfloat16 autocast on GPUs that support it, float32 elsewhere")
@@ -299,8 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--components", help="component table (default: the checkpoint's architecture)")
     s.add_argument("--masks", type=_positive, required=True)
     s.add_argument("--alpha", type=_alpha, required=True)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--seed", type=_nonnegative, default=0)
+    s.add_argument("--shard", type=_nonnegative, default=0)
     s.add_argument("--scheme", choices=["exact", "bernoulli"], default="exact")
     s.add_argument("--output", default="margin", help="margin | token_margin | logit:<class>")
     s.add_argument("--ablation", choices=["zero", "scale"], default="zero")
@@ -351,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--references", type=_ints)
     g.add_argument("--references-random", type=_positive)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_nonnegative, default=0)
     s.add_argument("--k", type=int, required=True)
     s.add_argument("--direction", choices=["increase", "decrease"], default="increase")
     s.add_argument("--examples", help="report accuracy on these examples (the attributed set) for k = 0 and k")

@@ -24,6 +24,7 @@ from .evaluate import summarize
 from .models import build_model
 from .outputs import get_output_fn
 from .pipeline import evaluate_stores, fit_stores, sample_store
+from .provenance import for_baseline
 from .training import accuracy, load_checkpoint, save_checkpoint, train_classifier
 
 
@@ -111,6 +112,8 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, quiet
             continue
         t = time.time()
         attrs[name] = compute_baseline(name, model, cset, x, y, fn, batch_size=cfg.batch_size, progress=progress)
+        attrs[name].meta["provenance"] = for_baseline(model, cset, ex, cfg.output, "zero" if name in ("loo", "gp")
+                                                      else None)
         attrs[name].save(path)
         _log(f"[demo] baseline {name}: {time.time() - t:.0f} s", quiet)
 

@@ -46,9 +46,53 @@ def t_statistic(target: np.ndarray, reference: np.ndarray, ddof: int = 0) -> np.
     return tau
 
 
+def _indices(values: Sequence[int], what: str, n_examples: int) -> np.ndarray:
+    idx = np.asarray(values).reshape(-1)
+    if idx.size == 0:
+        raise CoarError(f"no {what} given: name at least one example index")
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise CoarError(f"{what} must be integer example indices, got {idx.tolist()}")
+    bad = sorted({int(i) for i in idx if not 0 <= i < n_examples})
+    if bad:
+        raise CoarError(f"{what} {bad} outside the {n_examples} attributed examples (0..{n_examples - 1})")
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        raise CoarError(f"{what} repeat example(s) {uniq[counts > 1].tolist()}; name each example once")
+    return idx.astype(np.int64)
+
+
+def check_edit_examples(n_examples: int, targets: Sequence[int], references: Sequence[int]
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Targets and references as index arrays: each in range, none repeated, no example in both."""
+    t = _indices(targets, "targets", n_examples)
+    r = _indices(references, "references", n_examples)
+    both = np.intersect1d(t, r)
+    if both.size:
+        raise CoarError(f"example(s) {both.tolist()} are both targets and references; a reference must be another "
+                        "example than every target")
+    return t, r
+
+
+def edit_references(n_examples: int, targets: Sequence[int], references: Sequence[int] | None = None,
+                    n_random: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, references) for an edit: the references given, or `n_random` of the non-target examples drawn
+    without replacement (seeded); more than there are is refused, not clipped."""
+    if (references is None) == (n_random is None):
+        raise CoarError("give either references or a number of random references, not both or neither")
+    t = _indices(targets, "targets", n_examples)
+    if references is None:
+        pool = np.setdiff1d(np.arange(n_examples), t)
+        if not 1 <= n_random <= len(pool):
+            raise CoarError(f"asked for {n_random} random references, there are {len(pool)} examples besides the "
+                            f"{len(t)} target(s) among the {n_examples} attributed; ask for 1..{len(pool)}")
+        references = np.random.default_rng(seed).choice(pool, size=n_random, replace=False)
+    return check_edit_examples(n_examples, t, references)
+
+
 def edit_scores(attributions: Attributions, targets: Sequence[int], references: Sequence[int],
                 ddof: int = 0) -> np.ndarray:
-    return t_statistic(attributions.weights[np.asarray(targets)], attributions.weights[np.asarray(references)], ddof)
+    targets, references = check_edit_examples(attributions.n_examples, targets, references)
+    return t_statistic(attributions.weights[targets], attributions.weights[references], ddof)
 
 
 def ranking(scores: np.ndarray, direction: str) -> np.ndarray:
@@ -61,7 +105,7 @@ def ranking(scores: np.ndarray, direction: str) -> np.ndarray:
 
 def select_components(scores: np.ndarray, k: int, direction: str) -> np.ndarray:
     """bottom-k (direction "increase") or top-k ("decrease") components of eq. 8 scores."""
-    if not 0 <= k <= len(scores):
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= len(scores):
         raise CoarError(f"k must be in [0, {len(scores)}], got {k}")
     return ranking(scores, direction)[:k]
 

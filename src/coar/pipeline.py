@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from . import regression
+from . import provenance, regression
 from .attributions import Attributions
-from .errors import CoarError
+from .errors import CoarError, ShapeError
 from .evaluate import correlations
 from .store import PRECISIONS, ShardStore, load_shards, read_meta, run_shard
 
@@ -38,6 +38,40 @@ def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int,
             "dtype": dtype, "precision": precision}
 
 
+def check_alpha(alpha: float, n_components: int) -> None:
+    """Refuse an alpha at which a mask would ablate no component: round(alpha * C) < 1."""
+    from .sampling import n_ablated
+
+    if n_ablated(n_components, alpha) < 1:
+        raise CoarError(f"alpha {alpha:g} ablates round(alpha * C) = round({alpha:g} * {n_components}) = "
+                        f"round({alpha * n_components:g}) = 0 of the C = {n_components} components, so masks would "
+                        f"ablate nothing; use alpha > {0.5 / n_components:.3g}")
+
+
+def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: str, fn) -> None:
+    """One unablated forward pass on the first example: refuse examples the model cannot take, and class labels
+    outside the model's classes, before anything is created."""
+    import torch
+
+    from .ablation import logits_of
+
+    if len(x) == 0 or len(x) != len(y):
+        raise ShapeError(f"examples: {len(x)} inputs and {len(y)} targets; give a non-empty example set")
+    try:
+        with torch.no_grad():
+            logits = logits_of(model(x[:1]))
+            if output == "margin" and logits.dim() == 2 and y.dim() == 1:  # before indexing with the labels
+                lo, hi = int(y.min()), int(y.max())
+                if lo < 0 or hi >= logits.shape[-1]:
+                    raise ShapeError(f"the examples' labels range over {lo}..{hi}, the model has "
+                                     f"{logits.shape[-1]} classes (0..{logits.shape[-1] - 1}); give examples of "
+                                     "the model's classes")
+            fn(logits, y[:1])
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise ShapeError(f"the examples (inputs {tuple(x.shape)} {x.dtype}, targets {tuple(y.shape)}) do not fit "
+                         f"the model with output {output!r}: {str(exc).splitlines()[0]}") from None
+
+
 def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, examples: Examples, *, m: int,
                  alpha: float, seed: int, shard: int, output: str = "margin", scheme: str = "exact",
                  ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", precision: str = "float32",
@@ -50,20 +84,23 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
     never resumed in another precision."""
     import torch
 
-    from .ablation import counterfactual_outputs
+    from .ablation import counterfactual_outputs, unit_factors
     from .outputs import get_output_fn
 
     if precision not in PRECISIONS:
         raise CoarError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype, precision)
-    store = ShardStore.create_or_open(path, meta)
-    x, y = examples.tensors(device)
+    check_alpha(alpha, cset.size)
+    unit_factors(np.zeros(1, dtype=bool), ablation, gamma)  # refuses an unknown ablation or gamma outside [0, 1]
     fn = get_output_fn(output)
+    meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype, precision)
+    x, y = examples.tensors(device)
     run_model = model
     if precision == "bfloat16":
         run_model = copy.deepcopy(model).to(torch.bfloat16)
         if x.is_floating_point():  # token ids stay integers
             x = x.to(torch.bfloat16)
+    check_examples_fit(run_model, x, y, output, fn)
+    store = ShardStore.create_or_open(path, meta)
 
     def evaluate(keep: np.ndarray) -> np.ndarray:
         return counterfactual_outputs(run_model, cset, x, y, torch.from_numpy(keep), fn, ablation, gamma, batch_size,
@@ -82,17 +119,28 @@ def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequen
     """
     if not paths:
         raise CoarError("no mask stores given to fit")
-    meta = read_meta(paths[0])
+    if method not in ("ols", "ridge"):
+        raise CoarError(f"regression method must be 'ols' or 'ridge', got {method!r}")
+    if method == "ridge":
+        lams = np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
+        if lams.size == 0 or not np.all(np.isfinite(lams)) or np.any(lams < 0):
+            raise CoarError(f"ridge penalties (lambdas) must be finite and >= 0, got {lams.tolist()}")
+    metas = [read_meta(p) for p in paths]
+    provenance.check_fit_stores(paths, metas)
+    meta = metas[0]
     fp = meta["components_fingerprint"]
-    total = sum(int(read_meta(p)["m"]) for p in paths)
+    total = sum(int(mt["m"]) for mt in metas)
+    if max_masks is not None and total < max_masks:
+        raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {total}")
     m = total if max_masks is None else min(max_masks, total)
+    used = np.cumsum([0] + [int(mt["m"]) for mt in metas])[:-1] < m  # stores that contribute masks
+    prov = provenance.from_stores([mt for mt, u in zip(metas, used) if u])
     if method == "ols" and m >= 2 and regression.memory_plan(m, meta["n_components"], meta["n_examples"])["chosen"] == "dual":
         # fewer masks than components: the M x M kernel instead of the C x C Gram (the same minimum-norm fit)
-        if max_masks is not None and total < max_masks:
-            raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {total}")
         keep, y = (np.concatenate(parts)[:m] for parts in zip(*load_shards(paths)))
         attr = regression.fit_dual(keep, y, standardize=standardize, components=fp, device=device)
-        attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"))
+        attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"),
+                         provenance=prov)
         return attr
     acc = regression.GramAccumulator(meta["n_components"], meta["n_examples"], device=device)
     for keep, y in load_shards(paths):
@@ -105,12 +153,10 @@ def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequen
         raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {acc.m}")
     if method == "ols":
         attr = regression.fit_ols(acc, standardize=standardize, components=fp, device=device)
-    elif method == "ridge":
+    else:
         attr = regression.fit_ridge(acc, list(lambdas), select="gcv", standardize=standardize, components=fp,
                                     device=device)
-    else:
-        raise CoarError(f"regression method must be 'ols' or 'ridge', got {method!r}")
-    attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"))
+    attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"), provenance=prov)
     return attr
 
 
@@ -119,14 +165,9 @@ def evaluate_stores(attributions: Mapping[str, Attributions], paths: Iterable[st
     metas = {str(p): read_meta(p) for p in paths}
     if not metas:
         raise CoarError("no test stores given to evaluate")
-    fps = {m["components_fingerprint"] for m in metas.values()}
-    if len(fps) != 1:
-        raise CoarError(f"the test stores were made for different component sets: {sorted(fps)}")
-    fp = fps.pop()
-    for name, at in attributions.items():
-        if at.components != fp:
-            raise CoarError(f"attributions {name!r} were computed for component set {at.components}, "
-                            f"the test stores use {fp}")
+    if not attributions:
+        raise CoarError("no attributions given to evaluate")
+    provenance.check_evaluations(attributions, metas)
     by_alpha: dict[float, list[str]] = {}
     for p, m in metas.items():
         by_alpha.setdefault(float(m["alpha"]), []).append(p)
@@ -139,6 +180,7 @@ def evaluate_stores(attributions: Mapping[str, Attributions], paths: Iterable[st
 
 def scatter_table(attributions: Mapping[str, Attributions], path: str | Path, example: int) -> pd.DataFrame:
     """True vs estimated counterfactuals of one example on one test store (the left panels of Fig. 2)."""
+    provenance.check_evaluations(attributions, {str(path): read_meta(path)})
     keep, out = (np.concatenate(parts) for parts in zip(*load_shards([path])))
     rows = []
     for name, at in attributions.items():

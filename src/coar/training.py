@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,17 @@ from tqdm.auto import tqdm
 
 from .errors import CoarError, StoreError
 
+
+
+def check_lr(lr) -> float:
+    """Refuse a learning rate that is not a finite number > 0."""
+    try:
+        value = float(lr)
+    except (TypeError, ValueError):
+        raise CoarError(f"learning rate must be a finite number > 0, got {lr!r}") from None
+    if isinstance(lr, bool) or not math.isfinite(value) or value <= 0:
+        raise CoarError(f"learning rate must be a finite number > 0, got {lr!r}")
+    return value
 
 
 def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int, pct_start: float):
@@ -96,6 +108,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     gradients and optimizer state stay float32, so no loss scaling is needed)."""
     if len(x) != len(y) or len(x) == 0:
         raise CoarError(f"training data: {len(x)} inputs and {len(y)} labels")
+    check_lr(lr)
     precision = training_precision(x.device, precision)
     autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bfloat16"
                 else contextlib.nullcontext())
@@ -137,6 +150,7 @@ def train_language_model(model: nn.Module, tokens: torch.Tensor, steps: int = 10
     if tokens.dim() != 1 or len(tokens) <= length + 1:
         raise CoarError(f"language-model training needs a 1-D token stream longer than {length + 1}, got "
                         f"{tuple(tokens.shape)}")
+    check_lr(lr)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95))
@@ -182,8 +196,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, kwargs
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"arch": arch, "kwargs": kwargs, "state_dict": model.state_dict(), "meta": meta}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"arch": arch, "kwargs": kwargs, "state_dict": model.state_dict(), "meta": meta}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

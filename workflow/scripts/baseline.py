@@ -10,10 +10,12 @@ device = start(sm)
 from coar.baselines import compute_baseline  # noqa: E402
 from coar.data.examples import Examples  # noqa: E402
 from coar.outputs import get_output_fn  # noqa: E402
+from coar.provenance import for_baseline  # noqa: E402
 
 spec, method, res = sm.params.spec, sm.wildcards.method, sm.resources
 model, cset = model_and_components(sm.input.model, spec, device)
-x, y = Examples.load(sm.input.examples).tensors(device)
+examples = Examples.load(sm.input.examples)
+x, y = examples.tensors(device)
 kw = {"batch_size": res.get("batch_size", 32)}
 if method in ("loo", "gp"):
     kw.update(mode=spec["ablation"], gamma=spec["gamma"])
@@ -25,5 +27,7 @@ if method in ("nc", "ii") and options.get("n_steps"):
     kw["n_steps"] = options["n_steps"]
 if method in ("nc", "ii"):
     kw["n_groups"] = options.get("groups")
+prov = for_baseline(model, cset, examples, spec["output"], spec["ablation"] if "mode" in kw else None, spec["gamma"])
 attr = compute_baseline(method, model, cset, x, y, get_output_fn(spec["output"]), **kw)
+attr.meta["provenance"] = prov
 attr.save(sm.output[0])

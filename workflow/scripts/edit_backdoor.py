@@ -18,10 +18,13 @@ from coar.data.examples import Examples  # noqa: E402
 from coar.edit_experiments import edit_backdoor  # noqa: E402
 from coar.errors import CoarError  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
+from coar.provenance import check_edit  # noqa: E402
 
 spec, e, res, name = sm.params.spec, sm.params.edit, sm.resources, sm.wildcards.edit
 model, cset = model_and_components(sm.input.model, spec, device)
 ex, held = Examples.load(sm.input.examples), Examples.load(sm.input.heldout)
+attr = Attributions.load(sm.input.attributions)
+check_edit(attr, sm.input.attributions, model, f"the model {sm.input.model}", ex, f"the examples {sm.input.examples}")
 if "triggered" not in ex.meta:
     raise CoarError(f"edits.{name}: {sm.input.examples} holds no paired examples (examples.trigger: paired)")
 if "triggered" in held.meta:
@@ -48,7 +51,7 @@ else:
 xt, _ = Examples(attacked, held.targets, held.kind, held.meta).tensors(device)
 validation, heldout = (xc[0::2], xt[0::2], y[0::2]), (xc[1::2], xt[1::2], y[1::2])  # two disjoint halves
 sweep, summary, comps, outputs, k = edit_backdoor(
-    model, cset, Attributions.load(sm.input.attributions), pairs, validation, heldout, e["ks"], e["targets"],
+    model, cset, attr, pairs, validation, heldout, e["ks"], e["targets"],
     e["max_drop"], e["seed"], name, extra, mode=spec["ablation"], gamma=spec["gamma"],
     batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8))
 for table, path in ((sweep, sm.output.sweep), (summary, sm.output.summary), (comps, sm.output.components),

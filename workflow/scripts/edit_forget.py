@@ -17,10 +17,13 @@ from coar.data.examples import Examples  # noqa: E402
 from coar.data.registry import class_names  # noqa: E402
 from coar.edit_experiments import forget_class  # noqa: E402
 from coar.io import atomic_write_csv, atomic_write_text  # noqa: E402
+from coar.provenance import check_edit  # noqa: E402
 
 spec, e, res, cls = sm.params.spec, sm.params.edit, sm.resources, int(sm.wildcards.cls)
 model, cset = model_and_components(sm.input.model, spec, device)
 ex = Examples.load(sm.input.examples)
+attr = Attributions.load(sm.input.attributions)
+check_edit(attr, sm.input.attributions, model, f"the model {sm.input.model}", ex, f"the examples {sm.input.examples}")
 hx, hy = Examples.load(sm.input.heldout).tensors(device)
 validation, heldout = (hx[0::2], hy[0::2]), (hx[1::2], hy[1::2])  # alternate examples: two disjoint halves
 shifted = {}
@@ -31,7 +34,7 @@ for path in sm.input.shifted:  # this class's every example, the other classes' 
     shifted[shift.meta.get("title", path)] = (sx[keep], sy[keep])
 names = class_names(sm.params.dataset)
 sweep, classwise, k, shift_table = forget_class(
-    model, cset, Attributions.load(sm.input.attributions), ex.targets, cls, validation, heldout, e["ks"], e["targets"],
+    model, cset, attr, ex.targets, cls, validation, heldout, e["ks"], e["targets"],
     e["references"], e["max_drop"], e["seed"], names, mode=spec["ablation"], gamma=spec["gamma"],
     batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8), shifted=shifted)
 atomic_write_csv(sweep, sm.output.sweep)

@@ -17,12 +17,16 @@ from coar.data.examples import Examples  # noqa: E402
 from coar.edit_experiments import edit_single_examples, pick_targets  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
 from coar.outputs import margin  # noqa: E402
+from coar.provenance import check_edit  # noqa: E402
 
 spec, e, res = sm.params.spec, sm.params.edit, sm.resources
 model, cset = model_and_components(sm.input.model, spec, device)
-x, y = Examples.load(sm.input.examples).tensors(device)
+examples = Examples.load(sm.input.examples)
+x, y = examples.tensors(device)
 heldout = Examples.load(sm.input.heldout).tensors(device)
 attr = Attributions.load(sm.input.attributions)
+check_edit(attr, sm.input.attributions, model, f"the model {sm.input.model}", examples,
+           f"the examples {sm.input.examples}")
 kw = dict(mode=spec["ablation"], gamma=spec["gamma"], batch_size=res.get("batch_size", 32),
           masks_per_pass=res.get("masks_per_pass", 8))
 if e["kind"] == "subpop":  # Sec. 5.3: the worst group against the others; k chosen on a validation half
