@@ -32,7 +32,7 @@ def test_trigger_and_poisoning_touch_only_what_they_should():
 @pytest.mark.slow
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
 def test_backdoor_drops_triggered_accuracy_but_not_clean_accuracy():
-    """Issue 4's check: the trigger costs >= 30 points on triggered test images of the other classes, while
+    """The backdoor's check: the trigger costs >= 30 points on triggered test images of the other classes, while
     clean accuracy stays within 2 points of a model trained without poison. resnet_mini, all 60,000
     training images, 5 epochs without augmentation (translation and flips move the trigger and weakened the
     backdoor to a 15-22 point drop in trials)."""
