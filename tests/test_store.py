@@ -470,3 +470,42 @@ def test_sigkill_resume_matches_uninterrupted_run(tmp_path):
     assert json.loads((path / COMPLETE_FILE).read_text())["files"] == json.loads(
         (ref_dir / COMPLETE_FILE).read_text()
     )["files"]
+
+
+def test_a_second_writer_is_refused_at_once_naming_the_holder(tmp_path):
+    """While one process fills a shard (it holds the flock on .writer.lock), another run_shard on the same
+    shard fails at once, before evaluating anything; once the first lets go, the shard fills normally."""
+    import fcntl
+
+    from coar.store import LOCK_FILE
+
+    store = ShardStore.create_or_open(tmp_path / "s", make_meta(dtype="float32"))
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({str(tmp_path / "s" / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.pwrite(fd, b"pid %d on the other host" % os.getpid(), 0)
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        calls = []
+
+        def ev(keep):
+            calls.append(len(keep))
+            return linear_eval(40, 6)(keep)
+
+        with pytest.raises(StoreError, match=rf"being filled by pid {holder.pid} on the other host") as ei:
+            run_shard(store, ev, progress=False)
+        assert str(tmp_path / "s") in str(ei.value) and not calls and store.pending_rows().size == 50
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_shard(store, ev, masks_per_call=10, progress=False) == 50 and store.has_marker
+    fd = os.open(tmp_path / "s" / LOCK_FILE, os.O_RDWR)  # released when run_shard returned
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert os.pread(fd, 100, 0).decode().startswith(f"pid {os.getpid()} on ")
+    os.close(fd)
+    verify(tmp_path / "s")  # the lock file is not part of the shard's checksums
+    store.close()

@@ -18,11 +18,16 @@ Crash safety (SIGKILL at any instant leaves a shard that resumes to the same res
   the done flags, so a done flag never refers to an unwritten output row.
 * The ``COMPLETE`` marker is written to a temporary file and renamed.
 
-Concurrency: one writer per shard. Two processes running the same shard at once do
-not corrupt it (they write identical values) but waste work; no lock is taken.
+Concurrency: one writer per shard. :func:`run_shard` holds an exclusive advisory lock
+(flock on ``.writer.lock`` in the shard) while it fills the shard, so a second process
+filling the same shard is refused at once with a StoreError naming the holder, instead
+of computing the shard again. The lock goes with its process, killed or not. On a
+filesystem without flock (some network filesystems) no lock is taken: two writers then
+do not corrupt the shard (they write identical values) but waste work.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -61,6 +66,7 @@ OUTPUTS_FILE = "outputs.npy"
 DONE_FILE = "done.npy"
 META_FILE = "meta.json"
 COMPLETE_FILE = "COMPLETE"
+LOCK_FILE = ".writer.lock"
 CHECKSUM_FILES = (META_FILE, MASKS_FILE, OUTPUTS_FILE, DONE_FILE)
 
 #: Keys every shard's meta must give.
@@ -617,7 +623,15 @@ def run_shard(
     """
     if isinstance(masks_per_call, bool) or not isinstance(masks_per_call, numbers.Integral) or masks_per_call < 1:
         raise ValueError(f"masks_per_call must be a positive integer, got {masks_per_call!r}")
-    pending = store.pending_rows()
+    with _writer_lock(store.path) if store.pending_rows().size else contextlib.nullcontext():
+        pending = store.pending_rows()  # after the lock: what a writer that just finished left to do
+        written = _fill(store, evaluate_fn, masks_per_call, progress, pending)
+        if store.is_complete and not store.has_marker:
+            store.write_marker()
+    return written
+
+
+def _fill(store: ShardStore, evaluate_fn, masks_per_call: int, progress: bool, pending: np.ndarray) -> int:
     total = store.n_rows
     written = 0
     bar = None
@@ -651,9 +665,40 @@ def run_shard(
     finally:
         if bar is not None:
             bar.close()
-    if store.is_complete and not store.has_marker:
-        store.write_marker()
     return written
+
+
+@contextlib.contextmanager
+def _writer_lock(path: Path):
+    """Hold an exclusive flock on <shard>/.writer.lock, refusing at once (StoreError naming the holder) when
+    another process holds it. No lock where the file cannot be made or the filesystem has no flock."""
+    import fcntl
+
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                raise StoreError(f"shard {path} is being filled by {holder} right now; wait for it to finish "
+                                 "(a rerun then finds the shard complete, or resumes it if that process died), "
+                                 "or stop that process") from None
+            except OSError as e:
+                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+                os.close(fd)
+                fd = None
+            else:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 # ----------------------------------------------------------------------------- reading
