@@ -14,10 +14,15 @@ def atomic_savez(path: str | os.PathLike, header: dict | None = None, **arrays) 
     path.parent.mkdir(parents=True, exist_ok=True)
     if header is not None:
         arrays["header"] = np.frombuffer(json.dumps(header, default=str).encode(), dtype=np.uint8)
+    _write_then_replace(path, "wb", lambda fh: np.savez(fh, **arrays))
+
+
+def _write_then_replace(path: Path, mode: str, write) -> None:
+    """write(fh) into `path`.tmp, fsync, os.replace onto `path`; the temporary file is removed on any failure."""
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+        with open(tmp, mode) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -50,16 +55,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to `path` via a temporary sibling + fsync + os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_then_replace(path, "w", lambda fh: fh.write(text))
 
 
 def atomic_write_csv(table, path: str | os.PathLike) -> None:
