@@ -82,10 +82,40 @@ def _check_split(key, dataset, split):
         _config_error(key, f"{split!r} is not one of {', '.join(SPLITS)}")
 
 
+def _check_finite(value, key):
+    """Every number of the config finite: YAML's .nan and .inf pass the schema's bounds (NaN compares false)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        _config_error(key, f"{value} is not a finite number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _check_finite(v, f"{key}.{k}" if key else str(k))
+
+
+def _check_counts(name, s):
+    """Example and training-image counts within the published split sizes (coar.data.registry.SPLIT_SIZES)."""
+    from coar.data.registry import SPLIT_SIZES
+
+    ex = s["examples"]
+    size = SPLIT_SIZES.get((s["dataset"], ex["split"]))
+    if size is not None and ex.get("n") is not None and ex["n"] > size:
+        _config_error(f"setups.{name}.examples.n", f"{ex['n']} examples, but {s['dataset']} {ex['split']} has "
+                                                   f"{size:,}")
+    train = SPLIT_SIZES.get((s["dataset"], "train"))
+    if train is not None and s["train"].get("n_train") is not None and s["train"]["n_train"] > train:
+        _config_error(f"setups.{name}.train.n_train", f"{s['train']['n_train']} training images, but "
+                                                      f"{s['dataset']} train has {train:,}")
+
+
 def _check_config():
+    from coar.models import MODELS
+
+    _check_finite(config, "")
     for name, s in SETUPS.items():
         if not name.isidentifier():
             _config_error(f"setups.{name}", "setup names are used in paths: letters, digits and _ only")
+        if s["model"] not in MODELS:
+            _config_error(f"setups.{name}.model", f"unknown model {s['model']!r}; known: {', '.join(MODELS)}")
+        _check_counts(name, s)
         if s["shards"] > s["masks"]:
             _config_error(f"setups.{name}.shards", f"{s['shards']} shards for only {s['masks']} masks")
         if s["train"].get("from_pretrained") and (s["pretrained"] or s["model"] not in ("resnet50", "vit_b_16")):
@@ -129,6 +159,15 @@ def _check_config():
     for name, e in config["edits"].items():
         if e["setup"] not in SETUPS:
             _config_error(f"edits.{name}.setup", f"unknown setup {e['setup']!r}; defined: {', '.join(SETUPS)}")
+        held = SETUPS[e.get("heldout_setup") or e["setup"]] if (e.get("heldout_setup") or e["setup"]) in SETUPS else None
+        if held is not None and held["examples"].get("n") is not None:
+            from coar.data.registry import SPLIT_SIZES
+
+            size = SPLIT_SIZES.get((held["dataset"], held["examples"]["split"]))
+            if size is not None and held["examples"]["n"] + e["heldout"] > size:
+                _config_error(f"edits.{name}.heldout", f"{e['heldout']} held-out examples after the setup's "
+                                                       f"{held['examples']['n']}, but {held['dataset']} "
+                                                       f"{held['examples']['split']} has {size:,}")
         if 0 not in e["ks"]:
             _config_error(f"edits.{name}.ks", f"the sweep must include k = 0 (the unedited model), got {e['ks']}")
         if SETUPS[e["setup"]]["output"] != "margin":

@@ -13,9 +13,9 @@ import preset  # noqa: E402
 
 PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
 # the keys `preset.derive` may change, as CHANGES lists them
-SETUP_KEYS = {"masks", "shards", "test_masks", "examples", "train", "baseline_options"}
+SETUP_KEYS = {"masks", "shards", "test_masks", "alpha_test", "examples", "train", "baseline_options"}
 EDIT_KEYS = {"targets", "references", "ks", "heldout", "shifts"}
-FIGURE_KEYS = {"examples", "components", "top", "queries", "neighbors", "show"}
+FIGURE_KEYS = {"examples", "components", "top", "queries", "neighbors", "show", "alpha_test", "alphas"}
 
 
 def _changed(a: dict, b: dict) -> set:
@@ -48,7 +48,7 @@ def test_sizes_shrink_and_never_grow(tmp_path):
         rs = r["setups"][name]
         for key in ("masks", "shards", "test_masks"):
             if key in s:
-                assert rs[key] <= min(s[key], {"masks": 16, "shards": 2, "test_masks": 6}[key])
+                assert rs[key] <= min(s[key], {"masks": 16, "shards": 2, "test_masks": preset.TEST_MASKS}[key])
         if rs.get("examples", {}).get("n") is not None and s.get("examples", {}).get("n") is not None:
             assert rs["examples"]["n"] <= s["examples"]["n"]
         if "train" in s:
@@ -64,14 +64,31 @@ def test_sizes_shrink_and_never_grow(tmp_path):
     assert r["edits"]["fix_B"]["targets"] == 2 and r["edits"]["fix_B"]["ks"] == [0, 1, 2]
 
 
+def test_alpha_grids_keep_two_values_and_alpha_train_where_listed(tmp_path):
+    r = preset.derive(PAPER, tmp_path)
+    for name, s in PAPER["setups"].items():
+        if "alpha_test" not in s:
+            continue
+        got = r["setups"][name]["alpha_test"]
+        assert set(got) <= set(s["alpha_test"]) and len(got) == min(2, len(s["alpha_test"])), name
+        alpha_train = preset._inherited(PAPER["setups"], name, "alpha_train")
+        if alpha_train in s["alpha_test"]:
+            assert alpha_train in got, name  # Fig. 14 evaluates at alpha_train
+    assert r["setups"]["A_a05"]["alpha_test"] == [0.05, 0.2]  # alpha_train 0.05 and the largest
+    for name, f in PAPER["figures"].items():
+        for key in ("alpha_test", "alphas"):
+            if key in f:
+                assert r["figures"][name][key] == [min(f[key]), max(f[key])], (name, key)
+
+
 def test_a_setup_added_to_the_paper_preset_is_rehearsed(tmp_path):
     paper = copy.deepcopy(PAPER)
     paper["setups"]["NEW"] = {"title": "new", "dataset": "cifar10", "model": "cifar_resnet", "alpha_train": 0.1,
                               "masks": 30000, "shards": 30, "examples": {"split": "test"}, "test_masks": 800,
                               "train": {"epochs": 30, "batch_size": 256}}
     r = preset.derive(paper, tmp_path)["setups"]["NEW"]
-    assert (r["masks"], r["shards"], r["test_masks"], r["examples"]["n"]) == (16, 2, 6, preset.EXAMPLES)
-    assert r["train"] == {"epochs": 1, "batch_size": 16, "n_train": 64}
+    assert (r["masks"], r["shards"], r["test_masks"], r["examples"]["n"]) == (16, 2, preset.TEST_MASKS, preset.EXAMPLES)
+    assert r["train"] == {"epochs": 1, "batch_size": 16, "n_train": preset.N_TRAIN}
     assert r["baseline_options"] == {"loo_components": preset.LOO_COMPONENTS, "n_steps": preset.IG_STEPS,
                                    "groups": preset.IG_GROUPS}
 

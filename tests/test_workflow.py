@@ -210,6 +210,28 @@ def test_bad_split_or_shift_config_names_the_key(tmp_path, old, new, key, messag
     assert r.returncode != 0 and key in r.stdout + r.stderr and message in r.stdout + r.stderr, (r.stdout + r.stderr)[-2000:]
 
 
+@pytest.mark.parametrize("old, new, key, message", [
+    ("    model: resnet_tiny\n    in_channels", "    model: resnet_tyni\n    in_channels", "setups.T.model",
+     "unknown model 'resnet_tyni'"),
+    ("alpha_train: 0.10", "alpha_train: .nan", "setups.T.alpha_train", "nan is not a finite number"),
+    ("    examples: {split: test, n: 40}\n    alpha_train: 0.10", "    examples: {split: test, n: 40000}\n"
+     "    alpha_train: 0.10", "setups.T.examples.n", "40000 examples, but fashion-mnist test has 10,000"),
+    ("train: {n_train: 2000, epochs: 2", "train: {n_train: 90000, epochs: 2", "setups.T.train.n_train",
+     "90000 training images, but fashion-mnist train has 60,000"),
+    ("    ks: [0, 2, 8]\n    heldout: 60", "    ks: [0, 2, 8]\n    heldout: 9990", "edits.fix_T.heldout",
+     "9990 held-out examples after the setup's 40, but fashion-mnist test has 10,000"),
+])
+def test_what_a_job_would_refuse_is_refused_at_plan_time(tmp_path, old, new, key, message):
+    """Model names, finite numbers and counts within the split are checked before any job runs."""
+    text = (ROOT / "config/test.yaml").read_text()
+    assert text.count(old) >= 1, old
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(old, new, 1))
+    r = snakemake("-n", f"--configfile={bad}", "--directory", str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and key in out and message in out and "Traceback" not in out, out[-2000:]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
 def test_ci_preset_end_to_end(tmp_path):

@@ -60,7 +60,7 @@ from PIL import Image, ImageDraw
 SEED = 0
 MTIME = 1546300800  # 2019-01-01: the date stamped on every archive member
 FORGET_CLASSES = (489, 559, 652, 763)  # config/paper.yaml, edits.forget_B.classes
-FORGET_IMAGES = 6  # validation images of each of those classes
+FORGET_IMAGES = 2  # validation images of each of those classes: the forget edit's 2 targets
 PREDICTED = 256  # distinct validation images labelled with the fixture ResNet-50's prediction
 COPIES = 4  # names each of them is stored under
 CIFAR_PER_BATCH, CIFAR_TEST = 20, 20

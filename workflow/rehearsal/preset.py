@@ -19,8 +19,8 @@ PRESET = "paper-rehearsal"
 DESCRIPTION = ("REHEARSAL of the paper preset on miniature fake data with random weights: it checks that every "
                "job runs, its numbers mean nothing")
 
-MASKS, SHARDS, TEST_MASKS, EXAMPLES, LENGTH = 16, 2, 6, 4, 16
-EPOCHS, N_TRAIN, BATCH, LM_STEPS = 1, 64, 16, 6
+MASKS, SHARDS, TEST_MASKS, EXAMPLES, LENGTH = 16, 2, 4, 4, 16
+EPOCHS, N_TRAIN, BATCH, LM_STEPS = 1, 32, 16, 6
 LOO_COMPONENTS, IG_STEPS, IG_GROUPS = 8, 2, 3  # IG_GROUPS: the first, a middle and the last layer
 TARGETS, REFERENCES, KS, HELDOUT, SHIFT_N, SHOWN, SUBPOP_EXAMPLES = 2, 4, 3, 8, 2, 2, 16
 
@@ -32,10 +32,15 @@ CHANGES = [
      "the miniature fixtures in each source's real format (workflow/rehearsal/fixtures_*.py)"),
     ("setups.*.masks", "at most 16", "size: training masks (fewer masks than components: the dual fit)"),
     ("setups.*.shards", "at most 2", "size: still more than one shard per setup, so gathering is exercised"),
-    ("setups.*.test_masks", "at most 6", "size: evaluation masks per alpha_test"),
+    ("setups.*.test_masks", f"at most {TEST_MASKS}", "size: evaluation masks per alpha_test"),
+    ("setups.*.alpha_test", "at most 2 values: alpha_train when it is listed, and the largest other",
+     "size: every alpha is one more evaluation-mask store, gather and evaluation job per setup; alpha_train "
+     "stays where a figure evaluates at it (Fig. 14)"),
+    ("figures.*.alpha_test, figures.fig25.alphas", "the smallest and the largest value",
+     "size: a figure's own alpha grid adds evaluation-mask stores (Fig. 25: 8 alphas on 4 setups)"),
     ("setups.*.examples.n", "at most 4 (also where the paper takes the whole split)", "size: examples"),
     ("setups.*.examples.length", "at most 16 tokens", "size: sequence length"),
-    ("setups.*.train", "1 epoch, at most 64 images, batches of at most 16, at most 6 language-model steps",
+    ("setups.*.train", f"1 epoch, at most {N_TRAIN} images, batches of at most 16, at most 6 language-model steps",
      "size: training (a run of a few optimizer steps, as a small fine-tuning would have)"),
     ("setups.*.train.lr", "scaled with the batch size (times 16/512 where the batch shrinks from 512 to 16)",
      "the linear scaling rule: a 512-image batch's learning rate on 16 images diverges (the CIFAR ResNet's "
@@ -64,14 +69,36 @@ def _at_most(d: dict, key: str, cap: int, null_means_all: bool = False) -> None:
         d[key] = cap
 
 
+def _inherited(setups: dict, name: str, key: str):
+    """A setup's value of `key`, looked up through its `parent:` chain (None when no setup sets it)."""
+    while name is not None:
+        if key in setups[name]:
+            return setups[name][key]
+        name = setups[name].get("parent")
+    return None
+
+
+def _alphas(values: list, keep: float | None = None) -> list:
+    """At most two values of an alpha grid, in its order: `keep` when it is one of them, and the largest
+    other; without `keep`, the smallest and the largest."""
+    if len(values) <= 2:
+        return values
+    if keep in values:
+        other = max(v for v in values if v != keep)
+        return [v for v in values if v in (keep, other)]
+    return [v for v in values if v in (min(values), max(values))]
+
+
 def derive(paper: dict, fixtures: str | Path) -> dict:
     """The rehearsal of a paper-scale config dict (as loaded from config/paper.yaml)."""
     cfg = copy.deepcopy(paper)
     raw = Path(fixtures).resolve() / "data" / "raw"
     cfg.update(preset=PRESET, description=DESCRIPTION, download_root=str(raw), imagenet_root=str(raw / "imagenet"))
-    for s in cfg["setups"].values():
+    for name, s in cfg["setups"].items():
         for key, cap in (("masks", MASKS), ("shards", SHARDS), ("test_masks", TEST_MASKS)):
             _at_most(s, key, cap)
+        if "alpha_test" in s:
+            s["alpha_test"] = _alphas(s["alpha_test"], _inherited(paper["setups"], name, "alpha_train"))
         if "examples" in s:
             ex = s["examples"]
             # a variant that does not set n inherits its parent's; one that sets it (even to null: the whole
@@ -103,6 +130,9 @@ def derive(paper: dict, fixtures: str | Path) -> dict:
         if e["kind"] == "subpop":
             setup["examples"]["n"] = SUBPOP_EXAMPLES
     for f in cfg.get("figures", {}).values():
+        for key in ("alpha_test", "alphas"):
+            if key in f:
+                f[key] = _alphas(f[key])
         for key in ("examples", "components", "top", "queries", "neighbors", "show"):
             _at_most(f, key, SHOWN)
     return cfg

@@ -48,6 +48,17 @@ DATASETS["typographic"] = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [
 DATASETS.update({f"{base}-backdoor": DATASETS[base] for base in ("fashion-mnist", "cifar10")})  # same images
 
 
+# published split sizes, for the workflow's plan-time check of example and training-image counts (a smaller
+# copy than these is still caught by the job that loads it)
+SPLIT_SIZES = {
+    **{(d, split): n for d in ("fashion-mnist", "fashion-mnist-backdoor") for split, n in (("train", 60000), ("test", 10000))},
+    **{(d, split): n for d in ("cifar10", "cifar10-backdoor") for split, n in (("train", 50000), ("test", 10000))},
+    ("imagenet", "val"): 50000,
+    ("waterbirds", "train"): 4795, ("waterbirds", "val"): 1199, ("waterbirds", "test"): 5794,
+    ("celeba-blond", "train"): 162770, ("celeba-blond", "val"): 19867, ("celeba-blond", "test"): 19962,
+}
+
+
 # text datasets of the paper preset and the output function each is scored with (coar.data.hf_text)
 TEXT_DATASETS = {"tinystories": "token_margin", "boolq": "answer_margin"}
 
