@@ -21,7 +21,7 @@ rule fit:
 
 rule fit_sample_size:
     """COAR refitted on the first m training masks (paper Fig. 14): `coar` with the setup's regression,
-    `ridge` with ridge regression and the setup's lambda grid (the sample-size study of issue 6)."""
+    `ridge` with ridge regression and the setup's lambda grid, at the same sample sizes."""
     input:
         lambda w: train_receipt(w.setup),
     output:

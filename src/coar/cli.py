@@ -79,7 +79,7 @@ def _device(name: str | None):
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CoarError(f"--device {name}: CUDA is not available on this machine")
+        raise CoarError(f"--device {name}: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
     return torch.device(name)
 
 
