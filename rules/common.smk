@@ -91,19 +91,14 @@ def _check_finite(value, key):
         _check_finite(v, f"{key}.{k}" if key else str(k))
 
 
-def _check_counts(name, s):
-    """Example and training-image counts within the published split sizes (coar.data.registry.SPLIT_SIZES)."""
+def _check_within_split(key, count, what, dataset, split):
+    """`count` examples of a split at most its published size (coar.data.registry.SPLIT_SIZES; a smaller copy
+    is caught by the job that loads it)."""
     from coar.data.registry import SPLIT_SIZES
 
-    ex = s["examples"]
-    size = SPLIT_SIZES.get((s["dataset"], ex["split"]))
-    if size is not None and ex.get("n") is not None and ex["n"] > size:
-        _config_error(f"setups.{name}.examples.n", f"{ex['n']} examples, but {s['dataset']} {ex['split']} has "
-                                                   f"{size:,}")
-    train = SPLIT_SIZES.get((s["dataset"], "train"))
-    if train is not None and s["train"].get("n_train") is not None and s["train"]["n_train"] > train:
-        _config_error(f"setups.{name}.train.n_train", f"{s['train']['n_train']} training images, but "
-                                                      f"{s['dataset']} train has {train:,}")
+    size = SPLIT_SIZES.get((dataset, split))
+    if size is not None and count is not None and count > size:
+        _config_error(key, f"{count} {what}, but {dataset} {split} has {size:,}")
 
 
 def _check_config():
@@ -115,7 +110,10 @@ def _check_config():
             _config_error(f"setups.{name}", "setup names are used in paths: letters, digits and _ only")
         if s["model"] not in MODELS:
             _config_error(f"setups.{name}.model", f"unknown model {s['model']!r}; known: {', '.join(MODELS)}")
-        _check_counts(name, s)
+        _check_within_split(f"setups.{name}.examples.n", s["examples"].get("n"), "examples", s["dataset"],
+                            s["examples"]["split"])
+        _check_within_split(f"setups.{name}.train.n_train", s["train"].get("n_train"), "training images",
+                            s["dataset"], "train")
         if s["shards"] > s["masks"]:
             _config_error(f"setups.{name}.shards", f"{s['shards']} shards for only {s['masks']} masks")
         if s["train"].get("from_pretrained") and (s["pretrained"] or s["model"] not in ("resnet50", "vit_b_16")):
@@ -159,15 +157,6 @@ def _check_config():
     for name, e in config["edits"].items():
         if e["setup"] not in SETUPS:
             _config_error(f"edits.{name}.setup", f"unknown setup {e['setup']!r}; defined: {', '.join(SETUPS)}")
-        held = SETUPS[e.get("heldout_setup") or e["setup"]] if (e.get("heldout_setup") or e["setup"]) in SETUPS else None
-        if held is not None and held["examples"].get("n") is not None:
-            from coar.data.registry import SPLIT_SIZES
-
-            size = SPLIT_SIZES.get((held["dataset"], held["examples"]["split"]))
-            if size is not None and held["examples"]["n"] + e["heldout"] > size:
-                _config_error(f"edits.{name}.heldout", f"{e['heldout']} held-out examples after the setup's "
-                                                       f"{held['examples']['n']}, but {held['dataset']} "
-                                                       f"{held['examples']['split']} has {size:,}")
         if 0 not in e["ks"]:
             _config_error(f"edits.{name}.ks", f"the sweep must include k = 0 (the unedited model), got {e['ks']}")
         if SETUPS[e["setup"]]["output"] != "margin":
@@ -194,6 +183,11 @@ def _check_config():
                 _config_error(f"edits.{name}.heldout_setup", f"unknown setup {e['heldout_setup']!r}")
             if owner(e["heldout_setup"], "model") != owner(e["setup"], "model"):
                 _config_error(f"edits.{name}.heldout_setup", f"{e['heldout_setup']} and {e['setup']} must share the model")
+        held = SETUPS[e.get("heldout_setup") or e["setup"]]
+        if held["examples"].get("n") is not None:  # the held-out examples: the next `heldout` of the split
+            _check_within_split(f"edits.{name}.heldout", held["examples"]["n"] + e["heldout"],
+                                f"examples with the setup's {held['examples']['n']} (held-out after them)",
+                                held["dataset"], held["examples"]["split"])
         if e["kind"] == "subpop":
             from coar.data.registry import GROUPED
 

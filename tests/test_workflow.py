@@ -219,7 +219,7 @@ def test_bad_split_or_shift_config_names_the_key(tmp_path, old, new, key, messag
     ("train: {n_train: 2000, epochs: 2", "train: {n_train: 90000, epochs: 2", "setups.T.train.n_train",
      "90000 training images, but fashion-mnist train has 60,000"),
     ("    ks: [0, 2, 8]\n    heldout: 60", "    ks: [0, 2, 8]\n    heldout: 9990", "edits.fix_T.heldout",
-     "9990 held-out examples after the setup's 40, but fashion-mnist test has 10,000"),
+     "10030 examples with the setup's 40 (held-out after them), but fashion-mnist test has 10,000"),
 ])
 def test_what_a_job_would_refuse_is_refused_at_plan_time(tmp_path, old, new, key, message):
     """Model names, finite numbers and counts within the split are checked before any job runs."""
