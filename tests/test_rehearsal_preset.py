@@ -48,11 +48,15 @@ def test_sizes_shrink_and_never_grow(tmp_path):
         rs = r["setups"][name]
         for key in ("masks", "shards", "test_masks"):
             if key in s:
-                assert rs[key] <= min(s[key], {"masks": 16, "shards": 2, "test_masks": preset.TEST_MASKS}[key])
+                assert rs[key] <= min(s[key], {"masks": preset.MASKS, "shards": 2, "test_masks": preset.TEST_MASKS}[key])
         if rs.get("examples", {}).get("n") is not None and s.get("examples", {}).get("n") is not None:
             assert rs["examples"]["n"] <= s["examples"]["n"]
         if "train" in s:
             assert rs["train"]["epochs"] == 1
+    # more than one shard (so gathering is exercised) on the Fig. 2 setups; one everywhere else, variants included
+    assert {n: rs["shards"] for n, rs in r["setups"].items() if rs.get("shards", 1) > 1} == {
+        n: 2 for n in PAPER["figures"]["fig2"]["setups"]}
+    assert all(rs.get("shards") == 1 for n, rs in r["setups"].items() if rs.get("parent"))
     # the whole split (n absent or null) becomes a few examples, also on variants that reset n to null
     assert r["setups"]["B"]["examples"]["n"] == preset.EXAMPLES
     assert r["setups"]["Bd_test"]["examples"]["n"] == preset.EXAMPLES
@@ -87,7 +91,8 @@ def test_a_setup_added_to_the_paper_preset_is_rehearsed(tmp_path):
                               "masks": 30000, "shards": 30, "examples": {"split": "test"}, "test_masks": 800,
                               "train": {"epochs": 30, "batch_size": 256}}
     r = preset.derive(paper, tmp_path)["setups"]["NEW"]
-    assert (r["masks"], r["shards"], r["test_masks"], r["examples"]["n"]) == (16, 2, preset.TEST_MASKS, preset.EXAMPLES)
+    # one shard: only the Fig. 2 setups are sampled in more than one
+    assert (r["masks"], r["shards"], r["test_masks"], r["examples"]["n"]) == (preset.MASKS, 1, preset.TEST_MASKS, preset.EXAMPLES)
     assert r["train"] == {"epochs": 1, "batch_size": 16, "n_train": preset.N_TRAIN}
     assert r["baseline_options"] == {"loo_components": preset.LOO_COMPONENTS, "n_steps": preset.IG_STEPS,
                                    "groups": preset.IG_GROUPS}

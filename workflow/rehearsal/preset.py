@@ -19,9 +19,9 @@ PRESET = "paper-rehearsal"
 DESCRIPTION = ("REHEARSAL of the paper preset on miniature fake data with random weights: it checks that every "
                "job runs, its numbers mean nothing")
 
-MASKS, SHARDS, TEST_MASKS, EXAMPLES, LENGTH = 16, 2, 4, 4, 16
+MASKS, SHARDS, TEST_MASKS, EXAMPLES, LENGTH = 8, 2, 4, 4, 16
 EPOCHS, N_TRAIN, BATCH, LM_STEPS = 1, 32, 16, 6
-LOO_COMPONENTS, IG_STEPS, IG_GROUPS = 8, 2, 3  # IG_GROUPS: the first, a middle and the last layer
+LOO_COMPONENTS, IG_STEPS, IG_GROUPS = 8, 2, 2  # IG_GROUPS: the first and the last layer
 TARGETS, REFERENCES, KS, HELDOUT, SHIFT_N, SHOWN, SUBPOP_EXAMPLES = 2, 4, 3, 8, 2, 2, 16
 
 # Every difference from config/paper.yaml, applied by `derive`: (where, change, reason).
@@ -30,8 +30,9 @@ CHANGES = [
      "every figure's footer and every table name the preset, so a rehearsal cannot be mistaken for results"),
     ("download_root, imagenet_root", "the fixtures' data/raw and data/raw/imagenet",
      "the miniature fixtures in each source's real format (workflow/rehearsal/fixtures_*.py)"),
-    ("setups.*.masks", "at most 16", "size: training masks (fewer masks than components: the dual fit)"),
-    ("setups.*.shards", "at most 2", "size: still more than one shard per setup, so gathering is exercised"),
+    ("setups.*.masks", f"at most {MASKS}", "size: training masks (fewer masks than components: the dual fit)"),
+    ("setups.*.shards", "2 for the setups of Fig. 2 (figures.fig2.setups), 1 for every other setup",
+     "size: every shard is a job that loads the model; the Fig. 2 setups still gather more than one shard"),
     ("setups.*.test_masks", f"at most {TEST_MASKS}", "size: evaluation masks per alpha_test"),
     ("setups.*.alpha_test", "at most 2 values: alpha_train when it is listed, and the largest other",
      "size: every alpha is one more evaluation-mask store, gather and evaluation job per setup; alpha_train "
@@ -45,7 +46,8 @@ CHANGES = [
     ("setups.*.train.lr", "scaled with the batch size (times 16/512 where the batch shrinks from 512 to 16)",
      "the linear scaling rule: a 512-image batch's learning rate on 16 images diverges (the CIFAR ResNet's "
      "logits reached 1e6 in 4 steps, which overflow the float16 mask stores)"),
-    ("setups.*.baseline_options", "leave-one-out on 8 components; NC and II on 3 layers with 2 integration steps",
+    ("setups.*.baseline_options", "leave-one-out on 8 components; NC and II on the first and the last layer with 2 "
+     "integration steps",
      "size: leave-one-out costs one forward pass per component and example (22,720 for ResNet-50, 82,944 for "
      "ViT-B/16), NC and II a forward and backward pass per layer and integration step (49 layers of ResNet-50: "
      "50 minutes on 2 CPU cores)"),
@@ -94,9 +96,10 @@ def derive(paper: dict, fixtures: str | Path) -> dict:
     cfg = copy.deepcopy(paper)
     raw = Path(fixtures).resolve() / "data" / "raw"
     cfg.update(preset=PRESET, description=DESCRIPTION, download_root=str(raw), imagenet_root=str(raw / "imagenet"))
+    sharded = set(cfg.get("figures", {}).get("fig2", {}).get("setups", []))
     for name, s in cfg["setups"].items():
-        for key, cap in (("masks", MASKS), ("shards", SHARDS), ("test_masks", TEST_MASKS)):
-            _at_most(s, key, cap)
+        for key, cap in (("masks", MASKS), ("shards", SHARDS if name in sharded else 1), ("test_masks", TEST_MASKS)):
+            _at_most(s, key, cap, null_means_all=key == "shards" and name not in sharded)
         if "alpha_test" in s:
             s["alpha_test"] = _alphas(s["alpha_test"], _inherited(paper["setups"], name, "alpha_train"))
         if "examples" in s:

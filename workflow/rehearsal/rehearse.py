@@ -132,6 +132,9 @@ def main(argv: list[str]) -> int:
     with open(log_path, "w") as fh:
         r = subprocess.run([_snakemake(), "--snakefile", str(ROOT / "Snakefile"), f"--configfile={cfg_path}",
                             "--directory", str(d / "work"), "--cores", str(args.cores), "--keep-going",
+                            # the ILP scheduler runs a solver process after every finished job: on 2 cores its
+                            # rounds took CPU time from the jobs of a run of a few hundred short jobs
+                            "--scheduler", "greedy",
                             *args.snakemake_args], stdout=fh, stderr=subprocess.STDOUT, text=True, env=env)
     wall = time.time() - start
     log = log_path.read_text()
