@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of BENCHMARKS.md in one command, within a wall-clock budget:
+# Every GPU figure of docs/benchmarks.md in one command, within a wall-clock budget:
 #   1. the `cuda` tests (device == CPU for every engine path; bf16 vs fp32 margins on the paper's models);
 #   2. mask sampling, ours vs the re-implemented authors' loop, at n = 64 and n = 10,000, for the CIFAR
 #      ResNet, ResNet-50 and ViT-B/16 (bf16; again with channels_last for the convnets);

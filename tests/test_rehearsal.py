@@ -1,7 +1,7 @@
 """The paper preset, rehearsed: every rule config/paper.yaml plans runs end to end on miniature data in each
 source's real format, with the real architectures (workflow/rehearsal/).
 
-It takes about a quarter of an hour on 2 CPU cores (the README's rehearsal section gives the measured time),
+It takes about a quarter of an hour on 2 CPU cores (docs/workflow.md gives the measured time),
 so it runs in CI (CI=true) and when asked (COAR_REHEARSAL=1); COAR_REHEARSAL=0 skips it in CI too:
     COAR_REHEARSAL=1 python -m pytest tests/test_rehearsal.py -s"""
 import json

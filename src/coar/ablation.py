@@ -196,7 +196,7 @@ def counterfactual_outputs(model: nn.Module, cset: ComponentSet, inputs: torch.T
     Each forward pass runs `masks_per_pass` masks on a batch of `batch_size` examples, i.e.
     masks_per_pass * batch_size rows. On a CPU keep that product near 256: passes of a few thousand rows
     make glibc return the activation buffers to the OS after every pass (mmap/munmap and page faults),
-    which measured 3x slower (BENCHMARKS.md). On a GPU, raise both.
+    which measured 3x slower (docs/benchmarks.md). On a GPU, raise both.
     """
     keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
     if keep.dim() != 2 or keep.shape[1] != cset.size:

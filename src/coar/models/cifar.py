@@ -72,8 +72,8 @@ def resnet18_cifar(num_classes=10, in_channels=3, image_size=32, width=64):
 def resnet18_w8(num_classes=10, in_channels=3, image_size=32):
     """ResNet-18's layout at 1/8 of its width: 8 + 2x(8+8) + 2x(16+16) + 2x(32+32) + 2x(64+64) = 488 filters.
     The default preset's model for the single-example fixes of Fig. 19: fixing one error of the 104-filter
-    resnet_tiny changed held-out accuracy by a median -25 points, one of this model's by +0.1 (README, "Why
-    some edits cost more")."""
+    resnet_tiny changed held-out accuracy by a median -25 points, one of this model's by +0.1 (docs/results.md, "A's
+    filters are too coarse")."""
     return resnet18_cifar(num_classes, in_channels, image_size, width=8)
 
 
