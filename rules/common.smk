@@ -101,6 +101,48 @@ def _check_within_split(key, count, what, dataset, split):
         _config_error(key, f"{count} {what}, but {dataset} {split} has {size:,}")
 
 
+def component_count(setup):
+    """C, the size of a setup's component set (coar.counts: the model built on the meta device, shapes only,
+    nothing downloaded; counted once and cached). None for a Hugging Face model used with its published
+    weights: its shape is the hub's configuration, known only once loaded, so the sampling job checks its
+    alphas (coar.pipeline.check_alpha)."""
+    from coar.counts import component_count as count
+    from coar.errors import CoarError
+    from coar.models import HF_ARCHITECTURES
+
+    s = SETUPS[setup]
+    if s["pretrained"] and s["model"] in HF_ARCHITECTURES:
+        return None
+    try:
+        return count(s["model"], s["components"], s["num_classes"], s["in_channels"], s["image_size"])
+    except CoarError as exc:
+        _config_error(f"setups.{setup}.components", str(exc))
+
+
+def _check_alphas():
+    """Every alpha masks are sampled at ablates round(alpha * C) >= 1 of the setup's C components (a job would
+    refuse it): alpha_train, alpha_test, and the alpha grids of Figs. 13, 25, 26 and 27."""
+    from coar.sampling import n_ablated
+
+    uses = []
+    for name, s in SETUPS.items():
+        uses.append((f"setups.{name}.alpha_train", name, [s["alpha_train"]]))
+        uses.append((f"setups.{name}.alpha_test", name, s["alpha_test"]))
+    figs = config["figures"]
+    for fig, grid in (("fig13", "alpha_test"), ("fig25", "alphas"), ("fig26", "alpha_test")):
+        for name in figs.get(fig, {}).get("setups", []):
+            uses.append((f"figures.{fig}.{grid}", name, figs[fig][grid]))
+    if "fig27" in figs:
+        uses += [("figures.fig27.alpha_test", figs["fig27"][k], figs["fig27"]["alpha_test"]) for k in ("zero", "scale")]
+    for key, name, alphas in uses:
+        c = component_count(name)
+        for alpha in alphas if c is not None else ():
+            if n_ablated(c, alpha) < 1:
+                _config_error(key, f"alpha {alpha:g} ablates round(alpha * C) = round({alpha:g} * {c}) = 0 of setup "
+                                   f"{name}'s C = {c} components ({SETUPS[name]['model']}), so masks would ablate "
+                                   f"nothing; use alpha > {0.5 / c:.3g}")
+
+
 def _check_config():
     from coar.models import MODELS
 
@@ -246,6 +288,7 @@ def _check_config():
             _config_error(f"setups.{s}.alpha_test", "Fig. 14 evaluates at alpha_train, which must be one of alpha_test")
         if "loo" not in SETUPS[s]["baselines"]:
             _config_error(f"setups.{s}.baselines", "Fig. 14 compares with leave-one-out: include loo")
+    _check_alphas()  # last: it builds models (on the meta device), after every cheaper check has passed
 
 
 

@@ -3,7 +3,12 @@ CoarError in the library), names the argument, key or path at fault, and leaves 
 
 One module-wide world of tiny artifacts (resnet_tiny on random 1x28x28 images, a few masks per store) serves
 every case; each case writes only under its own `{o}` directory, which must not exist afterwards."""
+import errno
+import json
+import os
 import shutil
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ import torch
 from coar.attributions import Attributions
 from coar.cli import main
 from coar.data.examples import Examples
+from coar.demo import DemoConfig
 from coar.errors import CoarError, StoreMismatchError
 from coar.models import build_model
 from coar.store import ShardStore, read_meta
@@ -47,11 +53,15 @@ def world(tmp_path_factory):
     _examples(w / "ex5.npz", 5, 2)
     _examples(w / "ex_rgb.npz", 4, 3, channels=3, size=32)
     _examples(w / "ex_label.npz", 4, 4, labels=[0, 1, 12, 3])
+    _examples(w / "ex5_rgb.npz", 5, 5, channels=3, size=32)
+    _examples(w / "ex5_label.npz", 5, 6, labels=[0, 1, 12, 3, 4])
     from tests.test_data import make_fake_root
 
     (w / "fm").mkdir()
     make_fake_root(w / "fm", n_train=30, n_test=20)
     (w / "adir").mkdir()
+    (w / "demo_old").mkdir()
+    (w / "demo_old/config.json").write_text(json.dumps(asdict(DemoConfig(masks=100))))
 
     def sample(out, masks=10, alpha="0.1", seed=0, shard=0, model="m.pt", ex="ex.npz", *extra):
         argv = ["sample", "--checkpoint", str(w / model), "--examples", str(w / ex), "--masks", str(masks),
@@ -245,7 +255,7 @@ CLI_CASES = [
     pytest.param(["edit", "--attributions", "{w}/coar.npz", "--checkpoint", "{w}/m.pt", "--k", "500", "--targets",
                   "0", "--references-random", "5", "--out", "{o}/e.pt"], ["--k", "500", "0..104"],
                  id="edit-k-too-large"),
-    pytest.param(EDIT + ["--targets", "0", "--references-random", "5", "--sweep", "1,999"], ["--sweep", "999"],
+    pytest.param(EDIT + ["--targets", "0", "--references-random", "5", "--examples", "{w}/ex.npz", "--sweep", "1,999"], ["--sweep", "999"],
                  id="edit-sweep-too-large"),
     pytest.param(EDIT + ["--targets", "0", "--references-random", "3", "--seed", "-4"], ["--seed", "-4"],
                  id="edit-negative-seed"),
@@ -266,6 +276,80 @@ CLI_CASES = [
                   "--device", "cpu", "--out", "{o}/b.npz"], ["do not fit the model"],
                  id="baseline-examples-do-not-fit"),
     pytest.param(BASE + ["--out", "{w}/adir"], ["--out", "adir", "is a directory"], id="baseline-out-is-a-directory"),
+    # options that would do nothing where they are given
+    pytest.param(SAMPLE + ["--alpha", "0.1", "--gamma", "0.3", "--out", "{o}/s"],
+                 ["--gamma 0.3 does nothing with --ablation zero"], id="sample-gamma-with-zero-ablation"),
+    pytest.param(BASE + ["--gamma", "0.3", "--out", "{o}/b.npz"], ["--gamma 0.3 does nothing with --ablation zero"],
+                 id="baseline-gamma-with-zero-ablation"),
+    pytest.param(["baseline", "--method", "nc", "--checkpoint", "{w}/m.pt", "--examples", "{w}/ex.npz", "--device",
+                  "cpu", "--ablation", "scale", "--out", "{o}/b.npz"],
+                 ["--ablation scale does nothing with --method nc"], id="baseline-ablation-with-nc"),
+    pytest.param(["baseline", "--method", "ii", "--checkpoint", "{w}/m.pt", "--examples", "{w}/ex.npz", "--device",
+                  "cpu", "--gamma", "0.5", "--out", "{o}/b.npz"], ["--gamma 0.5 does nothing with --method ii"],
+                 id="baseline-gamma-with-ii"),
+    pytest.param(["prepare", "fashion-mnist", "--root", "{w}/fm", "--n", "5", "--pad-to", "20", "--out",
+                  "{o}/ex.npz"], ["--pad-to 20", "28 x 28"], id="prepare-pad-to-smaller-than-the-images"),
+    pytest.param(["prepare", "fashion-mnist", "--root", "{w}/fm", "--seed", "3", "--out", "{o}/ex.npz"],
+                 ["--seed 3 does nothing without --n"], id="prepare-seed-without-n"),
+    pytest.param(FIT + ["--lambdas", "1,10", "--out", "{o}/a.npz"], ["--lambdas", "does nothing with --method ols"],
+                 id="fit-lambdas-with-ols"),
+    pytest.param(EDIT + ["--targets", "0", "--references", "1,2", "--seed", "3"],
+                 ["--seed 3 does nothing with --references"], id="edit-seed-with-references"),
+    pytest.param(EDIT + ["--targets", "0", "--references-random", "5", "--sweep", "1,3"],
+                 ["--sweep does nothing without --examples"], id="edit-sweep-without-examples"),
+    pytest.param(["components", "gpt2_tiny", "--image-size", "32"],
+                 ["--image-size 32 does nothing for the language model gpt2_tiny"],
+                 id="components-image-size-for-a-language-model"),
+    # devices
+    pytest.param(SAMPLE + ["--alpha", "0.1", "--device", "tpu", "--out", "{o}/s"],
+                 ["--device 'tpu'", "auto, cpu, cuda or cuda:<index>"], id="sample-unknown-device"),
+    pytest.param(TRAIN + ["--device", "mps", "--out", "{o}/m.pt"], ["--device 'mps'"], id="train-unsupported-device"),
+    pytest.param(BASE + ["--device", "gpu", "--out", "{o}/b.npz"], ["--device 'gpu'"], id="baseline-unknown-device"),
+    pytest.param(FIT + ["--device", "cuda:x", "--out", "{o}/a.npz"], ["--device 'cuda:x'"], id="fit-malformed-device"),
+    pytest.param(SAMPLE + ["--alpha", "0.1", "--device", "cuda:3", "--out", "{o}/s"], ["--device cuda:3", "CUDA"],
+                 id="sample-cuda-index-unavailable", marks=no_cuda),
+    # models coar train cannot train on Fashion-MNIST
+    pytest.param(["train", "--model", "gpt2_tiny", "--root", "{w}/fm", "--device", "cpu", "--out", "{o}/m.pt"],
+                 ["--model gpt2_tiny is a language model"], id="train-language-model"),
+    pytest.param(["train", "--model", "resnet50", "--root", "{w}/fm", "--device", "cpu", "--out", "{o}/m.pt"],
+                 ["ResNet cannot take the training inputs (1, 28, 28)"], id="train-model-for-other-images"),
+    pytest.param(["train", "--model", "resnet_51", "--root", "{w}/fm", "--device", "cpu", "--out", "{o}/m.pt"],
+                 ["unknown model 'resnet_51'"], id="train-unknown-model"),
+    # data roots: the one given, never another copy
+    pytest.param(["prepare", "fashion-mnist", "--root", "{w}/nowhere", "--n", "5", "--out", "{o}/ex.npz"],
+                 ["Fashion-MNIST not found in", "nowhere", "no such directory"], id="prepare-missing-root"),
+    pytest.param(TRAIN + ["--root", "{w}/adir", "--out", "{o}/m.pt"],
+                 ["Fashion-MNIST not found in", "adir", "missing train-images-idx3-ubyte"], id="train-empty-root"),
+    # edit: examples the model cannot take
+    pytest.param(["edit", "--attributions", "{w}/five.npz", "--checkpoint", "{w}/m.pt", "--k", "2", "--targets", "0",
+                  "--references-random", "3", "--examples", "{w}/ex5_rgb.npz", "--out", "{o}/e.pt"],
+                 ["--examples", "ex5_rgb.npz", "do not fit the model"], id="edit-examples-do-not-fit"),
+    pytest.param(["edit", "--attributions", "{w}/five.npz", "--checkpoint", "{w}/m.pt", "--k", "2", "--targets", "0",
+                  "--references-random", "3", "--examples", "{w}/ex5_label.npz", "--out", "{o}/e.pt"],
+                 ["--examples", "ex5_label.npz", "labels range over 0..12"], id="edit-examples-labels-outside-classes"),
+    # demo: a rerun into a run of other settings
+    pytest.param(["demo", "--out", "{w}/demo_old", "--masks", "50"], ["demo_old", "other settings",
+                                                                      "masks: 100 there, 50 now"],
+                 id="demo-rerun-with-other-settings"),
+    # output paths that cannot be written, refused before any work
+    pytest.param(TRAIN + ["--out", "{w}/ex.npz/m.pt"], ["--out", "ex.npz is a file, not a directory"],
+                 id="train-out-under-a-file"),
+    pytest.param(SAMPLE + ["--alpha", "0.1", "--out", "{w}/ex.npz/s/0"], ["--out", "ex.npz is a file"],
+                 id="sample-out-under-a-file"),
+    pytest.param(FIT + ["--out", "{w}/ex.npz/a.npz"], ["--out", "ex.npz is a file"], id="fit-out-under-a-file"),
+    pytest.param(BASE + ["--out", "{w}/ex.npz/b.npz"], ["--out", "ex.npz is a file"], id="baseline-out-under-a-file"),
+    pytest.param(["evaluate", "--attributions", "{w}/coar.npz", "--out", "{w}/ex.npz/c.csv", "--stores", "{w}/test/0"],
+                 ["--out", "ex.npz is a file"], id="evaluate-out-under-a-file"),
+    pytest.param(["edit", "--attributions", "{w}/coar.npz", "--checkpoint", "{w}/m.pt", "--k", "2", "--targets", "0",
+                  "--references-random", "5", "--out", "{w}/ex.npz/e.pt"], ["--out", "ex.npz is a file"],
+                 id="edit-out-under-a-file"),
+    pytest.param(["prepare", "fashion-mnist", "--root", "{w}/fm", "--n", "5", "--out", "{w}/ex.npz/x/ex.npz"],
+                 ["--out", "ex.npz is a file"], id="prepare-out-under-a-file"),
+    pytest.param(["dataset", "fashion-mnist", "--root", "{w}/fm", "--out", "{w}/ex.npz/fm.json"],
+                 ["--out", "ex.npz is a file"], id="dataset-out-under-a-file"),
+    pytest.param(["components", "resnet_tiny", "--csv", "{w}/ex.npz/c.csv"], ["--csv", "ex.npz is a file"],
+                 id="components-csv-under-a-file"),
+    pytest.param(["demo", "--out", "{w}/ex.npz/demo"], ["--out", "ex.npz is a file"], id="demo-out-under-a-file"),
 ]
 
 
@@ -366,6 +450,40 @@ def _train_lm(w, o, lr):
     train_language_model(torch.nn.Identity(), torch.arange(100), steps=1, length=8, lr=lr, progress=False)
 
 
+def _save_nonfinite_weights(w, o):
+    model, _ = _model(w)
+    state = model.state_dict()
+    state["layers.1.0.conv2.weight"].view(-1)[5] = float("nan")
+    state["linear.weight"][1, 2] = float("inf")
+    save_checkpoint(o / "m.pt", model, "resnet_tiny", KW)
+
+
+def _train_classifier_on(w, o, model, labels):
+    from coar.training import train_classifier
+
+    x = torch.randn(len(labels), 1, 28, 28)
+    train_classifier(build_model(model, **KW), x, torch.tensor(labels), epochs=1, progress=False)
+
+
+def _write_nonfinite(w, o):
+    store = ShardStore.create_or_open(o.parent / "store", read_meta(w / "train/0"))
+    out = np.zeros((2, N))
+    out[1, 3] = np.nan
+    store.write(np.array([4, 5]), out)
+
+
+def _fashion_mnist(w, o, **kw):
+    from coar.data.examples import fashion_mnist_examples
+
+    fashion_mnist_examples("test", 5, 0, **kw).save(o / "ex.npz")
+
+
+def _demo(w, o):
+    from coar.demo import run_demo
+
+    run_demo(w / "demo_old", DemoConfig(masks=50), quiet=True)
+
+
 LIB_CASES = [
     pytest.param(_sample, {"alpha": 0.004}, CoarError, ["alpha 0.004", "104", "0.416"], id="sample-store-alpha"),
     pytest.param(_sample, {"alpha": 0.1, "ablation": "scale", "gamma": -0.5}, CoarError, ["gamma", "-0.5"],
@@ -418,6 +536,21 @@ LIB_CASES = [
     pytest.param(_train, {"lr": float("nan")}, CoarError, ["learning rate", "nan"], id="train-classifier-lr-nan"),
     pytest.param(_train, {"lr": 0.0}, CoarError, ["learning rate", "0.0"], id="train-classifier-lr-zero"),
     pytest.param(_train_lm, {"lr": -1e-3}, CoarError, ["learning rate", "-0.001"], id="train-lm-lr-negative"),
+    pytest.param(_save_nonfinite_weights, {}, CoarError,
+                 ["m.pt not written", "layers.1.0.conv2.weight holds 1 non-finite value(s)", "nan"],
+                 id="save-checkpoint-nonfinite-weights"),
+    pytest.param(_train_classifier_on, {"model": "gpt2_tiny", "labels": [0, 1]}, CoarError,
+                 ["GPT2LMHeadModel cannot take the training inputs (1, 28, 28)"], id="train-classifier-language-model"),
+    pytest.param(_train_classifier_on, {"model": "resnet_tiny", "labels": [0, 12]}, CoarError,
+                 ["training labels range over 0..12", "10 classes"], id="train-classifier-labels-outside-classes"),
+    pytest.param(_write_nonfinite, {}, CoarError, ["non-finite", "rows [5]", "row (mask) 5, example 3 (value nan)",
+                                                   "nothing written"], id="store-write-nonfinite"),
+    pytest.param(_fashion_mnist, {"pad_to": 20}, CoarError, ["pad_to 20", "28 x 28"],
+                 id="fashion-mnist-pad-to-smaller"),
+    pytest.param(_fashion_mnist, {"root": "/nonexistent/fashion-mnist"}, CoarError,
+                 ["Fashion-MNIST not found in /nonexistent/fashion-mnist"], id="fashion-mnist-missing-root"),
+    pytest.param(_demo, {}, CoarError, ["demo_old", "other settings", "masks: 100 there, 50 now"],
+                 id="demo-rerun-with-other-settings"),
 ]
 
 
@@ -433,6 +566,74 @@ def test_library_refuses(world, tmp_path, call, kwargs, error, expected):
         assert text in str(info.value), f"{text!r} not in: {info.value}"
     assert not any(o.iterdir()), sorted(o.rglob("*"))
     assert {p: p.stat().st_mtime_ns for p in world.rglob("*")} == before
+
+
+READ_ONLY = [
+    pytest.param(TRAIN + ["--out", "{ro}/m.pt"], id="train"),
+    pytest.param(SAMPLE + ["--alpha", "0.1", "--out", "{ro}/s"], id="sample"),
+    pytest.param(FIT + ["--out", "{ro}/sub/a.npz"], id="fit"),
+    pytest.param(BASE + ["--out", "{ro}/b.npz"], id="baseline"),
+    pytest.param(["evaluate", "--attributions", "{w}/coar.npz", "--out", "{ro}/c.csv", "--stores", "{w}/test/0"],
+                 id="evaluate"),
+    pytest.param(["edit", "--attributions", "{w}/coar.npz", "--checkpoint", "{w}/m.pt", "--k", "2", "--targets", "0",
+                  "--references-random", "5", "--out", "{ro}/e.pt"], id="edit"),
+    pytest.param(["prepare", "fashion-mnist", "--root", "{w}/fm", "--n", "5", "--out", "{ro}/ex.npz"], id="prepare"),
+    pytest.param(["dataset", "fashion-mnist", "--root", "{w}/fm", "--out", "{ro}/fm.json"], id="dataset"),
+    pytest.param(["components", "resnet_tiny", "--csv", "{ro}/c.csv"], id="components"),
+    pytest.param(["demo", "--out", "{ro}/demo"], id="demo"),
+]
+
+
+@pytest.mark.parametrize("argv", READ_ONLY)
+def test_cli_refuses_an_unwritable_directory_before_any_work(world, tmp_path, capsys, monkeypatch, argv):
+    """An output in a read-only directory: exit 2 naming the directory, before any work. Root may write to a
+    directory without write permission, so for root the permission check is told the directory is
+    read-only."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.geteuid() == 0:
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: (Path(p) != ro or not mode & os.W_OK)
+                            and access(p, mode, **k))
+    try:
+        code, err = _cli([a.format(w=world, ro=ro) for a in argv], capsys)
+        flag = "--csv" if "--csv" in argv else "--out"
+        assert code == 2 and f"{flag} {ro}/" in err and f"the directory {ro} is not writable" in err, err
+        assert not any(ro.iterdir())
+    finally:
+        ro.chmod(0o755)
+
+
+def test_cli_full_disk_names_the_path_and_leaves_nothing(world, tmp_path, capsys, monkeypatch):
+    """A full disk: while a shard's files are reserved (not later, as a SIGBUS in a mapped write), while an
+    attribution file is flushed, while a checkpoint is saved: exit 2 naming the path, no file left."""
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if hasattr(os, "posix_fallocate"):
+        monkeypatch.setattr(os, "posix_fallocate", full)
+        out = tmp_path / "s"
+        code, err = _cli([a.format(w=world) for a in SAMPLE] + ["--alpha", "0.1", "--out", str(out)], capsys)
+        assert code == 2 and f"cannot create shard {out}" in err and "No space left on device (masks.npy)" in err, err
+        assert f"({10 * 104 + 10 * N * 2 + 10:,} bytes, 0.0 MiB)" in err and "Traceback" not in err, err
+        assert not any(tmp_path.iterdir()), sorted(tmp_path.iterdir())
+        monkeypatch.undo()
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, err = _cli(["fit", "--stores", str(world / "train/0"), "--out", str(tmp_path / "a.npz")], capsys)
+    assert code == 2 and f"{tmp_path / 'a.npz'}: No space left on device" in err, err
+    assert not any(tmp_path.iterdir()), sorted(tmp_path.iterdir())
+    monkeypatch.undo()
+
+    def save(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"half")
+        full()
+
+    monkeypatch.setattr(torch, "save", save)
+    code, err = _cli([a.format(w=world) for a in TRAIN] + ["--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 2 and f"{tmp_path / 'm.pt'}: No space left on device" in err, err
+    assert not any(tmp_path.iterdir()), sorted(tmp_path.iterdir())
 
 
 # ----------------------------------------------------------------------------- what is recorded, what still passes

@@ -36,8 +36,11 @@ def test_idx_roundtrip_and_loader(tmp_path):
 def test_env_variable_root(tmp_path, monkeypatch):
     make_fake_root(tmp_path, n_test=7)
     monkeypatch.setenv("COAR_FASHION_MNIST", str(tmp_path))
-    # the explicit root does not exist, so the environment variable's directory is used (not Debian's)
-    assert len(load_fashion_mnist("test", root=tmp_path / "nowhere")[0]) == 7
+    # no root given: the environment variable's directory is used (not Debian's)
+    assert len(load_fashion_mnist("test")[0]) == 7
+    # an explicit root without the files is refused, naming it, never replaced by another copy
+    with pytest.raises(CoarError, match=r"Fashion-MNIST not found in .*nowhere \(no such directory\)"):
+        load_fashion_mnist("test", root=tmp_path / "nowhere")
 
 
 def test_truncated_and_corrupted_files_are_reported(tmp_path):
@@ -60,6 +63,9 @@ def test_missing_dataset_error_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.delenv("COAR_FASHION_MNIST", raising=False)
     monkeypatch.setattr("coar.data.fashion_mnist.DEBIAN_ROOT", tmp_path / "absent")
     with pytest.raises(CoarError, match="dataset-fashion-mnist"):
+        load_fashion_mnist("test")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CoarError, match=r"not found in .*empty: missing train-images-idx3-ubyte, "):
         load_fashion_mnist("test", root=tmp_path / "empty")
     with pytest.raises(CoarError, match="split"):
         load_fashion_mnist("val", root=tmp_path)

@@ -297,15 +297,18 @@ def test_full_disk_and_unwritable_directory_are_named_and_leave_nothing(tmp_path
 
     monkeypatch.setattr(os, "posix_fallocate", record)
     ShardStore.create_or_open(tmp_path / "ok", make_meta()).close()
-    # done flags and float16 outputs: every byte of both files (the .npy header included) is reserved
-    sizes = sorted((tmp_path / "ok" / f).stat().st_size for f in ("done.npy", "outputs.npy"))
+    # masks, done flags and float16 outputs: every byte of the three files (the .npy header included) is
+    # reserved, the masks before they are written
+    sizes = sorted((tmp_path / "ok" / f).stat().st_size for f in ("done.npy", "outputs.npy", "masks.npy"))
     assert sorted(reserved) == sizes and sizes[0] >= 50 and sizes[1] >= 50 * 6 * 2
 
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(StoreError, match=r"cannot create shard .*s1 \(0\.0 MiB\): No space left on device"):
+    need = 50 * make_meta()["n_components"] + 50 * 6 * 2 + 50
+    with pytest.raises(StoreError, match=rf"cannot create shard .*s1 \({need:,} bytes, 0\.0 MiB\): No space left on "
+                                         r"device \(masks\.npy\)"):
         ShardStore.create_or_open(tmp_path / "s1", make_meta())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
 

@@ -220,9 +220,20 @@ def test_bad_split_or_shift_config_names_the_key(tmp_path, old, new, key, messag
      "90000 training images, but fashion-mnist train has 60,000"),
     ("    ks: [0, 2, 8]\n    heldout: 60", "    ks: [0, 2, 8]\n    heldout: 9990", "edits.fix_T.heldout",
      "10030 examples with the setup's 40 (held-out after them), but fashion-mnist test has 10,000"),
+    ("    ablation: scale\n    alpha_train: 0.20", "    ablation: scale\n    alpha_train: 0.004",
+     "setups.T_scale.alpha_train",
+     "alpha 0.004 ablates round(alpha * C) = round(0.004 * 104) = 0 of setup T_scale's C = 104 components"),
+    ("alpha_test: [0.10, 0.15]", "alpha_test: [0.10, 0.0045]", "setups.T.alpha_test",
+     "round(0.0045 * 104) = 0"),
+    ("    setups: [T]\n    alpha_test: [0.05, 0.10]", "    setups: [T]\n    alpha_test: [0.001, 0.10]",
+     "figures.fig13.alpha_test", "round(0.001 * 104) = 0"),
+    ("    alpha_train: 0.025", "    alpha_train: 0.0001", "setups.T_text.alpha_train", "(gpt2_bytes)"),
+    ("    masks: 240\n    shards: 2", "    masks: 240\n    shards: 300", "setups.T.shards",
+     "300 shards for only 240 masks"),
 ])
 def test_what_a_job_would_refuse_is_refused_at_plan_time(tmp_path, old, new, key, message):
-    """Model names, finite numbers and counts within the split are checked before any job runs."""
+    """Model names, finite numbers, counts within the split, alphas that ablate at least one component and
+    shard counts are checked before any job runs."""
     text = (ROOT / "config/test.yaml").read_text()
     assert text.count(old) >= 1, old
     bad = tmp_path / "bad.yaml"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -68,31 +69,76 @@ def _positive(text: str) -> int:
 
 
 def _out_file(path: str | None, flag: str = "--out") -> None:
-    """Refuse an output file name that is an existing directory, before any work."""
+    """Refuse an output file name that is an existing directory, or that cannot be written (see _out_path),
+    before any work."""
     if path is not None and Path(path).is_dir():
         raise CoarError(f"{flag} {path} is a directory; give a file name")
+    _out_path(path, flag)
 
 
-def _device(name: str | None):
+def _out_path(path: str | None, flag: str = "--out") -> None:
+    """Refuse, before any work, an output path (file or directory) that cannot be made: one under a file, or
+    whose nearest existing directory is not writable. Missing parent directories are created by the writers
+    (as the workflow's output paths need), so they are refused only when they cannot be."""
+    if path is None:
+        return
+    p = Path(path).absolute()
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise CoarError(f"{flag} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CoarError(f"{flag} {path}: the directory {parent} is not writable")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise CoarError(f"{flag} {path} exists and is not writable")
+
+
+def _device(name: str | None, flag: str = "--device"):
+    """auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:<index>; anything else is refused
+    naming the option."""
     import torch
 
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CoarError(f"--device {name}: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise CoarError(f"{flag} {name!r} is not a device coar runs on; give auto, cpu, cuda or cuda:<index>")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CoarError(f"{flag} {name}: torch sees no CUDA GPU here (torch.cuda.is_available() is False)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CoarError(f"{flag} {name}: torch sees {torch.cuda.device_count()} CUDA GPU(s) "
+                        f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def _given(value, default, flag: str, why: str):
+    """`default` when the option was not given (None); an option given where it does nothing is refused."""
+    if value is None:
+        return default
+    if why:
+        raise CoarError(f"{flag} {value} does nothing {why}; leave it out")
+    return value
 
 
 def cmd_components(a):
     from .components import component_set
-    from .models import build_model
+    from .io import atomic_write_csv
+    from .models import TEXT_MODELS, build_model
 
-    model = build_model(a.model, num_classes=a.num_classes, in_channels=a.in_channels, image_size=a.image_size,
-                        device="meta")
+    _out_file(a.csv, "--csv")
+    why = f"for the language model {a.model} (its shape is its configuration's)" if a.model in TEXT_MODELS else ""
+    kwargs = {"num_classes": _given(a.num_classes, 1000, "--num-classes", why),
+              "in_channels": _given(a.in_channels, 3, "--in-channels", why),
+              "image_size": _given(a.image_size, 224, "--image-size", why)}
+    model = build_model(a.model, device="meta", **kwargs)
     cset = component_set(model, a.table or a.model)
     table = cset.table()
     if a.csv:
-        table.to_csv(a.csv, index=False)
+        atomic_write_csv(table, a.csv)
     with __import__("pandas").option_context("display.max_rows", None, "display.width", 200):
         print(table[["group", "module", "site", "units"]].to_string(index=False))
     print(f"total components: {cset.size:,}  (fingerprint {cset.fingerprint()})")
@@ -101,7 +147,12 @@ def cmd_components(a):
 def cmd_prepare(a):
     from .data.examples import fashion_mnist_examples
 
-    ex = fashion_mnist_examples(a.split, a.n, a.seed, a.root, pad_to=a.pad_to, channels=a.channels)
+    _out_file(a.out)
+    seed = _given(a.seed, 0, "--seed", "without --n (the whole split is taken in order)" if a.n is None else "")
+    if a.pad_to is not None and a.pad_to < 28:
+        raise CoarError(f"--pad-to {a.pad_to} is smaller than Fashion-MNIST's 28 x 28 images; padding never crops "
+                        "(leave it out, or give a size >= 28)")
+    ex = fashion_mnist_examples(a.split, a.n, seed, a.root, pad_to=a.pad_to, channels=a.channels)
     ex.save(a.out)
     print(f"wrote {len(ex)} {a.dataset} {a.split} examples to {a.out} (fingerprint {ex.fingerprint()})")
 
@@ -112,6 +163,7 @@ def cmd_dataset(a):
     from .data.sources import prepare, source_root
     from .io import atomic_write_text
 
+    _out_file(a.out)
     root = a.root if a.root is not None else source_root(a.source)
     manifest = prepare(a.source, root)
     text = json.dumps(manifest, indent=1)
@@ -124,12 +176,17 @@ def cmd_train(a):
     import torch
 
     from .data.examples import fashion_mnist_examples
-    from .models import build_model
+    from .models import MODELS, TEXT_MODELS, build_model
     from .training import accuracy, save_checkpoint, train_classifier
 
     _out_file(a.out)
-    torch.manual_seed(a.seed)
+    if a.model not in MODELS:
+        build_model(a.model)  # refuses naming the known models
+    if a.model in TEXT_MODELS:
+        raise CoarError(f"--model {a.model} is a language model; coar train trains image classifiers on "
+                        "Fashion-MNIST (the workflow trains language models: a setup with dataset os-text)")
     device = _device(a.device)
+    torch.manual_seed(a.seed)
     train = fashion_mnist_examples("train", a.n_train, a.seed, a.root)
     test = fashion_mnist_examples("test", None, 0, a.root)
     kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 28}
@@ -151,12 +208,14 @@ def cmd_sample(a):
     from .pipeline import sample_store
     from .training import load_checkpoint
 
+    _out_path(a.out)
+    gamma = _given(a.gamma, 0.5, "--gamma", "with --ablation zero" if a.ablation == "zero" else "")
     device = _device(a.device)
     model, ck = load_checkpoint(a.checkpoint, device)
     cset = component_set(model, a.components or ck["arch"])
     get_output_fn(a.output)  # fail on a bad output name before creating anything
     store = sample_store(a.out, model, cset, Examples.load(a.examples), m=a.masks, alpha=a.alpha, seed=a.seed,
-                         shard=a.shard, output=a.output, scheme=a.scheme, ablation=a.ablation, gamma=a.gamma,
+                         shard=a.shard, output=a.output, scheme=a.scheme, ablation=a.ablation, gamma=gamma,
                          dtype=a.dtype, precision=a.precision, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass, device=device,
                          progress=not a.quiet)
     print(f"shard {a.out}: complete={store.is_complete} ({store.n_rows} masks x {store.n_examples} examples)")
@@ -166,8 +225,10 @@ def cmd_fit(a):
     from .pipeline import fit_stores
 
     _out_file(a.out)
+    lambdas = _given(a.lambdas, [0.1, 1, 10, 100, 1000], "--lambdas",
+                     "with --method ols (ridge penalties)" if a.method == "ols" else "")
     device = None if a.device == "cpu" else str(_device(a.device))
-    attr = fit_stores(a.stores, a.method, a.lambdas, standardize=not a.no_standardize, device=device)
+    attr = fit_stores(a.stores, a.method, lambdas, standardize=not a.no_standardize, device=device)
     attr.save(a.out)
     print(f"fitted {attr.method} attributions for {attr.n_examples} examples x {attr.n_components} components "
           f"from {attr.meta['n_masks']} masks; wrote {a.out}")
@@ -185,16 +246,20 @@ def cmd_baseline(a):
 
     _out_file(a.out)
     fn = get_output_fn(a.output)
-    if a.method in ("loo", "gp"):
-        unit_factors(np.zeros(1, dtype=bool), a.ablation, a.gamma)  # an ablation or gamma it cannot apply
+    ablates = a.method in ("loo", "gp")  # NC and II ablate nothing
+    ablation = _given(a.ablation, "zero", "--ablation", "" if ablates else f"with --method {a.method} (it ablates nothing)")
+    gamma = _given(a.gamma, 0.5, "--gamma", "" if ablates and ablation == "scale" else
+                   f"with --method {a.method} (it ablates nothing)" if not ablates else "with --ablation zero")
+    if ablates:
+        unit_factors(np.zeros(1, dtype=bool), ablation, gamma)  # an ablation or gamma it cannot apply
     device = _device(a.device)
     model, ck = load_checkpoint(a.checkpoint, device)
     cset = component_set(model, a.components or ck["arch"])
     ex = Examples.load(a.examples)
     x, y = ex.tensors(device)
     check_examples_fit(model, x, y, a.output, fn)
-    kw = {"mode": a.ablation, "gamma": a.gamma} if a.method in ("loo", "gp") else {}  # NC, II: no ablation
-    prov = for_baseline(model, cset, ex, a.output, a.ablation if kw else None, a.gamma)
+    kw = {"mode": ablation, "gamma": gamma} if ablates else {}  # NC, II: no ablation
+    prov = for_baseline(model, cset, ex, a.output, ablation if kw else None, gamma)
     attr = compute_baseline(a.method, model, cset, x, y, fn, batch_size=a.batch_size, **kw)
     attr.meta["provenance"] = prov
     attr.save(a.out)
@@ -206,6 +271,7 @@ def cmd_evaluate(a):
 
     from .attributions import Attributions
     from .evaluate import summarize
+    from .io import atomic_write_csv
     from .pipeline import evaluate_stores
 
     _out_file(a.out)
@@ -219,8 +285,7 @@ def cmd_evaluate(a):
         attrs[name], where[name] = at, p
     table = evaluate_stores(attrs, a.stores)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(a.out, index=False)
+        atomic_write_csv(table, a.out)
     with pd.option_context("display.width", 200):
         print(summarize(table).to_string(index=False))
 
@@ -232,10 +297,16 @@ def cmd_edit(a):
     from .editing import (apply_edit, edit_references, edit_scores, ranking, select_components, sweep_outputs,
                           sweep_table)
     from .outputs import margin
+    from .pipeline import check_examples_fit
     from .provenance import check_edit
     from .training import load_checkpoint, save_checkpoint
 
     _out_file(a.out)
+    seed = _given(a.seed, 0, "--seed", "with --references (it seeds --references-random)"
+                  if a.references is not None else "")
+    if a.sweep is not None and a.examples is None:
+        raise CoarError("--sweep does nothing without --examples (the sweep is reported on them); give --examples "
+                        "or leave --sweep out")
     attr = Attributions.load(a.attributions)
     model, ck = load_checkpoint(a.checkpoint, "cpu")
     cset = component_set(model, a.components or ck["arch"])
@@ -245,10 +316,16 @@ def cmd_edit(a):
                         "checkpoint and --components the attributions were computed for")
     ex = Examples.load(a.examples) if a.examples else None
     check_edit(attr, a.attributions, model, f"the checkpoint {a.checkpoint}", ex, f"the examples file {a.examples}")
+    if ex is not None:
+        x, y = ex.tensors("cpu")
+        try:
+            check_examples_fit(model, x, y, "margin", margin)
+        except CoarError as exc:
+            raise CoarError(f"--examples {a.examples}: {exc}") from None
     for k in [a.k] + list(a.sweep or []):
         if not 0 <= k <= cset.size:
             raise CoarError(f"--k/--sweep value {k} outside 0..{cset.size} (the checkpoint's components)")
-    targets, refs = edit_references(attr.n_examples, a.targets, a.references, a.references_random, a.seed)
+    targets, refs = edit_references(attr.n_examples, a.targets, a.references, a.references_random, seed)
     scores = edit_scores(attr, targets, refs)
     chosen = select_components(scores, a.k, a.direction)
     labels = cset.labels()
@@ -256,7 +333,6 @@ def cmd_edit(a):
     for j in chosen:
         print(f"  {labels[j]:50s} tau={scores[j]:+.3f}")
     if ex is not None:
-        x, y = ex.tensors("cpu")
         ks = sorted(set([0, a.k] + list(a.sweep or [])))
         order = ranking(scores, a.direction)
         m = sweep_outputs(model, cset, order, ks, x, y, margin)
@@ -273,6 +349,7 @@ def cmd_edit(a):
 def cmd_demo(a):
     from .demo import DemoConfig, run_demo
 
+    _out_path(a.out)
     cfg = DemoConfig(masks=a.masks, n_examples=a.examples, n_train=a.n_train, epochs=a.epochs, root=a.root)
     run_demo(a.out, cfg)
 
@@ -293,17 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("components", help="print a model's component table and count")
     s.add_argument("model")
     s.add_argument("--table", help="component table name (default: the model name)")
-    s.add_argument("--num-classes", type=_positive, default=1000)
-    s.add_argument("--in-channels", type=_positive, default=3)
-    s.add_argument("--image-size", type=_positive, default=224)
+    s.add_argument("--num-classes", type=_positive, help="default 1000 (image models only)")
+    s.add_argument("--in-channels", type=_positive, help="default 3 (image models only)")
+    s.add_argument("--image-size", type=_positive, help="default 224 (image models only)")
     s.add_argument("--csv", help="also write the table to this CSV file")
     s.set_defaults(func=cmd_components)
 
     s = sub.add_parser("prepare", help="write a fixed example set (uint8 + labels + checksum)")
     s.add_argument("dataset", choices=["fashion-mnist"])
     s.add_argument("--split", choices=["train", "test"], default="test")
-    s.add_argument("--n", type=_positive)
-    s.add_argument("--seed", type=_nonnegative, default=0)
+    s.add_argument("--n", type=_positive, help="examples drawn (a seeded permutation); default: the whole split")
+    s.add_argument("--seed", type=_nonnegative, help="seed of the draw (with --n; default 0)")
     s.add_argument("--root", help="directory with the IDX files (default: Debian's package)")
     s.add_argument("--pad-to", type=_positive)
     s.add_argument("--channels", type=_positive, default=1)
@@ -346,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scheme", choices=["exact", "bernoulli"], default="exact")
     s.add_argument("--output", default="margin", help="margin | token_margin | logit:<class>")
     s.add_argument("--ablation", choices=["zero", "scale"], default="zero")
-    s.add_argument("--gamma", type=float, default=0.5)
+    s.add_argument("--gamma", type=float, help="kept fraction under --ablation scale (default 0.5)")
     s.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     s.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                    help="compute precision of the forward passes (bfloat16: for GPUs; stored in the shard)")
@@ -360,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("fit", help="fit COAR attributions from complete shards (one pass, one factorisation)")
     s.add_argument("--stores", nargs="+", required=True)
     s.add_argument("--method", choices=["ols", "ridge"], default="ols")
-    s.add_argument("--lambdas", type=_floats, default=[0.1, 1, 10, 100, 1000])
+    s.add_argument("--lambdas", type=_floats, help="ridge penalties (--method ridge; default 0.1,1,10,100,1000)")
     s.add_argument("--no-standardize", action="store_true")
     s.add_argument("--device", default="cpu", help="cpu (numpy) or cuda: float64 matrix products on the GPU")
     s.add_argument("--out", required=True)
@@ -372,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--examples", required=True)
     s.add_argument("--components")
     s.add_argument("--output", default="margin")
-    s.add_argument("--ablation", choices=["zero", "scale"], default="zero")
-    s.add_argument("--gamma", type=float, default=0.5)
+    s.add_argument("--ablation", choices=["zero", "scale"], help="loo and gp only (default zero)")
+    s.add_argument("--gamma", type=float, help="kept fraction under --ablation scale (default 0.5)")
     s.add_argument("--batch-size", type=_positive, default=32)
     s.add_argument("--device", default="auto")
     s.add_argument("--out", required=True)
@@ -393,11 +470,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--references", type=_ints)
     g.add_argument("--references-random", type=_positive)
-    s.add_argument("--seed", type=_nonnegative, default=0)
+    s.add_argument("--seed", type=_nonnegative, help="seed of --references-random (default 0)")
     s.add_argument("--k", type=int, required=True)
     s.add_argument("--direction", choices=["increase", "decrease"], default="increase")
     s.add_argument("--examples", help="report accuracy on these examples (the attributed set) for k = 0 and k")
-    s.add_argument("--sweep", type=_ints, help="more k values to report")
+    s.add_argument("--sweep", type=_ints, help="more k values to report (with --examples)")
     s.add_argument("--out", help="write the edited checkpoint here")
     s.set_defaults(func=cmd_edit)
     return p
@@ -414,6 +491,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into `head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a full disk, a read-only filesystem, a path that vanished: name the path
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"coar {args.command}: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
 
 

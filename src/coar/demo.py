@@ -20,7 +20,9 @@ from .attributions import Attributions
 from .baselines import compute_baseline
 from .components import component_set
 from .data.examples import fashion_mnist_examples
+from .errors import CoarError
 from .evaluate import summarize
+from .io import atomic_write_csv, atomic_write_text
 from .models import build_model
 from .outputs import get_output_fn
 from .pipeline import evaluate_stores, fit_stores, sample_store
@@ -48,6 +50,32 @@ class DemoConfig:
     root: str | None = None  # Fashion-MNIST directory (default: Debian's package)
 
 
+#: Settings that may differ between a run and its resumption: where the data is read from (a run on other data
+#: is refused anyway, by the stores' example fingerprints).
+RESUMABLE_KEYS = ("root",)
+
+
+def check_resumable(out: Path, cfg: DemoConfig) -> None:
+    """Refuse to run into `out` when it holds a run with other settings, before anything there is replaced: a
+    rerun with other settings would otherwise retrain (overwrite) the model and then fail on the stores."""
+    saved = out / "config.json"
+    if not saved.is_file():
+        if (out / "model.pt").exists():
+            raise CoarError(f"{out} holds a model.pt but no config.json (not a demo run, or an unfinished one of an "
+                            "older version); use another output directory, or remove this one")
+        return
+    try:
+        old = json.loads(saved.read_text())
+    except (OSError, ValueError) as exc:
+        raise CoarError(f"{saved} is unreadable ({exc}); use another output directory, or remove this one") from None
+    new = asdict(cfg)
+    diffs = [f"{k}: {old.get(k, '<absent>')!r} there, {v!r} now" for k, v in new.items()
+             if k not in RESUMABLE_KEYS and old.get(k, "<absent>") != json.loads(json.dumps(v))]
+    if diffs:
+        raise CoarError(f"{out} holds a demo run with other settings ({'; '.join(diffs)}); rerun with its settings "
+                        "to resume it, or give another output directory")
+
+
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, flush=True)
@@ -64,8 +92,9 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, quiet
     """Run (or resume) the chain; returns the tidy correlation table and writes results under `out`."""
     cfg = cfg or DemoConfig()
     out = Path(out)
+    check_resumable(out, cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     progress = not quiet
     torch.manual_seed(cfg.seed)
     t0 = time.time()
@@ -121,10 +150,9 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, quiet
     test_stores = [_shard(out / "stores" / "test" / f"alpha-{a:g}", model, cset, ex, cfg.test_masks, a,
                           cfg.seed + 1000 + i, 0, cfg, progress) for i, a in enumerate(cfg.alpha_test)]
     table = evaluate_stores(attrs, test_stores)
-    (out / "results").mkdir(exist_ok=True)
-    table.to_csv(out / "results" / "correlations.csv", index=False)
+    atomic_write_csv(table, out / "results" / "correlations.csv")
     summary = summarize(table)
-    summary.to_csv(out / "results" / "summary.csv", index=False)
+    atomic_write_csv(summary, out / "results" / "summary.csv")
     _log(summary.to_string(index=False), quiet)
     _log(f"[demo] done in {time.time() - t0:.0f} s; results in {out / 'results'}", quiet)
     return table

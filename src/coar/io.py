@@ -26,8 +26,10 @@ def _write_then_replace(path: Path, mode: str, write) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # fsync, write: say which file
+            exc.filename = str(path)
         raise
 
 

@@ -361,8 +361,10 @@ class ShardStore:
             try:
                 _build_shard(tmp, requested)
             except OSError as e:  # full disk, no permission, read-only filesystem: say which shard and why
-                need = _shard_bytes(requested) / 2**20
-                raise StoreError(f"cannot create shard {path} ({need:,.1f} MiB): {e.strerror or e}"
+                need = _shard_bytes(requested)
+                where = f" ({Path(e.filename).name})" if e.filename else ""
+                raise StoreError(f"cannot create shard {path} ({need:,} bytes, {need / 2**20:,.1f} MiB): "
+                                 f"{e.strerror or e}{where}"
                                  + (" (free some space, or point the workflow at another disk)"
                                     if e.errno == errno.ENOSPC else "")) from e
             try:
@@ -462,18 +464,22 @@ class ShardStore:
             )
         if not np.issubdtype(outputs.dtype, np.number) or np.issubdtype(outputs.dtype, np.complexfloating):
             raise ShapeError(f"outputs must be real numbers, got dtype {outputs.dtype}")
-        bad = ~np.isfinite(outputs).all(axis=1)
+        finite = np.isfinite(outputs)
+        bad = ~finite.all(axis=1)
         if bad.any():
             raise StoreError(
-                f"non-finite outputs (NaN/inf) for shard {self.path} rows {_fmt_rows(rows[bad])}; nothing written"
+                f"non-finite outputs (NaN/inf) for shard {self.path} rows {_fmt_rows(rows[bad])}, first at "
+                f"{_first_bad(rows, finite, outputs)}; nothing written"
             )
         with np.errstate(over="ignore"):
             cast = outputs.astype(self._outputs.dtype)
-        bad = ~np.isfinite(cast).all(axis=1)
+        finite = np.isfinite(cast)
+        bad = ~finite.all(axis=1)
         if bad.any():
             raise StoreError(
                 f"outputs overflow {self._outputs.dtype} (max {np.finfo(self._outputs.dtype).max}) for shard "
-                f"{self.path} rows {_fmt_rows(rows[bad])}; create the shard with dtype 'float32'; nothing written"
+                f"{self.path} rows {_fmt_rows(rows[bad])}, first at {_first_bad(rows, finite, outputs)}; create "
+                "the shard with dtype 'float32'; nothing written"
             )
         if rows.size == 0:
             return
@@ -542,15 +548,29 @@ def _reserve(path: Path) -> None:
         os.posix_fallocate(fd, 0, path.stat().st_size)
     except OSError as e:
         if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # filesystems without fallocate
+            if e.filename is None:
+                e.filename = str(path)
             raise
     finally:
         os.close(fd)
 
 
+def _allocate(path: Path, dtype, shape: tuple) -> np.memmap:
+    """A new .npy file of `shape` with every block reserved (see _reserve), mapped for writing. The file is
+    made sparse and reserved before it is mapped, so no write into the map can meet a full disk."""
+    arr = open_memmap(path, mode="w+", dtype=dtype, shape=shape)  # header + a sparse body, nothing mapped written
+    del arr
+    _reserve(path)
+    return open_memmap(path, mode="r+")
+
+
 def _build_shard(tmp: Path, meta: dict) -> None:
     tmp.mkdir()
     m, c, n = meta["m"], meta["n_components"], meta["n_examples"]
-    masks = open_memmap(tmp / MASKS_FILE, mode="w+", dtype=bool, shape=(m, c))
+    masks = _allocate(tmp / MASKS_FILE, bool, (m, c))
+    outputs = _allocate(tmp / OUTPUTS_FILE, np.dtype(meta["dtype"]), (m, n))  # zero-filled
+    done = _allocate(tmp / DONE_FILE, bool, (m,))
+    del outputs, done
     row = 0
     for chunk in iter_mask_chunks(c, m, meta["alpha"], meta["seed"], meta["shard"], meta["scheme"]):
         masks[row : row + len(chunk)] = chunk
@@ -559,20 +579,18 @@ def _build_shard(tmp: Path, meta: dict) -> None:
         raise StoreError(f"mask generator produced {row} rows, expected {m}")
     masks.flush()
     del masks
-    outputs = open_memmap(tmp / OUTPUTS_FILE, mode="w+", dtype=np.dtype(meta["dtype"]), shape=(m, n))
-    outputs.flush()  # created zero-filled
-    del outputs
-    done = open_memmap(tmp / DONE_FILE, mode="w+", dtype=bool, shape=(m,))
-    done.flush()
-    del done
     with open(tmp / META_FILE, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
-    for fname in (OUTPUTS_FILE, DONE_FILE):
-        _reserve(tmp / fname)
     for fname in (MASKS_FILE, OUTPUTS_FILE, DONE_FILE, META_FILE):
         _fsync_file(tmp / fname)
     _fsync_dir(tmp)
+
+
+def _first_bad(rows: np.ndarray, finite: np.ndarray, outputs: np.ndarray) -> str:
+    """'row (mask) r, example e (value v)' of the first False in `finite` [len(rows), N]."""
+    i, e = (int(v) for v in np.argwhere(~finite)[0])
+    return f"row (mask) {int(rows[i])}, example {e} (value {outputs[i, e]})"
 
 
 def _fmt_rows(rows: np.ndarray, limit: int = 10) -> str:

@@ -96,6 +96,30 @@ def training_precision(device: torch.device | str, precision: str | None = None)
     return "bfloat16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32"
 
 
+@torch.no_grad()
+def check_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: tuple | None = None) -> None:
+    """One forward pass on the first input, in eval mode (no state changes, no random numbers drawn): refuse a
+    model that cannot take these inputs or does not return one logit per class for every label, before any
+    training."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(_inputs(x[:1], norm))
+    except Exception as exc:  # noqa: BLE001 - a language model given images, a wrong size or channel count
+        raise CoarError(f"{type(model).__name__} cannot take the training inputs {tuple(x.shape[1:])} "
+                        f"({x.dtype}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != 1:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise CoarError(f"{type(model).__name__} is not a classifier: it returns {got} for one input, not "
+                        "[1, classes] logits")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi >= logits.shape[1]:
+        raise CoarError(f"the training labels range over {lo}..{hi}, {type(model).__name__} has {logits.shape[1]} "
+                        "classes")
+
+
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 2, batch_size: int = 128,
                      lr: float = 0.1, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
                      augment_pad: int = 2, flip: bool = True, progress: bool = True,
@@ -109,6 +133,7 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs:
     if len(x) != len(y) or len(x) == 0:
         raise CoarError(f"training data: {len(x)} inputs and {len(y)} labels")
     check_lr(lr)
+    check_classifier(model, x, y, norm)
     precision = training_precision(x.device, precision)
     autocast = (torch.autocast(x.device.type, dtype=torch.bfloat16) if precision == "bfloat16"
                 else contextlib.nullcontext())
@@ -194,14 +219,32 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, kwargs
     except (TypeError, ValueError) as exc:
         raise CoarError(f"checkpoint metadata for {path} must be JSON data (str, numbers, lists, dicts): {exc}") from exc
     path = Path(path)
+    state = model.state_dict()
+    check_finite_state(state, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save({"arch": arch, "kwargs": kwargs, "state_dict": model.state_dict(), "meta": meta}, tmp)
+        torch.save({"arch": arch, "kwargs": kwargs, "state_dict": state, "meta": meta}, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # a full disk: say which file
+            exc.filename = str(path)
         raise
+
+
+def check_finite_state(state: dict, path) -> None:
+    """Refuse weights with NaN or inf (a diverged training run), naming the first offending tensor."""
+    for name, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.is_meta or not (t.is_floating_point() or t.is_complex()):
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = (~finite).nonzero()
+            first = tuple(int(i) for i in bad[0])
+            raise CoarError(f"checkpoint {path} not written: {name} holds {len(bad)} non-finite value(s) of "
+                            f"{t.numel()} (first at index {list(first)}: {t[first].item()}); the model diverged "
+                            "(a smaller learning rate?) or was edited into NaN/inf")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -82,6 +82,10 @@ def fashion_mnist_examples(split: str, n: int | None = None, seed: int = 0, root
         if n > len(images):
             raise CoarError(f"asked for {n} {split} examples, Fashion-MNIST {split} has {len(images)}")
         idx = np.sort(np.random.default_rng(seed).permutation(len(images))[:n])
+    if pad_to is not None and pad_to < images.shape[-1]:
+        raise CoarError(f"pad_to {pad_to} is smaller than Fashion-MNIST's {images.shape[-2]} x {images.shape[-1]} "
+                        "images; padding never crops (leave it out, or give a size >= "
+                        f"{images.shape[-1]})")
     x = images[idx][:, None]
     if pad_to is not None and pad_to > x.shape[-1]:
         p = (pad_to - x.shape[-1]) // 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -52,14 +53,19 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def _candidates(root):
+    """Where to look: only `root` when it is given (another copy found elsewhere would be used silently in its
+    place), else $COAR_FASHION_MNIST and Debian's package."""
     if root is not None:
         yield Path(root)
+        return
     if os.environ.get("COAR_FASHION_MNIST"):
         yield Path(os.environ["COAR_FASHION_MNIST"])
     yield DEBIAN_ROOT
 
 
 def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path | None:
+    """The directory holding the four IDX files (gzipped or not): `root` or its FashionMNIST/raw when root is
+    given, else $COAR_FASHION_MNIST or Debian's package; None when there is none."""
     for cand in _candidates(root):
         for sub in (cand, cand / "FashionMNIST" / "raw"):
             if all((sub / f"{n}.gz").exists() or (sub / n).exists() for pair in FILES.values() for n in pair):
@@ -78,6 +84,11 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
         raise CoarError(f"Fashion-MNIST split must be 'train' or 'test', got {split!r}")
     d = find_fashion_mnist(root)
     if d is None:
+        if not download and root is not None:
+            missing = [n for pair in FILES.values() for n in pair if not _file(Path(root), n).exists()]
+            raise CoarError(f"Fashion-MNIST not found in {root}" + (" (no such directory)" if not Path(root).is_dir()
+                                                                    else f": missing {', '.join(missing)}")
+                            + "; give the directory with the four IDX files")
         if not download:
             raise CoarError("Fashion-MNIST not found: install Debian's dataset-fashion-mnist "
                             "(apt-get install dataset-fashion-mnist), set COAR_FASHION_MNIST to a directory with "
@@ -85,8 +96,15 @@ def load_fashion_mnist(split: str = "train", root: str | os.PathLike | None = No
         from torchvision.datasets import FashionMNIST
 
         target = Path(root or "data/raw")
-        FashionMNIST(str(target), train=True, download=True)  # verifies torchvision's MD5 checksums
-        FashionMNIST(str(target), train=False, download=True)
+        made = [p for p in (target, target / "FashionMNIST") if not p.exists()]
+        try:
+            FashionMNIST(str(target), train=True, download=True)  # verifies torchvision's MD5 checksums
+            FashionMNIST(str(target), train=False, download=True)
+        except Exception as exc:  # offline, a proxy, a checksum mismatch: nothing half-downloaded is left
+            if made:
+                shutil.rmtree(made[0], ignore_errors=True)
+            raise CoarError(f"Fashion-MNIST is not in {target} and could not be downloaded there: "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         d = target / "FashionMNIST" / "raw"
     images, labels = (read_idx(_file(d, n)) for n in FILES[split])
     if images.ndim != 3 or labels.shape != images.shape[:1]:
