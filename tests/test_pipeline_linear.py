@@ -7,7 +7,7 @@ from torch import nn
 from coar import regression
 from coar.ablation import counterfactual_outputs
 from coar.components import Rule, component_set, model_fingerprint
-from coar.evaluate import pearson_columns
+from coar.correlation import pearson_columns
 from coar.outputs import class_logit
 from coar.sampling import sample_masks
 from coar.store import ShardStore, load_shards, run_shard

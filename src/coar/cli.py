@@ -205,7 +205,7 @@ def cmd_evaluate(a):
     import pandas as pd
 
     from .attributions import Attributions
-    from .evaluate import summarize
+    from .correlation import summarize
     from .pipeline import evaluate_stores
 
     _out_file(a.out)

@@ -20,7 +20,7 @@ from .attributions import Attributions
 from .baselines import compute_baseline
 from .components import component_set
 from .data.examples import fashion_mnist_examples
-from .evaluate import summarize
+from .correlation import summarize
 from .models import build_model
 from .outputs import get_output_fn
 from .pipeline import evaluate_stores, fit_stores, sample_store

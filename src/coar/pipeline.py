@@ -14,7 +14,7 @@ import pandas as pd
 from . import provenance, regression
 from .attributions import Attributions
 from .errors import CoarError, ShapeError
-from .evaluate import correlations
+from .correlation import correlations
 from .store import PRECISIONS, ShardStore, load_shards, read_meta, run_shard
 
 if TYPE_CHECKING:  # sampling needs torch; fitting and evaluating do not, and their jobs skip importing it
