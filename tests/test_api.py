@@ -147,6 +147,35 @@ def test_caller_inputs_and_model_are_never_changed():
     assert edited is not model and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def test_a_callable_output_is_recorded_by_name_and_must_be_given_again_to_evaluate():
+    model, (x, y) = tiny_model(), tiny_data()
+
+    def class_0_logit(logits, targets):
+        return logits[:, 0]
+
+    attr = coar.attribute(model, x, y, output=class_0_logit, **TINY)
+    assert attr.meta["provenance"]["output_fn"].startswith("callable:") and "class_0_logit" in \
+        attr.meta["provenance"]["output_fn"]
+    by_name = coar.attribute(model, x, y, output="logit:0", **TINY)  # the library's own "logit:<class>"
+    assert np.array_equal(attr.weights, by_name.weights)
+    with pytest.raises(ArgumentError, match="^output: "):
+        coar.evaluate(attr, model, x, y, components=TINY_RULES, masks=20, alpha=0.25, progress=False)
+    table = coar.evaluate(attr, model, x, y, components=TINY_RULES, masks=20, alpha=0.25, output=class_0_logit,
+                          progress=False)
+    assert table["correlation"].notna().all()
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_the_store_equals_memory_and_the_cpu_run_closely(tmp_path):
+    model, (x, y) = tiny_model(), tiny_data()
+    cpu = coar.attribute(model, x, y, **TINY)
+    gpu = coar.attribute(model, x, y, device="cuda", **TINY)
+    stored = coar.attribute(model, x, y, device="cuda", store=tmp_path / "s", **TINY)
+    assert next(model.parameters()).device.type == "cpu"  # the caller's model stays where it was
+    assert np.array_equal(gpu.weights, stored.weights) and np.array_equal(gpu.bias, stored.bias)
+    np.testing.assert_allclose(gpu.weights, cpu.weights, atol=1e-3)
+
+
 def test_api_equals_the_workflow_pipeline_on_a_library_table(tmp_path):
     """On a table the library has (resnet_tiny), the API's store-backed run writes the outputs the workflow's
     sample_store writes for the same masks, and its attributions equal fit_stores on the workflow's shards."""
