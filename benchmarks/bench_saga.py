@@ -222,7 +222,7 @@ def coar_ols(X: np.ndarray, Y: np.ndarray, device=None, chunk: int = 4096):
     fac = factorize(acc, standardize=True, device=device)
     t_eig = time.perf_counter() - t
     t = time.perf_counter()
-    att = fit_ols(fac)
+    att = fit_ols(fac, components="")
     if dev is not None:
         _sync(dev)
     t_solve = time.perf_counter() - t

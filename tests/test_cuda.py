@@ -127,8 +127,9 @@ def test_regression_on_gpu_equals_cpu():
     rng = np.random.default_rng(0)
     keep = rng.random((3000, 200)) > 0.1
     y = keep @ rng.normal(size=(200, 50)) + 0.1 * rng.normal(size=(3000, 50))
-    cpu = regression.fit_ols(regression.GramAccumulator.from_arrays(keep, y))
-    gpu = regression.fit_ols(regression.GramAccumulator.from_arrays(keep, y, device="cuda"), device="cuda")
+    cpu = regression.fit_ols(regression.GramAccumulator.from_arrays(keep, y), components="")
+    gpu = regression.fit_ols(regression.GramAccumulator.from_arrays(keep, y, device="cuda"), device="cuda",
+                              components="")
     np.testing.assert_allclose(gpu.weights, cpu.weights, rtol=1e-6, atol=1e-8)
 
 
@@ -136,8 +137,8 @@ def test_dual_regression_on_gpu_equals_cpu():
     rng = np.random.default_rng(1)
     keep = rng.random((300, 1000)) > 0.05  # fewer masks than components: the dual form
     y = keep @ rng.normal(size=(1000, 20)) + 0.1 * rng.normal(size=(300, 20))
-    cpu = regression.fit_dual(keep, y)
-    gpu = regression.fit_dual(keep, y, device="cuda")
+    cpu = regression.fit_dual(keep, y, components="")
+    gpu = regression.fit_dual(keep, y, device="cuda", components="")
     np.testing.assert_allclose(gpu.weights, cpu.weights, rtol=1e-6, atol=1e-8 * np.abs(cpu.weights).max())
 
 

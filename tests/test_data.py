@@ -122,3 +122,16 @@ def test_normalize_in_place_equals_the_plain_formula_and_leaves_the_images_alone
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     plain = (x.float() / 255.0 - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
     assert torch.equal(normalize(x, mean, std), plain) and torch.equal(x, before)
+
+
+def test_tensors_leaves_a_callers_float_array_alone_and_repeats():
+    """Examples built on a caller's float32 images: tensors() twice gives the same tensors and the caller's array
+    is unchanged (torch.from_numpy shares memory and .float() of a float32 tensor is the same tensor)."""
+    images = np.random.default_rng(0).uniform(0, 255, (4, 1, 6, 6)).astype(np.float32)
+    before = images.copy()
+    ex = Examples(images, np.arange(4), "image", {"mean": 0.5, "std": 0.25})
+    x1, _ = ex.tensors()
+    x2, _ = ex.tensors()
+    assert np.array_equal(images, before)
+    assert torch.equal(x1, x2)
+    assert torch.allclose(x1, (torch.from_numpy(before) / 255.0 - 0.5) / 0.25)

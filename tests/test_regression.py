@@ -110,13 +110,13 @@ def test_ols_min_norm_underdetermined_standardized_and_dual():
     assert rel(w_raw, w) > 1e-3
     # dual form == primal form, both standardizations
     for std in (True, False):
-        d = fit_dual(X, Y, standardize=std)
-        p = fit_ols(acc, standardize=std)
+        d = fit_dual(X, Y, standardize=std, components="")
+        p = fit_ols(acc, standardize=std, components="")
         assert d.method == "coar-ols"
         assert_rel(d.weights, p.weights, 1e-6)
         assert_rel(d.bias, p.bias, 1e-6)
     # dispatcher picks the dual form for M < C
-    f = fit((X, Y), method="ols", standardize=True)
+    f = fit((X, Y), method="ols", standardize=True, components="")
     assert f.meta["solver"] == "dual-eigh"
     assert_rel(f.weights, w_ref.T, 1e-6)
 
@@ -126,8 +126,8 @@ def test_dual_ridge_equals_primal_ridge():
     X, Y, _, _ = planted(rng, 40, 70, 3)
     acc = GramAccumulator.from_arrays(X, Y)
     for std in (False, True):
-        d = fit_dual(X, Y, lam=3.0, standardize=std, block=16)
-        p = fit_ridge(acc, 3.0, standardize=std)
+        d = fit_dual(X, Y, lam=3.0, standardize=std, block=16, components="")
+        p = fit_ridge(acc, 3.0, standardize=std, components="")
         assert d.method == "coar-ridge"
         assert_rel(d.weights, p.weights, 1e-6)
         assert_rel(d.bias, p.bias, 1e-6)
@@ -146,7 +146,7 @@ def test_ridge_matches_sklearn():
             w, b = fac.coefficients(lam)
             assert_rel(w.T, sk.coef_, 1e-6)
             assert_rel(b, sk.intercept_, 1e-6)
-            att = fit_ridge(fac, lam, standardize=False)
+            att = fit_ridge(fac, lam, standardize=False, components="")
             assert att.meta["lambda"] == [lam] * 4
             assert_rel(att.weights, sk.coef_, 1e-6)
 
@@ -190,7 +190,8 @@ def test_gcv_selection_matches_sklearn_ridgecv():
     W = rng.normal(size=(C, N)) * np.array([0.01, 0.03, 0.1, 0.3, 1, 3, 0.05, 0.5])
     Y = X @ W + rng.normal(size=(M, N)) + 2.0
     grid = np.logspace(-2, 4, 13)
-    att = fit_ridge(GramAccumulator.from_arrays(X, Y, chunk_size=50), grid, select="gcv", standardize=False)
+    att = fit_ridge(GramAccumulator.from_arrays(X, Y, chunk_size=50), grid, select="gcv", standardize=False,
+                    components="")
     assert att.method == "coar-ridge"
     chosen = np.array(att.meta["lambda"])
     # sklearn's efficient "gcv" mode is leave-one-out, which GCV approximates closely
@@ -228,7 +229,7 @@ def test_holdout_selection_is_brute_force_argmin(as_acc):
             [((Ridge(alpha=a, solver="svd").fit(Xs, Y).predict(Xhs) - Yh) ** 2).mean(0) for a in grid]
         )
         assert_rel(mse, brute, 1e-8)
-        att = fit_ridge(acc, grid, select="holdout", holdout=hold, standardize=std)
+        att = fit_ridge(acc, grid, select="holdout", holdout=hold, standardize=std, components="")
         np.testing.assert_array_equal(att.meta["lambda"], grid[np.argmin(brute, axis=0)])
 
 
@@ -278,7 +279,7 @@ def test_planted_noiseless_recovery():
     w, bb = factorize(acc, standardize=True).coefficients()
     assert np.abs(w - W).max() < 1e-8
     assert np.abs(bb - b).max() < 1e-8
-    att = fit_ols(acc)
+    att = fit_ols(acc, components="")
     fresh = masks(rng, 2000, C)
     pred, true = att.predict(fresh), fresh @ W + b
     for n in range(N):
@@ -299,11 +300,11 @@ def test_bad_shapes_raise_shape_error():
     with pytest.raises(ShapeError, match=r"\(6, 3\).*\(5, 3\)"):
         acc.merge(GramAccumulator(6, 3))
     with pytest.raises(ShapeError, match=r"\(3, 4\)"):
-        fit_dual(np.ones((3, 4), bool), np.zeros((5, 2)))
+        fit_dual(np.ones((3, 4), bool), np.zeros((5, 2)), components="")
     with pytest.raises(CoarError, match="binary"):
         acc.add(np.full((2, 5), 2), np.zeros((2, 3)))
     with pytest.raises(CoarError, match="at least 2"):
-        fit_ols(GramAccumulator(5, 3))
+        fit_ols(GramAccumulator(5, 3), components="")
     assert acc.m == 0  # rejected batches leave no trace
 
 
@@ -332,7 +333,7 @@ def test_accumulator_save_load_roundtrip(tmp_path):
 def test_attributions_with_chosen_lambdas_roundtrip(tmp_path):
     rng = np.random.default_rng(13)
     X, Y, _, _ = planted(rng, 150, 10, 4, noise=2.0)
-    att = fit_ridge(GramAccumulator.from_arrays(X, Y), [0.1, 10.0, 1000.0])
+    att = fit_ridge(GramAccumulator.from_arrays(X, Y), [0.1, 10.0, 1000.0], components="")
     att.save(tmp_path / "a.npz")
     back = Attributions.load(tmp_path / "a.npz")
     assert back.method == "coar-ridge"

@@ -270,7 +270,7 @@ def cmd_evaluate(a):
     import pandas as pd
 
     from .attributions import Attributions
-    from .evaluate import summarize
+    from .correlation import summarize
     from .io import atomic_write_csv
     from .pipeline import evaluate_stores
 

@@ -20,8 +20,8 @@ from .attributions import Attributions
 from .baselines import compute_baseline
 from .components import component_set
 from .data.examples import fashion_mnist_examples
+from .correlation import summarize
 from .errors import CoarError
-from .evaluate import summarize
 from .io import atomic_write_csv, atomic_write_text
 from .models import build_model
 from .outputs import get_output_fn

@@ -19,3 +19,13 @@ class StoreMismatchError(StoreError):
 
 class ShapeError(CoarError):
     """An array has a shape other than the one the operation needs."""
+
+
+class ArgumentError(CoarError, ValueError):
+    """An argument of a front-door function (coar.attribute, coar.evaluate, coar.edit) is invalid.
+
+    ``argument`` is the parameter's name; the message starts with it."""
+
+    def __init__(self, argument: str, message: str):
+        self.argument = argument
+        super().__init__(f"{argument}: {message}")

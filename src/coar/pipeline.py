@@ -14,7 +14,7 @@ import pandas as pd
 from . import provenance, regression
 from .attributions import Attributions
 from .errors import CoarError, ShapeError
-from .evaluate import correlations
+from .correlation import correlations
 from .store import PRECISIONS, ShardStore, load_shards, read_meta, run_shard
 
 if TYPE_CHECKING:  # sampling needs torch; fitting and evaluating do not, and their jobs skip importing it
@@ -135,27 +135,8 @@ def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequen
     m = total if max_masks is None else min(max_masks, total)
     used = np.cumsum([0] + [int(mt["m"]) for mt in metas])[:-1] < m  # stores that contribute masks
     prov = provenance.from_stores([mt for mt, u in zip(metas, used) if u])
-    if method == "ols" and m >= 2 and regression.memory_plan(m, meta["n_components"], meta["n_examples"])["chosen"] == "dual":
-        # fewer masks than components: the M x M kernel instead of the C x C Gram (the same minimum-norm fit)
-        keep, y = (np.concatenate(parts)[:m] for parts in zip(*load_shards(paths)))
-        attr = regression.fit_dual(keep, y, standardize=standardize, components=fp, device=device)
-        attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"),
-                         provenance=prov)
-        return attr
-    acc = regression.GramAccumulator(meta["n_components"], meta["n_examples"], device=device)
-    for keep, y in load_shards(paths):
-        if max_masks is not None:
-            keep, y = keep[: max_masks - acc.m], y[: max_masks - acc.m]
-            if len(keep) == 0:
-                break
-        acc.add(keep, y)
-    if max_masks is not None and acc.m < max_masks:
-        raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {acc.m}")
-    if method == "ols":
-        attr = regression.fit_ols(acc, standardize=standardize, components=fp, device=device)
-    else:
-        attr = regression.fit_ridge(acc, list(lambdas), select="gcv", standardize=standardize, components=fp,
-                                    device=device)
+    attr = regression.fit_chunks(load_shards(paths), m, meta["n_components"], meta["n_examples"], components=fp,
+                                 method=method, lambdas=lambdas, standardize=standardize, device=device)
     attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"), provenance=prov)
     return attr
 

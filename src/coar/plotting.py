@@ -9,7 +9,7 @@ Conventions shared by all panels:
   * every method has one fixed, colour-blind-safe colour (Okabe-Ito palette) and marker
     (`METHOD_COLORS`), and one display name (`METHOD_NAMES`, via `method_label`);
   * undefined correlations (NaN: an estimate constant over masks) count as 0 in means, as in
-    `coar.evaluate.summarize`;
+    `coar.correlation.summarize`;
   * every figure carries a provenance footer, so a small demo run can never pass for the paper's.
 """
 from __future__ import annotations

@@ -79,7 +79,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -95,6 +95,7 @@ __all__ = [
     "fit_ridge",
     "fit_dual",
     "fit",
+    "fit_chunks",
     "memory_plan",
 ]
 
@@ -521,7 +522,7 @@ def fit_ols(
     standardize: bool = True,
     *,
     rcond: float | None = None,
-    components: str = "",
+    components: str,
     device=None,
 ) -> Attributions:
     """Least squares with intercept for all examples (minimum-norm when rank-deficient)."""
@@ -539,7 +540,7 @@ def fit_ridge(
     standardize: bool = True,
     *,
     rcond: float | None = None,
-    components: str = "",
+    components: str,
     device=None,
 ) -> Attributions:
     """Ridge (unpenalized intercept) with the penalty chosen per example from ``lambdas``.
@@ -585,7 +586,7 @@ def fit_dual(
     standardize: bool = True,
     *,
     rcond: float | None = None,
-    components: str = "",
+    components: str,
     block: int = 4096,
     device=None,
 ) -> Attributions:
@@ -676,11 +677,54 @@ def memory_plan(m: int, n_components: int, n_examples: int, dtype_bytes: int = 8
     }
 
 
+def fit_chunks(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    m: int,
+    n_components: int,
+    n_examples: int,
+    *,
+    components: str,
+    method: str = "ols",
+    lambdas: Sequence[float] = (0.1, 1, 10, 100, 1000),
+    standardize: bool = True,
+    device=None,
+) -> Attributions:
+    """Fit on the first ``m`` masks of a stream of ``(keep [k, C], y [k, N])`` chunks, read once.
+
+    OLS with fewer masks than components uses the dual form on the concatenated masks; otherwise one
+    :class:`GramAccumulator` pass (fed the chunks as they come: the float64 sums depend on the chunking, so
+    the same chunks give bitwise the same fit) and one factorisation (ridge: the penalty per example by GCV
+    over ``lambdas``). ``components`` is the component-set fingerprint the attributions carry (``""`` only
+    when there is no component set). Raises CoarError when the stream holds fewer than ``m`` masks.
+    """
+    if method not in ("ols", "ridge"):
+        raise CoarError(f"regression method must be 'ols' or 'ridge', got {method!r}")
+    m = int(m)
+    if method == "ols" and m >= 2 and memory_plan(m, n_components, n_examples)["chosen"] == "dual":
+        # fewer masks than components: the M x M kernel instead of the C x C Gram (the same minimum-norm fit)
+        keep, y = (np.concatenate(parts)[:m] for parts in zip(*chunks))
+        if len(keep) < m:
+            raise CoarError(f"asked to fit on {m} masks, the stores hold only {len(keep)}")
+        return fit_dual(keep, y, standardize=standardize, components=components, device=device)
+    acc = GramAccumulator(n_components, n_examples, device=device)
+    for keep, y in chunks:
+        keep, y = keep[: m - acc.m], y[: m - acc.m]
+        if len(keep) == 0:
+            break
+        acc.add(keep, y)
+    if acc.m < m:
+        raise CoarError(f"asked to fit on {m} masks, the stores hold only {acc.m}")
+    if method == "ols":
+        return fit_ols(acc, standardize=standardize, components=components, device=device)
+    return fit_ridge(acc, list(lambdas), select="gcv", standardize=standardize, components=components, device=device)
+
+
 def fit(data, method: str = "ols", **kwargs) -> Attributions:
     """Dispatch: ``data`` is a GramAccumulator, a Factorization or a (keep, y) pair.
 
     A (keep, y) pair with fewer masks than components and ``method="ols"`` goes to
-    :func:`fit_dual`; otherwise it is accumulated and fitted in primal form.
+    :func:`fit_dual`; otherwise it is accumulated and fitted in primal form. ``kwargs`` go to the fit and
+    must name ``components`` (the component-set fingerprint; ``""`` to say there is none).
     """
     if method not in ("ols", "ridge"):
         raise CoarError(f'method must be "ols" or "ridge", got {method!r}')

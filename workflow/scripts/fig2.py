@@ -9,7 +9,7 @@ start(sm, torch=False)
 
 import pandas as pd  # noqa: E402
 
-from coar.evaluate import summarize  # noqa: E402
+from coar.correlation import summarize  # noqa: E402
 from coar.plotting import fig_attribution_accuracy, save_figure  # noqa: E402
 
 setups = sm.params.setups

@@ -17,9 +17,10 @@ from ..io import atomic_savez, load_npz
 
 
 def normalize(images: torch.Tensor, mean: float | list = 0.5, std: float | list = 0.5) -> torch.Tensor:
-    """uint8 [N, C, H, W] -> float32 standardised. In place on the float copy, so the peak is one float32
-    copy of the set (ImageNet's 50,000 validation images: 30 GB, not 60)."""
-    x = images.float().div_(255.0)
+    """uint8 [N, C, H, W] -> float32 standardised. In place on a float copy, so the peak is one float32
+    copy of the set (ImageNet's 50,000 validation images: 30 GB, not 60). `images` itself is never changed,
+    also when it is already float32 (where `.float()` would return the same tensor)."""
+    x = images.to(torch.float32, copy=True).div_(255.0)
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return x.sub_(m).div_(s)

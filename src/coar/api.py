@@ -1,0 +1,503 @@
+"""The front door: COAR attributions (paper Sec. 3, eq. 3), their evaluation on fresh masks (eq. 6) and COAR-EDIT
+(Sec. 5, eq. 8-9) for any ``torch.nn.Module``, one call each, on the library's engine (component sets, ablation
+hooks, the seeded mask design, shard stores, the streaming regression, editing).
+
+    >>> import torch, coar
+    >>> from torch import nn
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    >>> x, y = torch.randn(20, 8), torch.randint(0, 3, (20,))
+    >>> rules = [coar.Rule(r"0", ("Linear",))]           # the 16 hidden units are the components
+    >>> attr = coar.attribute(model, x, y, components=rules, masks=200, alpha=0.1, progress=False)
+    >>> attr.weights.shape                                # one weight per (example, component)
+    (20, 16)
+    >>> table = coar.evaluate(attr, model, x, y, components=rules, masks=50, alpha=0.1, progress=False)
+    >>> bool(table["correlation"].mean() > 0.9)
+    True
+    >>> edited, ablated = coar.edit(model, attr, rules, targets=[0], references=[1, 2, 3], k=2)
+    >>> len(ablated), bool((edited[0].weight[torch.as_tensor(ablated)] == 0).all())
+    (2, True)
+
+Masks come from the shard scheme of the workflow: shard s of ``masks_per_shard`` masks is
+``sample_masks(C, m_s, alpha, seed, s)``, a function of (seed, shard, alpha, C, scheme) only. With ``store=`` a
+directory, every shard is a resumable ``ShardStore`` (``<store>/shard-000``, ...) in the format the workflow
+writes, with outputs stored as float32; without it the same masks, the same forward passes (the same blocks of
+masks, so the same floating-point rounding) and the same fit run on in-memory arrays. Both give bitwise the
+same attributions.
+"""
+from __future__ import annotations
+
+import copy
+import numbers
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import editing, provenance, regression
+from .ablation import counterfactual_outputs, logits_of, unit_factors
+from .attributions import Attributions
+from .components import ComponentSet, Rule, component_set, model_fingerprint
+from .errors import ArgumentError, CoarError, ComponentError
+from .sampling import SCHEMES, n_ablated, sample_masks
+from .store import normalize_meta
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["attribute", "evaluate", "edit", "default_batching", "Components", "Output"]
+
+#: A component table name (see ``coar.components.TABLES``), a list of Rules, or a ComponentSet.
+Components = Union[str, Sequence[Rule], ComponentSet]
+#: An output name ("margin", "token_margin", "logit:<class>", ...) or ``fn(logits, targets) -> tensor [n]``.
+Output = Union[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+#: Masks per shard unless given: part of the mask design (shard s draws its own stream), so it never depends
+#: on the device.
+MASKS_PER_SHARD = 1000
+#: Rows per chunk in which the fit reads masks: ``load_shards``' default, which ``pipeline.fit_stores`` uses.
+#: The float64 sums of the fit depend on the chunking, so the in-memory path reads in the same chunks.
+FIT_CHUNK_ROWS = 4096
+#: Store dtype of the API's shards: float32, the dtype the in-memory path records outputs in.
+STORE_DTYPE = "float32"
+#: Masks per call of the evaluation function, in masks per pass: the blocks ``pipeline.sample_store`` uses.
+PASSES_PER_CALL = 4
+
+
+# ------------------------------------------------------------------------------------------------- checks
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentError(name, f"must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if int(value) < minimum:
+        raise ArgumentError(name, f"must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_model(model) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ArgumentError("model", f"must be a torch.nn.Module, got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise ArgumentError("model", f"{type(model).__name__} has no parameters, hence no components")
+    training = [n or type(m).__name__ for n, m in model.named_modules()
+                if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
+    if training:
+        raise ArgumentError("model", f"BatchNorm/Dropout modules are in training mode ({', '.join(training[:3])}"
+                                     f"{', ...' if len(training) > 3 else ''}): they would mix the masks of one "
+                                     "forward pass and make outputs random; call model.eval() first")
+    return model
+
+
+def _collect_loader(loader: torch.utils.data.DataLoader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for i, batch in enumerate(loader):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ArgumentError("inputs", f"DataLoader batch {i} is a {type(batch).__name__}, not an (x, y) pair")
+        x, y = batch
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise ArgumentError("inputs", f"DataLoader batch {i} holds {type(x).__name__} and {type(y).__name__}, "
+                                          "not two tensors")
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise ArgumentError("inputs", "the DataLoader yielded no batch")
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _check_data(inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) as tensors; a DataLoader is iterated once. Nothing is copied or changed."""
+    if isinstance(inputs, torch.utils.data.DataLoader):
+        if targets is not None:
+            raise ArgumentError("targets", "must be None when inputs is a DataLoader of (x, y) batches")
+        inputs, targets = _collect_loader(inputs)
+    if not isinstance(inputs, torch.Tensor):
+        raise ArgumentError("inputs", f"must be a torch.Tensor [n, ...] or a DataLoader of (x, y) batches, got "
+                                      f"{type(inputs).__name__} (torch.as_tensor converts arrays)")
+    if targets is None:
+        raise ArgumentError("targets", "missing: give one target per input (e.g. class labels [n])")
+    if not isinstance(targets, torch.Tensor):
+        raise ArgumentError("targets", f"must be a torch.Tensor [n, ...], got {type(targets).__name__}")
+    if inputs.dim() == 0 or len(inputs) == 0:
+        raise ArgumentError("inputs", f"must hold at least one example along dim 0, got shape {tuple(inputs.shape)}")
+    if targets.dim() == 0 or len(targets) != len(inputs):
+        raise ArgumentError("targets", f"must have one entry per input: {len(inputs)} inputs, targets of shape "
+                                       f"{tuple(targets.shape)}")
+    if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        raise ArgumentError("inputs", "contain NaN or infinite values")
+    return inputs, targets
+
+
+def _check_alpha(alpha, n_components: int) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < float(alpha) < 1.0:
+        raise ArgumentError("alpha", f"must be the fraction of components ablated per mask, in (0, 1), got {alpha!r}")
+    if n_ablated(n_components, float(alpha)) < 1:
+        raise ArgumentError("alpha", f"ablates round(alpha * C) = round({alpha:g} * {n_components}) = 0 components: "
+                                     f"use alpha > {0.5 / n_components:.3g}")
+    return float(alpha)
+
+
+def _run_model(model: nn.Module, device) -> tuple[nn.Module, torch.device]:
+    """The module the forward passes run on: the caller's own, or a copy where it must change (another device,
+    nn.MultiheadAttention made hookable). The caller's model is never moved or modified."""
+    own = next(model.parameters()).device
+    dev = own if device is None else torch.device(device)
+    run = model
+    if any(type(m) is nn.MultiheadAttention for m in model.modules()):
+        from .models.attention import make_hookable
+
+        run = make_hookable(copy.deepcopy(model))
+    if dev != own:
+        run = (copy.deepcopy(run) if run is model else run).to(dev)
+    return run, dev
+
+
+def _components(model: nn.Module, components) -> ComponentSet:
+    try:
+        if isinstance(components, ComponentSet):
+            components.check(model)
+            return components
+        if isinstance(components, str):
+            return component_set(model, components)
+        rules = list(components) if isinstance(components, (list, tuple)) else None
+        if not rules or not all(isinstance(r, Rule) for r in rules):
+            raise ArgumentError("components", f"must be a table name, a non-empty list of coar.Rule or a "
+                                              f"ComponentSet, got {components!r}")
+        return component_set(model, rules)
+    except ComponentError as e:
+        raise ArgumentError("components", str(e)) from None
+
+
+def _output(output) -> tuple[Callable, str]:
+    from .outputs import get_output_fn
+
+    if callable(output):
+        return output, f"callable:{getattr(output, '__qualname__', type(output).__name__)}"
+    if not isinstance(output, str):
+        raise ArgumentError("output", f"must be an output name or a callable (logits, targets) -> [n], got {output!r}")
+    try:
+        return get_output_fn(output), output
+    except CoarError as e:
+        raise ArgumentError("output", str(e)) from None
+
+
+def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable, name: str, dev) -> None:
+    """One unablated forward pass on the first examples: the model takes the inputs and the output function gives
+    one finite value per example."""
+    b = min(2, len(x))
+    try:
+        with torch.no_grad():
+            logits = logits_of(model(x[:b].to(dev)))
+            if name == "margin" and isinstance(logits, torch.Tensor) and logits.dim() == 2 and y.dim() == 1:
+                lo, hi = int(y.min()), int(y.max())
+                if y.is_floating_point() or lo < 0 or hi >= logits.shape[-1]:
+                    raise ArgumentError("targets", f"class labels must be integers in 0..{logits.shape[-1] - 1} "
+                                                   f"(the model's classes), got {y.dtype} in {lo}..{hi}")
+            out = fn(logits, y[:b].to(dev))
+    except ArgumentError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError, CoarError) as e:
+        raise ArgumentError("inputs", f"inputs {tuple(x.shape)} {x.dtype} and targets {tuple(y.shape)} do not fit "
+                                      f"the model with output {name!r}: {str(e).splitlines()[0]}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (b,):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ArgumentError("output", f"must return one value per example, shape [{b}] for {b} examples; got {got}")
+    if not bool(torch.isfinite(out.float()).all()):
+        raise ArgumentError("output", f"gave non-finite values on the unablated model: {out.tolist()}")
+
+
+def default_batching(device: str | torch.device, example_numel: int, n_examples: int) -> tuple[int, int]:
+    """(batch_size, masks_per_pass) for a device: each forward pass runs batch_size * masks_per_pass rows.
+
+    CPU: about 256 rows a pass (larger passes make the allocator return activation buffers to the OS after
+    every pass, measured 3x slower; BENCHMARKS.md). GPU: up to 1,024 rows, fewer for large inputs
+    (about 2^26 input values a pass, e.g. 445 rows of 3 x 224 x 224 images).
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        rows, batch = 256, 32
+    else:
+        rows, batch = int(min(1024, max(32, 2 ** 26 // max(int(example_numel), 1)))), 64
+    batch = max(1, min(batch, int(n_examples), rows))
+    return batch, max(1, rows // batch)
+
+
+def _batching(batch_size, masks_per_pass, dev, x: torch.Tensor) -> tuple[int, int]:
+    """The caller's batch_size / masks_per_pass where given; otherwise the device default, keeping its rows per
+    pass when only batch_size is given."""
+    b0, k0 = default_batching(dev, x[0].numel(), len(x))
+    b = b0 if batch_size is None else _check_int("batch_size", batch_size, 1)
+    k = max(1, (b0 * k0) // b) if masks_per_pass is None else _check_int("masks_per_pass", masks_per_pass, 1)
+    return b, k
+
+
+def _examples_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
+    from .data.examples import Examples
+
+    def host(t: torch.Tensor) -> np.ndarray:
+        t = t.detach().cpu()
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+    return Examples(host(x), host(y)).fingerprint()
+
+
+def _shard_sizes(masks: int, per_shard: int) -> list[int]:
+    return [min(per_shard, masks - s) for s in range(0, masks, per_shard)]
+
+
+class _Examples:
+    """What pipeline.store_meta reads of an example set: its length and fingerprint."""
+
+    def __init__(self, n: int, fingerprint: str):
+        self.n, self.fp = n, fingerprint
+
+    def __len__(self) -> int:
+        return self.n
+
+    def fingerprint(self) -> str:
+        return self.fp
+
+
+class _Setup:
+    """Everything one attribution or evaluation run shares: validated arguments and the evaluation closure."""
+
+    def __init__(self, model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device,
+                 batch_size, masks_per_pass):
+        self.model = _check_model(model)
+        self.x, self.y = _check_data(inputs, targets)
+        self.run, self.dev = _run_model(self.model, device)
+        self.cset = _components(self.run, components)
+        self.alpha = _check_alpha(alpha, self.cset.size)
+        if scheme not in SCHEMES:
+            raise ArgumentError("scheme", f"must be one of {SCHEMES}, got {scheme!r}")
+        self.scheme = scheme
+        try:
+            unit_factors(np.zeros(1, dtype=bool), ablation, gamma)
+        except CoarError as e:
+            raise ArgumentError("ablation" if "mode" in str(e) else "gamma", str(e)) from None
+        self.ablation, self.gamma = ablation, float(gamma)
+        self.fn, self.output = _output(output)
+        _check_fit(self.run, self.x, self.y, self.fn, self.output, self.dev)
+        self.batch_size, self.masks_per_pass = _batching(batch_size, masks_per_pass, self.dev, self.x)
+        self.block = self.masks_per_pass * PASSES_PER_CALL
+
+    def outputs(self, keep: np.ndarray) -> np.ndarray:
+        """f_M(z, C_i) float32 [len(keep), N]: the function every mask block goes through, in memory or in a store."""
+        return counterfactual_outputs(self.run, self.cset, self.x, self.y, torch.from_numpy(np.asarray(keep)),
+                                      self.fn, self.ablation, self.gamma, self.batch_size, self.masks_per_pass)
+
+    def outputs_in_blocks(self, keep: np.ndarray, bar=None) -> np.ndarray:
+        """`outputs` over aligned blocks of `block` masks: the blocks run_shard evaluates a shard in."""
+        out = np.empty((len(keep), len(self.x)), dtype=np.float32)
+        for lo in range(0, len(keep), self.block):
+            out[lo: lo + self.block] = self.outputs(keep[lo: lo + self.block])
+            if bar is not None:
+                bar.update(len(keep[lo: lo + self.block]))
+        return out
+
+    def meta(self, examples_fp: str, m: int, seed: int, shard: int) -> dict:
+        from .pipeline import store_meta
+
+        return store_meta(self.model, self.cset, _Examples(len(self.x), examples_fp), m, self.alpha, seed, shard,
+                          self.output, self.scheme, self.ablation, self.gamma, STORE_DTYPE)
+
+
+def _chunks(shards: Sequence[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for keep, out in shards:
+        for lo in range(0, len(keep), FIT_CHUNK_ROWS):
+            yield keep[lo: lo + FIT_CHUNK_ROWS], out[lo: lo + FIT_CHUNK_ROWS]
+
+
+# ------------------------------------------------------------------------------------------------ front door
+def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoader,
+              targets: torch.Tensor | None = None, *, components: Components, masks: int, alpha: float,
+              output: Output = "margin", ablation: str = "zero", gamma: float = 0.5, seed: int = 0,
+              device: str | torch.device | None = None, store: str | Path | None = None, method: str = "ols",
+              scheme: str = "exact", masks_per_shard: int = MASKS_PER_SHARD, batch_size: int | None = None,
+              masks_per_pass: int | None = None, progress: bool = True) -> Attributions:
+    """COAR component attributions of `model` on the examples (paper eq. 3): ablate random subsets of an
+    `alpha` fraction of the components on `masks` masks, record the output of every example, fit one linear
+    model per example by least squares.
+
+    Args:
+        model: any torch.nn.Module in eval mode (BatchNorm/Dropout in training mode are refused). It is never
+            changed: a copy runs where the device differs or nn.MultiheadAttention needs explicit hook sites.
+        inputs: tensor [n, ...] of model inputs (already preprocessed), or a DataLoader of (x, y) batches, which
+            is iterated once (keep shuffle off so that `evaluate` sees the same order).
+        targets: tensor [n] of class labels (or [n, T] token labels for "token_margin"); None with a DataLoader.
+        components: a component table name ("resnet50", "vit_b_16", "gpt2", ... see coar.components.TABLES), a
+            list of coar.Rule (regular expressions on module names with module classes), or a ComponentSet.
+        masks: number of ablation masks m (>= 2); alpha: fraction ablated per mask, in (0, 1).
+        output: "margin" (correct-class margin, eq. 5), "token_margin", "logit:<class>", or a callable
+            (logits, targets) -> tensor [n]. A store records a callable by its qualified name only.
+        ablation, gamma: "zero" zeroes a component's weight slice; "scale" multiplies it by gamma.
+        seed, masks_per_shard, scheme: the mask design; shard s of masks_per_shard masks is drawn from
+            (seed, s). Masks do not depend on the device, the batch size or whether a store is used.
+        device: where the forward passes run (default: the model's device).
+        store: a directory for resumable shards <store>/shard-000, ... (outputs in float32, the workflow's
+            format); an interrupted call resumes where it stopped. None: everything stays in memory.
+        method: "ols" (the paper's least squares; minimum-norm when masks < components) or "ridge" (penalty
+            per example by generalized cross-validation).
+        batch_size, masks_per_pass: examples per forward pass and masks per pass (default: default_batching).
+        progress: tqdm progress bars.
+
+    Returns:
+        Attributions: weights [n, C] (coefficient of "component j kept"), bias [n]; meta["provenance"] holds
+        the model, example and component-set fingerprints and the mask settings.
+
+    Raises:
+        ArgumentError (a CoarError and ValueError) naming the argument for invalid input; StoreMismatchError
+        when `store` holds shards made with other settings.
+
+    Example:
+        >>> import torch, coar
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)).eval()
+        >>> attr = coar.attribute(model, torch.randn(6, 4), torch.tensor([0, 1] * 3),
+        ...                       components=[coar.Rule("0", ("Linear",))], masks=40, alpha=0.25, progress=False)
+        >>> attr.weights.shape, attr.bias.shape
+        ((6, 8), (6,))
+    """
+    masks = _check_int("masks", masks, 2)
+    seed = _check_int("seed", seed, 0)
+    per = _check_int("masks_per_shard", masks_per_shard, 1)
+    if method not in ("ols", "ridge"):
+        raise ArgumentError("method", f"must be 'ols' or 'ridge', got {method!r}")
+    s = _Setup(model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device, batch_size,
+               masks_per_pass)
+    sizes = _shard_sizes(masks, per)
+    base = s.meta(_examples_fingerprint(s.x, s.y), sizes[0], seed, 0)  # fingerprints hashed once, not per shard
+    metas = [normalize_meta({**base, "m": m, "shard": shard}) for shard, m in enumerate(sizes)]
+    if store is not None:
+        return _attribute_store(s, Path(store), metas, method, progress)
+    shards = []
+    with tqdm(total=masks, unit="mask", desc="coar masks", disable=not progress) as bar:
+        for shard, m in enumerate(sizes):
+            keep = sample_masks(s.cset.size, m, s.alpha, seed, shard, s.scheme)
+            shards.append((keep, s.outputs_in_blocks(keep, bar)))
+    attr = regression.fit_chunks(_chunks(shards), masks, s.cset.size, len(s.x), components=s.cset.fingerprint(),
+                                 method=method)
+    attr.meta.update(alpha=s.alpha, scheme=s.scheme, provenance=provenance.from_stores(metas))
+    return attr
+
+
+def _attribute_store(s: _Setup, root: Path, metas: list[dict], method: str, progress: bool) -> Attributions:
+    from .pipeline import fit_stores
+    from .store import ShardStore, run_shard
+
+    paths = []
+    for meta in metas:
+        path = root / f"shard-{meta['shard']:03d}"
+        st = ShardStore.create_or_open(path, meta)
+        try:
+            run_shard(st, s.outputs, masks_per_call=s.block, progress=progress)
+        finally:
+            st.close()
+        paths.append(path)
+    return fit_stores(paths, method=method)
+
+
+def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoader,
+             targets: torch.Tensor | None = None, *, components: Components, masks: int, alpha: float, seed: int = 1,
+             output: Output | None = None, device: str | torch.device | None = None, batch_size: int | None = None,
+             masks_per_pass: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Per-example correlation between true and attribution-predicted outputs on fresh masks (paper eq. 6).
+
+    `masks` masks at `alpha` are drawn from (seed, shard 0); a seed that drew the training masks is refused.
+    The output function, ablation and scheme are those recorded in the attributions (a callable output must be
+    given again as `output`). Returns a table with columns method, alpha_test, example, correlation (NaN where
+    the prediction is constant); its mean over examples is the paper's attribution accuracy.
+
+    Example (continuing `attribute`'s): ``coar.evaluate(attr, model, x, y, components=rules, masks=100,
+    alpha=0.1)["correlation"].mean()``.
+    """
+    from .correlation import correlations
+
+    if not isinstance(attributions, Attributions):
+        raise ArgumentError("attributions", f"must be coar.Attributions, got {type(attributions).__name__}")
+    prov = provenance.of(attributions)
+    recorded = prov.get("output_fn")
+    if output is None:
+        if not isinstance(recorded, str) or recorded.startswith("callable:"):
+            raise ArgumentError("output", f"the attributions were computed with output {recorded!r}: pass it again")
+        output = recorded
+    masks = _check_int("masks", masks, 2)
+    seed = _check_int("seed", seed, 0)
+    s = _Setup(model, inputs, targets, components, alpha, output, prov.get("ablation") or "zero",
+               prov.get("gamma") if prov.get("gamma") is not None else 0.5, prov.get("scheme") or "exact", device,
+               batch_size, masks_per_pass)
+    _check_provenance(attributions, s.model, s.cset, _examples_fingerprint(s.x, s.y), len(s.x))
+    if recorded is not None and s.output != recorded:
+        raise ArgumentError("output", f"the attributions were computed with output {recorded!r}, not {s.output!r}")
+    used = sorted({int(sd) for sd, _ in prov.get("shards", [])})
+    if seed in used:
+        raise ArgumentError("seed", f"seed {seed} drew the training masks of these attributions (seeds {used}); "
+                                    "use another seed for fresh masks")
+    keep = sample_masks(s.cset.size, masks, s.alpha, seed, 0, s.scheme)
+    with tqdm(total=masks, unit="mask", desc="coar evaluate", disable=not progress) as bar:
+        out = s.outputs_in_blocks(keep, bar)
+    return correlations(attributions, keep, out, alpha_test=s.alpha)
+
+
+def _check_provenance(attr: Attributions, model: nn.Module, cset: ComponentSet, examples_fp: str | None,
+                      n: int | None) -> None:
+    if attr.components != cset.fingerprint():
+        raise ArgumentError("components", f"the attributions were computed for component set {attr.components!r}; "
+                                          f"these components ({cset!r}) have fingerprint {cset.fingerprint()!r}")
+    if attr.n_components != cset.size:
+        raise ArgumentError("components", f"{cset.size} components, the attributions have {attr.n_components}")
+    prov = provenance.of(attr)
+    if prov.get("model_fingerprint") not in (None, model_fingerprint(model)):
+        raise ArgumentError("model", "is not the model the attributions were computed for (weights or "
+                                     "architecture differ)")
+    if n is not None and n != attr.n_examples:
+        raise ArgumentError("inputs", f"{n} examples, the attributions have {attr.n_examples}")
+    if examples_fp is not None and prov.get("examples_fingerprint") not in (None, examples_fp):
+        raise ArgumentError("inputs", "are not the examples the attributions were computed for (values or order "
+                                      "differ)")
+
+
+EDIT_MODES = {"fix": "increase", "induce": "decrease"}
+
+
+def edit(model: nn.Module, attributions: Attributions, components: Components, *, targets: Sequence[int],
+         references: Sequence[int], k: int, mode: str = "fix") -> tuple[nn.Module, np.ndarray]:
+    """COAR-EDIT (paper Sec. 5, eq. 8-9): ablate the k components that most separate the target examples from
+    the reference examples, in a copy of `model`.
+
+    Every component is scored by the two-sample t statistic between its attributions on `targets` and on
+    `references` (example indices into the attributions). mode "fix" ablates the k lowest scores, the components
+    whose ablation most raises the targets' outputs relative to the references (e.g. fixes a misclassified
+    target); "induce" ablates the k highest, lowering them (e.g. induces an error or forgets a class).
+
+    Returns (edited copy of the model with those components' weights zeroed, component indices ablated [k]).
+    `model` itself is not changed.
+
+    Example (continuing `attribute`'s): ``edited, ablated = coar.edit(model, attr, rules, targets=[0],
+    references=[1, 2, 3], k=2)``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ArgumentError("model", f"must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(attributions, Attributions):
+        raise ArgumentError("attributions", f"must be coar.Attributions, got {type(attributions).__name__}")
+    if mode not in EDIT_MODES:
+        raise ArgumentError("mode", f"must be one of {tuple(EDIT_MODES)}, got {mode!r}")
+    cset = _components(model, components)
+    _check_provenance(attributions, model, cset, None, None)
+    n = attributions.n_examples
+    idx = {}
+    for name, values in (("targets", targets), ("references", references)):
+        try:
+            idx[name] = editing._indices(values, name, n)
+        except (CoarError, TypeError, ValueError) as e:
+            raise ArgumentError(name, str(e)) from None
+    both = np.intersect1d(idx["targets"], idx["references"])
+    if both.size:
+        raise ArgumentError("references", f"example(s) {both.tolist()} are also targets; a reference must be another "
+                                          "example")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= cset.size:
+        raise ArgumentError("k", f"must be an integer in 1..{cset.size} (the number of components), got {k!r}")
+    scores = editing.edit_scores(attributions, idx["targets"], idx["references"])
+    ablate = editing.select_components(scores, int(k), EDIT_MODES[mode])
+    return editing.apply_edit(model, cset, ablate), ablate
