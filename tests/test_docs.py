@@ -1,6 +1,7 @@
 """The README and docs/ say what the code does: every Python snippet runs, every `coar` command line parses
 with the real CLI, every script a snippet runs exists, every relative link resolves inside the repository,
 and no page links outside it or speaks of the project's own bookkeeping."""
+import importlib.util
 import re
 import shlex
 import subprocess
@@ -62,6 +63,8 @@ def test_bash_snippet_names_real_commands_scripts_and_options(code):
                 parser.parse_args(words[1:])
             except SystemExit:
                 pytest.fail(f"`{cmd}` is not a valid coar command line")
+        elif prog in ("python", "bash") and words[1:2] == ["-m"]:
+            assert importlib.util.find_spec(words[2]) is not None, f"`{cmd}`: no module {words[2]}"
         elif prog in ("python", "bash"):
             script = next(w for w in words[1:] if not w.startswith("-"))
             assert (ROOT / script).is_file(), f"`{cmd}`: {script} does not exist"
@@ -85,5 +88,5 @@ def test_links_resolve_inside_the_repository_and_pages_speak_of_the_project(page
         assert path.is_relative_to(ROOT), f"{page.name} links outside the repository: {target}"
         assert path.exists(), f"{page.name} links to a missing file: {target}"
     assert "../shared" not in text
-    for pattern in (r"\bissue \d+", r"\bstop \d+", r"this machine", r"\bsession\b"):
+    for pattern in (r"\bissue \d+", r"\bstop \d+", r"this machine"):
         assert not re.search(pattern, text, re.I), f"{page.name} speaks of {pattern!r}"
