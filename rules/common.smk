@@ -5,6 +5,7 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from coar.data.registry import decode_size
 from coar.data.sources import source_of, source_root, sources
 
 
@@ -319,6 +320,10 @@ def setup_spec(setup, rule):
     the schema does not change the params of finished jobs (and does not rerun them); scripts read those
     keys with .get()."""
     spec = {k: _without_nulls(SETUPS[setup][k]) for k in RULE_KEYS[rule]}
+    if rule == "examples":  # image files decoded at another size than the dataset's own (ResNet-50 takes any)
+        size = decode_size(SETUPS[setup]["dataset"], SETUPS[setup]["image_size"])
+        if size is not None:
+            spec["image_size"] = size
     return {k: v for k, v in spec.items() if not (k in LATE_KEYS and v is None)}
 
 
@@ -331,7 +336,7 @@ LATE_KEYS = ("precision", "baseline_options")
 # keys that kind depends on, and the artifacts it is made from, are the same. So a variant that changes
 # alpha_train shares the model, examples, baselines and evaluation masks and samples only new training masks.
 OWNED = {
-    "examples": (RULE_KEYS["examples"], ()),
+    "examples": (RULE_KEYS["examples"] + ("image_size",), ()),
     "model": (RULE_KEYS["model"], ()),
     "baseline": (RULE_KEYS["baseline"], ("examples", "model")),
     "test_masks": (RULE_KEYS["sample_shard"] + ("test_masks", "seed"), ("examples", "model")),
@@ -566,7 +571,9 @@ def shift_spec(edit, name):
         raise WorkflowError(f"data/edits/{edit}/shift-{name}.npz: `edits.{edit}.shifts` has no entry {name!r}")
     setup = SETUPS[e["setup"]]
     spec = {"dataset": setup["dataset"], "title": name, "corruption": None, **e["shifts"][name]}
-    return {**spec, "seed": e["seed"], "classes": list(e.get("classes", []))}
+    size = decode_size(spec["dataset"], setup["image_size"])
+    return {**spec, "seed": e["seed"], "classes": list(e.get("classes", [])),
+            **({"image_size": size} if size is not None else {})}
 
 
 def edit_figure(fig):

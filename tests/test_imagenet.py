@@ -13,7 +13,7 @@ from torchvision.datasets import ImageFolder
 
 from coar.data import imagenet
 from coar.data.images import decode_image, sha256_file
-from coar.data.registry import class_names, load_images, make_examples
+from coar.data.registry import class_names, decode_size, load_images, make_examples
 from coar.errors import CoarError
 
 WNIDS = imagenet.wnids()
@@ -85,6 +85,21 @@ def test_examples_decode_only_the_chosen_images_with_the_evaluation_transform(va
     assert ex.meta["mean"] == [0.485, 0.456, 0.406]
     every = make_examples("imagenet", "val", n=None, every=100, root=val_root)
     assert every.targets.tolist() == labels[::100].tolist()
+
+
+def test_another_decode_size_is_the_same_transform_at_that_size(val_root):
+    """A model that takes any size (ResNet-50) can be given its images at another: the same draw, each image
+    decoded by the same resize-and-centre-crop at that size. Datasets stored as arrays refuse a size."""
+    at224 = make_examples("imagenet", "val", n=5, seed=3, root=val_root)
+    at64 = make_examples("imagenet", "val", n=5, seed=3, root=val_root, size=decode_size("imagenet", 64))
+    paths, _ = imagenet.index_imagenet_val(val_root)
+    assert at64.inputs.shape == (5, 3, 64, 64) and at64.targets.tolist() == at224.targets.tolist()
+    idx = [paths.tolist().index(p) for p in paths[np.sort(np.random.default_rng(3).permutation(len(paths))[:5])]]
+    for image, i in zip(at64.inputs, idx):
+        assert np.array_equal(image, decode_image(paths[i], 64))
+    assert decode_size("imagenet", 224) is None and decode_size("fashion-mnist", 32) is None
+    with pytest.raises(CoarError, match="fashion-mnist images come at 28 pixels"):
+        make_examples("fashion-mnist", "test", n=2, size=32)
 
 
 def test_whole_classes_adds_every_example_of_the_forgotten_classes(val_root):

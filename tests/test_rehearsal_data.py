@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from coar.data.corruptions import load_cifar10c
-from coar.data.registry import DATASETS, TEXT_DATASETS, class_names, dataset_root, load_images, make_examples
+from coar.data.registry import (DATASETS, TEXT_DATASETS, class_names, dataset_root, decode_size, load_images,
+                                make_examples)
 from coar.data.sources import prepare, source_root
 from coar.errors import CoarError
 
@@ -77,7 +78,12 @@ def _examples(made, s: dict, n="setup", offset: int = 0):
     ex = s["examples"]
     return make_examples(s["dataset"], ex["split"], ex.get("n") if n == "setup" else n, s.get("seed", 0) + 1,
                          _root(made, s["dataset"]), ex.get("every"), ex.get("corruption"), ex.get("length"), offset,
-                         ex.get("trigger"), ex.get("whole_classes") or ())
+                         ex.get("trigger"), ex.get("whole_classes") or (), size=_size(s, s["dataset"]))
+
+
+def _size(s: dict, dataset: str):
+    """The decode size the workflow passes for a setup's images (rules/common.smk, train.py)."""
+    return decode_size(dataset, s.get("image_size", 32))
 
 
 def _heldout(made, edit: dict):
@@ -87,10 +93,11 @@ def _heldout(made, edit: dict):
     return _examples(made, s, edit["heldout"], s["examples"]["n"])
 
 
-def _check(made, ex, dataset: str, n: int | None = None):
+def _check(made, ex, dataset: str, n: int | None = None, size: int | None = None):
     info = DATASETS[dataset]
+    size = size or info["size"]
     classes = info["classes"] or len(class_names(dataset, _root(made, dataset)))
-    assert ex.inputs.dtype == np.uint8 and ex.inputs.shape[1:] == (3, info["size"], info["size"]), ex.inputs.shape
+    assert ex.inputs.dtype == np.uint8 and ex.inputs.shape[1:] == (3, size, size), ex.inputs.shape
     assert ex.targets.dtype == np.int64 and len(ex.targets) == len(ex.inputs) and (n is None or len(ex) == n)
     assert 0 <= ex.targets.min() and ex.targets.max() < classes
     assert ex.inputs.std() > 5  # pictures, not blank files
@@ -152,8 +159,8 @@ def test_examples_of_every_setup_of_the_rehearsal(made):
         if s["examples"].get("whole_classes"):
             assert len(ex) > n and set(s["examples"]["whole_classes"]) <= set(ex.targets.tolist()), name
         else:
-            _check(made, ex, s["dataset"], n)
-        _check(made, ex, s["dataset"])
+            _check(made, ex, s["dataset"], n, _size(s, s["dataset"]))
+        _check(made, ex, s["dataset"], size=_size(s, s["dataset"]))
         if s["examples"].get("corruption"):
             assert ex.meta["corruption"]["source"] == "CIFAR-10-C"
 
@@ -164,10 +171,11 @@ def test_training_and_test_sets_of_every_trained_model(made):
         if not s.get("train") or s.get("pretrained"):
             continue
         root = _root(made, s["dataset"])
-        train = make_examples(s["dataset"], "train", s["train"].get("n_train"), s.get("seed", 0), root)
-        test = make_examples(s["dataset"], "test", None, 0, root)
-        _check(made, train, s["dataset"], s["train"]["n_train"])
-        _check(made, test, s["dataset"])
+        train = make_examples(s["dataset"], "train", s["train"].get("n_train"), s.get("seed", 0), root,
+                              size=_size(s, s["dataset"]))
+        test = make_examples(s["dataset"], "test", None, 0, root, size=_size(s, s["dataset"]))
+        _check(made, train, s["dataset"], s["train"]["n_train"], _size(s, s["dataset"]))
+        _check(made, test, s["dataset"], size=_size(s, s["dataset"]))
         assert len(np.unique(train.targets)) > 1 and len(np.unique(test.targets)) > 1, name
 
 
@@ -177,7 +185,7 @@ def test_held_out_and_shifted_sets_of_every_edit(made):
         ex = _examples(made, made["setups"][e["setup"]])
         held = _heldout(made, e)
         dataset = made["setups"][e["setup"]]["dataset"]
-        _check(made, held, dataset)
+        _check(made, held, dataset, size=_size(made["setups"][e["setup"]], dataset))
         if e["kind"] == "forget":  # each class among the targets and in both halves, and in every shifted set
             halves = held.targets[0::2], held.targets[1::2]
             for c in e["classes"]:
@@ -185,8 +193,9 @@ def test_held_out_and_shifted_sets_of_every_edit(made):
                 assert all((h == c).any() and (h != c).any() for h in halves), (name, c)
             for shift, spec in e["shifts"].items():
                 shifted = make_examples(spec["dataset"], spec["split"], spec["n"], e.get("seed", 0) + 2,
-                                        _root(made, spec["dataset"]), whole_classes=e["classes"])
-                _check(made, shifted, spec["dataset"])
+                                        _root(made, spec["dataset"]), whole_classes=e["classes"],
+                                        size=_size(made["setups"][e["setup"]], spec["dataset"]))
+                _check(made, shifted, spec["dataset"], size=_size(made["setups"][e["setup"]], spec["dataset"]))
                 assert set(e["classes"]) <= set(shifted.targets.tolist()) and sum(shifted.meta["drawn"]) == spec["n"]
                 assert not set(shifted.targets.tolist()) <= set(e["classes"]), shift
         if e["kind"] == "subpop":  # every group has the targets and the others the references
@@ -205,7 +214,7 @@ def test_imagenet_has_examples_for_the_fix_and_induce_edits(made):
     from coar.data.imagenet import index_imagenet_val
     from coar.models import build_model
 
-    model = build_model("resnet50", pretrained=True, num_classes=1000, image_size=224)
+    model = build_model("resnet50", pretrained=True, num_classes=1000, image_size=preset.IMAGE_SIZES["resnet50"])
     kinds = {e["kind"] for e in made["edits"].values() if made["setups"][e["setup"]]["dataset"] == "imagenet"}
     assert {"fix", "induce"} <= kinds
     for setup in {e["setup"] for e in made["edits"].values() if e["kind"] in ("fix", "induce")}:

@@ -13,7 +13,7 @@ import preset  # noqa: E402
 
 PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
 # the keys `preset.derive` may change, as CHANGES lists them
-SETUP_KEYS = {"masks", "shards", "test_masks", "alpha_test", "examples", "train", "baseline_options"}
+SETUP_KEYS = {"masks", "shards", "test_masks", "alpha_test", "examples", "train", "baseline_options", "image_size"}
 EDIT_KEYS = {"targets", "references", "ks", "heldout", "shifts"}
 FIGURE_KEYS = {"examples", "components", "top", "queries", "neighbors", "show", "alpha_test", "alphas"}
 
@@ -57,6 +57,11 @@ def test_sizes_shrink_and_never_grow(tmp_path):
     assert {n: rs["shards"] for n, rs in r["setups"].items() if rs.get("shards", 1) > 1} == {
         n: 2 for n in PAPER["figures"]["fig2"]["setups"]}
     assert all(rs.get("shards") == 1 for n, rs in r["setups"].items() if rs.get("parent"))
+    # ResNet-50 setups decode smaller images (variants inherit them); ViT-B/16 and CLIP keep 224
+    for name, s in PAPER["setups"].items():
+        model = preset._inherited(PAPER["setups"], name, "model")
+        size = preset._inherited(r["setups"], name, "image_size")
+        assert size == (64 if model == "resnet50" else preset._inherited(PAPER["setups"], name, "image_size")), name
     # the whole split (n absent or null) becomes a few examples, also on variants that reset n to null
     assert r["setups"]["B"]["examples"]["n"] == preset.EXAMPLES
     assert r["setups"]["Bd_test"]["examples"]["n"] == preset.EXAMPLES

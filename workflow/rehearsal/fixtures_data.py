@@ -62,7 +62,7 @@ MTIME = 1546300800  # 2019-01-01: the date stamped on every archive member
 FORGET_CLASSES = (489, 559, 652, 763)  # config/paper.yaml, edits.forget_B.classes
 FORGET_IMAGES = 2  # validation images of each of those classes: the forget edit's 2 targets
 PREDICTED = 256  # distinct validation images labelled with the fixture ResNet-50's prediction
-COPIES = 4  # names each of them is stored under
+COPIES = 6  # names each of them is stored under (about 60% of the validation images are predicted ones)
 CIFAR_PER_BATCH, CIFAR_TEST = 20, 20
 GROUP_COUNTS = {"train": 20, "val": 2, "test": 4}  # Waterbirds and CelebA: images per group and split
 
@@ -244,7 +244,8 @@ def make_cifar10c(mirror: Path, test_images: np.ndarray, test_labels: np.ndarray
 # ------------------------------------------------------------------------------------------------ ImageNet
 def resnet50_predictions(paths: list[Path], torch_home: Path, batch: int = 32) -> np.ndarray:
     """The fixture ResNet-50's classes (published-weights file under torch_home, loaded as the workflow loads
-    it) for the images at `paths`, decoded and normalised as the workflow's examples are."""
+    it) for the images at `paths`, decoded at the rehearsal's size and normalised as the workflow's examples
+    are."""
     import torch
     from torchvision.models import ResNet50_Weights
 
@@ -265,7 +266,12 @@ def resnet50_predictions(paths: list[Path], torch_home: Path, batch: int = 32) -
             os.environ.pop("TORCH_HOME", None)
         else:
             os.environ["TORCH_HOME"] = before
-    x = torch.from_numpy(decode_images(paths, 224, progress=False))
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from preset import IMAGE_SIZES
+
+    x = torch.from_numpy(decode_images(paths, IMAGE_SIZES["resnet50"], progress=False))
     info = DATASETS["imagenet"]
     out = []
     with torch.inference_mode():

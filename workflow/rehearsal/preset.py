@@ -23,6 +23,10 @@ MASKS, SHARDS, TEST_MASKS, EXAMPLES, LENGTH = 8, 2, 4, 4, 16
 EPOCHS, N_TRAIN, BATCH, LM_STEPS = 1, 32, 16, 6
 LOO_COMPONENTS, IG_STEPS, IG_GROUPS = 8, 2, 2  # IG_GROUPS: the first and the last layer
 TARGETS, REFERENCES, KS, HELDOUT, SHIFT_N, SHOWN, SUBPOP_EXAMPLES = 2, 4, 3, 8, 2, 2, 16
+# image size of the models that take any (convolutions and a global average pool); the fixtures' ImageNet labels
+# are the fixture ResNet-50's predictions at this size. ViT-B/16 and CLIP keep 224: their position embeddings
+# fix it.
+IMAGE_SIZES = {"resnet50": 64}
 
 # Every difference from config/paper.yaml, applied by `derive`: (where, change, reason).
 CHANGES = [
@@ -39,6 +43,9 @@ CHANGES = [
      "stays where a figure evaluates at it (Fig. 14)"),
     ("figures.*.alpha_test, figures.fig25.alphas", "the smallest and the largest value",
      "size: a figure's own alpha grid adds evaluation-mask stores (Fig. 25: 8 alphas on 4 setups)"),
+    ("setups.*.image_size", "64 for ResNet-50 (224 in the paper), decoding included",
+     "size: a ResNet-50 forward pass costs in proportion to the pixels, (224 / 64)^2 = 12 times fewer at 64; the "
+     "model, its weights and the decoding code are the same (global average pooling takes any size)"),
     ("setups.*.examples.n", "at most 4 (also where the paper takes the whole split)", "size: examples"),
     ("setups.*.examples.length", "at most 16 tokens", "size: sequence length"),
     ("setups.*.train", f"1 epoch, at most {N_TRAIN} images, batches of at most 16, at most 6 language-model steps",
@@ -98,6 +105,9 @@ def derive(paper: dict, fixtures: str | Path) -> dict:
     cfg.update(preset=PRESET, description=DESCRIPTION, download_root=str(raw), imagenet_root=str(raw / "imagenet"))
     sharded = set(cfg.get("figures", {}).get("fig2", {}).get("setups", []))
     for name, s in cfg["setups"].items():
+        model = _inherited(paper["setups"], name, "model")
+        if model in IMAGE_SIZES and ("model" in s or "image_size" in s):  # variants inherit it
+            s["image_size"] = IMAGE_SIZES[model]
         for key, cap in (("masks", MASKS), ("shards", SHARDS if name in sharded else 1), ("test_masks", TEST_MASKS)):
             _at_most(s, key, cap, null_means_all=key == "shards" and name not in sharded)
         if "alpha_test" in s:

@@ -18,6 +18,6 @@ if "n" in sm.wildcards.keys():
 ex = make_examples(spec["dataset"], ex_spec["split"], n, spec["seed"] + 1,
                    dataset_root(spec["dataset"], sm.params.data_root, sm.params.download_root, sm.params.imagenet_root),
                    ex_spec.get("every"), ex_spec.get("corruption"), ex_spec.get("length"), offset, ex_spec.get("trigger"),
-                   ex_spec.get("whole_classes") or ())
+                   ex_spec.get("whole_classes") or (), size=spec.get("image_size"))
 ex.save(sm.output[0])
 print(f"{len(ex)} {spec['dataset']} {ex_spec['split']} examples, fingerprint {ex.fingerprint()}")

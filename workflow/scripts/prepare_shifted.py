@@ -13,7 +13,7 @@ from coar.data.registry import dataset_root, make_examples  # noqa: E402
 spec = sm.params.spec
 root = dataset_root(spec["dataset"], sm.params.data_root, sm.params.download_root, sm.params.imagenet_root)
 ex = make_examples(spec["dataset"], spec["split"], spec["n"], spec["seed"] + 2, root,
-                   corruption=spec["corruption"], whole_classes=spec["classes"])
+                   corruption=spec["corruption"], whole_classes=spec["classes"], size=spec.get("image_size"))
 ex.meta["title"] = spec["title"]
 ex.save(sm.output[0])
 print(f"{spec['title']}: {len(ex)} {spec['dataset']} {spec['split']} examples ({spec['n']} random, all of classes "

@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from coar.data.examples import Examples  # noqa: E402
-from coar.data.registry import dataset_root, group_names, make_examples  # noqa: E402
+from coar.data.registry import dataset_root, decode_size, group_names, make_examples  # noqa: E402
 from coar.models import architecture, build_model, replace_head  # noqa: E402
 from coar.training import accuracy, save_checkpoint, train_classifier  # noqa: E402
 
@@ -52,7 +52,8 @@ else:
     torch.manual_seed(spec["seed"])
     t = spec["train"]
     # the first n_train of a seeded permutation of the training split (all when null)
-    train_set = make_examples(spec["dataset"], "train", t.get("n_train"), spec["seed"], root)
+    train_set = make_examples(spec["dataset"], "train", t.get("n_train"), spec["seed"], root,
+                              size=decode_size(spec["dataset"], spec["image_size"]))
     x, y = train_set.tensors(device, normalized=False)  # uint8 on the device, standardised per batch
     if t.get("from_pretrained"):  # fine-tune published weights with a fresh head (paper Sec. 5.3's ResNet-50s)
         model = replace_head(build_model(spec["model"], pretrained=True, **kwargs), spec["num_classes"]).to(device)

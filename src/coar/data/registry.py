@@ -71,6 +71,25 @@ FILE_DATASETS = (*GROUPED_FILES, *IMAGENET_FAMILY, "mimic-cxr")  # image files, 
 MIMIC_CLASSES = ("no cardiomegaly", "cardiomegaly")
 GROUPED = ("fashion-mnist-spurious", *GROUPED_FILES)  # every example has a group (label x spurious attribute)
 SPLITS = ("train", "test", "val")  # of every dataset but imagenet-star, whose splits are its shifts
+DECODED = (*FILE_DATASETS, "typographic")  # read from image files, so they can be decoded at any size
+
+
+def decode_size(dataset: str, image_size: int) -> int | None:
+    """The size to decode `dataset`'s images at for a model taking `image_size` pixels: None (the dataset's own
+    size, DATASETS[dataset]["size"]) when they are equal, and for datasets stored as arrays, which come at one
+    size. A convolutional model such as ResNet-50 takes other sizes than the 224 its weights were trained at."""
+    if dataset not in DECODED or int(image_size) == DATASETS[dataset]["size"]:
+        return None
+    return int(image_size)
+
+
+def _size(dataset: str, size: int | None) -> int:
+    """The decode size of `dataset` (its own unless `size` is given); a size for a dataset stored as arrays is
+    refused, since it would be ignored."""
+    if size is not None and dataset not in DECODED and int(size) != DATASETS[dataset]["size"]:
+        raise CoarError(f"{dataset} images come at {DATASETS[dataset]['size']} pixels (stored as arrays); they "
+                        f"cannot be decoded at {size}")
+    return int(size) if size is not None else DATASETS[dataset]["size"]
 
 
 def _module(dataset: str):
@@ -112,8 +131,9 @@ def _file_index(dataset: str, split: str, root, download: bool = True):
     return index(split, root or f"data/raw/{dataset}", download)
 
 
-def load_grouped(dataset: str, split: str, root=None, download: bool = True):
-    """(uint8 images [N, C, H, W], int64 labels, int64 groups) of a whole split of a group-labelled dataset."""
+def load_grouped(dataset: str, split: str, root=None, download: bool = True, size: int | None = None):
+    """(uint8 images [N, C, H, W], int64 labels, int64 groups) of a whole split of a group-labelled dataset,
+    decoded at `size` (None: the dataset's own)."""
     if dataset == "fashion-mnist-spurious":
         from .spurious import load_spurious_fashion_mnist
 
@@ -121,7 +141,7 @@ def load_grouped(dataset: str, split: str, root=None, download: bool = True):
     from .images import decode_images
 
     paths, labels, groups = _file_index(dataset, split, root, download)
-    return decode_images(list(paths), DATASETS[dataset]["size"]), labels, groups
+    return decode_images(list(paths), _size(dataset, size)), labels, groups
 
 
 def class_names(dataset: str, root=None) -> list[str] | None:
@@ -158,17 +178,20 @@ def dataset_root(dataset: str, data_root=None, download_root="data/raw", imagene
     return f"{download_root}/{dataset.removesuffix('-backdoor')}"
 
 
-def load_images(dataset: str, split: str, root: str | Path | None = None, download: bool = True):
-    """(uint8 [N, C, H, W], int64 [N]) for a dataset split."""
+def load_images(dataset: str, split: str, root: str | Path | None = None, download: bool = True,
+                size: int | None = None):
+    """(uint8 [N, C, H, W], int64 [N]) for a dataset split; image files are decoded at `size` (None: the
+    dataset's own)."""
     if dataset not in DATASETS:
         raise CoarError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    size = _size(dataset, size)
     if dataset == "fashion-mnist":
         from .fashion_mnist import load_fashion_mnist
 
         images, labels = load_fashion_mnist(split, root, download=download)
         return images[:, None], labels
     if dataset in GROUPED:
-        return load_grouped(dataset, split, root, download)[:2]
+        return load_grouped(dataset, split, root, download, size)[:2]
     if dataset.endswith("-backdoor"):
         from .backdoor import load_backdoored
 
@@ -182,12 +205,13 @@ def load_images(dataset: str, split: str, root: str | Path | None = None, downlo
     from .images import decode_images  # imagenet and its shifts: every image of the split, decoded
 
     paths, labels, _ = _file_index(dataset, split, root, download)
-    return decode_images(list(paths), DATASETS[dataset]["size"]), labels
+    return decode_images(list(paths), size), labels
 
 
 def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=None,
                   every: int | None = None, corruption: dict | None = None, length: int | None = None,
-                  offset: int = 0, trigger: str | None = None, whole_classes: Sequence[int] = ()) -> Examples:
+                  offset: int = 0, trigger: str | None = None, whole_classes: Sequence[int] = (),
+                  size: int | None = None) -> Examples:
     """A fixed evaluation set: every `every`-th example, or n drawn by a seeded permutation, or all.
 
     trigger "paired" (backdoored datasets): n images of the classes other than the trigger's, each twice,
@@ -203,6 +227,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
 
     corruption {name, severity}: the same test examples, corrupted: CIFAR-10-C's published images for
     cifar10 (read from the parent of `root`), our synthetic corruptions otherwise (coar.data.corruptions).
+
+    size: the size image files are decoded at (None: the dataset's own; see decode_size).
     """
     from .corruptions import corrupt, load_cifar10c
 
@@ -221,6 +247,7 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
 
     if corruption and split != "test":
         raise CoarError(f"corrupted examples are made from the test split, not {split!r}")
+    size = _size(dataset, size)
     groups = paths = None
     extra_meta = {}
     if corruption and dataset == "cifar10":
@@ -229,17 +256,17 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     elif dataset in FILE_DATASETS:  # decode only the chosen files
         paths, labels, groups = _file_index(dataset, split, root)
     elif dataset in GROUPED:
-        images, labels, groups = load_grouped(dataset, split, root)
+        images, labels, groups = load_grouped(dataset, split, root, size=size)
     elif dataset == "typographic":  # the clean photos; the attacked ones are not examples (the edit scores them)
         from .typographic import load_typographic
 
         if split != "test":
             raise CoarError(f"the typographic dataset has one split, test (its clean photos), not {split!r}")
-        data = load_typographic(root or "data/raw/typographic", size=DATASETS[dataset]["size"])
+        data = load_typographic(root or "data/raw/typographic", size=size)
         images, labels = data.clean_images.numpy(), data.clean_labels.numpy()
         extra_meta = {"class_names": data.class_names, "files": np.array(data.clean_files, dtype=object)}
     else:
-        images, labels = load_images(dataset, split, root)
+        images, labels = load_images(dataset, split, root, size=size)
     idx = np.arange(len(labels))
     if trigger is not None:
         from .backdoor import backdoor_of
@@ -269,7 +296,7 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
     if paths is not None:
         from .images import decode_images
 
-        chosen = decode_images(list(paths[idx]), info["size"])
+        chosen = decode_images(list(paths[idx]), size)
     else:
         chosen = np.ascontiguousarray(images[idx])
     meta = {"dataset": dataset, "split": split, "n": len(idx), "seed": seed, "mean": info["mean"], "std": info["std"]}
