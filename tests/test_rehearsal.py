@@ -1,7 +1,7 @@
 """The paper preset, rehearsed: every rule config/paper.yaml plans runs end to end on miniature data in each
 source's real format, with the real architectures (workflow/rehearsal/).
 
-It takes about a quarter of an hour on 2 CPU cores (docs/workflow.md gives the measured time),
+It takes about 8 minutes on 2 CPU cores (docs/workflow.md gives the measured time),
 so it runs in CI (CI=true) and when asked (COAR_REHEARSAL=1); COAR_REHEARSAL=0 skips it in CI too:
     COAR_REHEARSAL=1 python -m pytest tests/test_rehearsal.py -s"""
 import json
@@ -16,7 +16,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = os.environ.get("COAR_REHEARSAL", "1" if os.environ.get("CI", "").lower() in ("1", "true") else "0") == "1"
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RUN, reason="the paper rehearsal (about 15 minutes) runs in "
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RUN, reason="the paper rehearsal (about 8 minutes) runs in "
                                                    "CI and with COAR_REHEARSAL=1")]
 PAPER = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
 
