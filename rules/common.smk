@@ -320,11 +320,16 @@ def setup_spec(setup, rule):
     the schema does not change the params of finished jobs (and does not rerun them); scripts read those
     keys with .get()."""
     spec = {k: _without_nulls(SETUPS[setup][k]) for k in RULE_KEYS[rule]}
-    if rule == "examples":  # image files decoded at another size than the dataset's own (ResNet-50 takes any)
-        size = decode_size(SETUPS[setup]["dataset"], SETUPS[setup]["image_size"])
-        if size is not None:
-            spec["image_size"] = size
     return {k: v for k, v in spec.items() if not (k in LATE_KEYS and v is None)}
+
+
+def examples_spec(setup):
+    """setup_spec for the examples and held-out sets, with the setup's image_size where its image files are
+    decoded at another size than the dataset's own (a ResNet-50 takes any); left out otherwise, so that the
+    params of finished jobs stay the same."""
+    spec = setup_spec(setup, "examples")
+    size = decode_size(SETUPS[setup]["dataset"], SETUPS[setup]["image_size"])
+    return spec if size is None else {**spec, "image_size": size}
 
 
 # Top-level setup keys added after results existed: left out of the params at their null default, like the

@@ -28,7 +28,7 @@ rule examples:
     output:
         "data/{setup}/examples.npz",
     params:
-        spec=lambda w: setup_spec(w.setup, "examples"),
+        spec=lambda w: examples_spec(w.setup),
         data_root=config["data_root"],
         download_root=config["download_root"],
         imagenet_root=config["imagenet_root"],
@@ -47,7 +47,7 @@ rule heldout_examples:
     output:
         "data/{setup}/heldout-{n}.npz",
     params:
-        spec=lambda w: setup_spec(w.setup, "examples"),
+        spec=lambda w: examples_spec(w.setup),
         data_root=config["data_root"],
         download_root=config["download_root"],
         imagenet_root=config["imagenet_root"],
