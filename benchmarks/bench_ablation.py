@@ -15,7 +15,7 @@ from _common import device_name
 
 from coar.ablation import counterfactual_outputs, surgery_outputs
 from coar.components import component_set
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.outputs import margin
 from coar.sampling import sample_masks
 

@@ -31,7 +31,7 @@ from _common import device_name
 
 from coar.ablation import ablate_weights, counterfactual_outputs, logits_of
 from coar.components import component_set
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.outputs import margin
 from coar.sampling import sample_masks
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import coar
-from coar.data.examples import fashion_mnist_examples
+from coar.paper.data.fashion_mnist import fashion_mnist_examples
 from coar.outputs import margin
 
 # output channels of both convs and the hidden units of the first linear layer

@@ -5,8 +5,8 @@ import re
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from coar.data.registry import decode_size
-from coar.data.sources import source_of, source_root, sources
+from coar.paper.data.registry import decode_size
+from coar.paper.data.sources import source_of, source_root, sources
 
 
 def _resolve_parents():
@@ -77,7 +77,7 @@ def _config_error(key, problem):
 
 
 def _check_split(key, dataset, split):
-    from coar.data.registry import SPLITS
+    from coar.paper.data.registry import SPLITS
 
     if dataset != "imagenet-star" and split not in SPLITS:  # imagenet-star's splits are its shifts
         _config_error(key, f"{split!r} is not one of {', '.join(SPLITS)}")
@@ -93,9 +93,9 @@ def _check_finite(value, key):
 
 
 def _check_within_split(key, count, what, dataset, split):
-    """`count` examples of a split at most its published size (coar.data.registry.SPLIT_SIZES; a smaller copy
+    """`count` examples of a split at most its published size (coar.paper.data.registry.SPLIT_SIZES; a smaller copy
     is caught by the job that loads it)."""
-    from coar.data.registry import SPLIT_SIZES
+    from coar.paper.data.registry import SPLIT_SIZES
 
     size = SPLIT_SIZES.get((dataset, split))
     if size is not None and count is not None and count > size:
@@ -103,13 +103,13 @@ def _check_within_split(key, count, what, dataset, split):
 
 
 def component_count(setup):
-    """C, the size of a setup's component set (coar.counts: the model built on the meta device, shapes only,
+    """C, the size of a setup's component set (coar.paper.counts: the model built on the meta device, shapes only,
     nothing downloaded; counted once and cached). None for a Hugging Face model used with its published
     weights: its shape is the hub's configuration, known only once loaded, so the sampling job checks its
     alphas (coar.pipeline.check_alpha)."""
-    from coar.counts import component_count as count
+    from coar.paper.counts import component_count as count
     from coar.errors import CoarError
-    from coar.models import HF_ARCHITECTURES
+    from coar.paper.models import HF_ARCHITECTURES
 
     s = SETUPS[setup]
     if s["pretrained"] and s["model"] in HF_ARCHITECTURES:
@@ -145,7 +145,7 @@ def _check_alphas():
 
 
 def _check_config():
-    from coar.models import MODELS
+    from coar.paper.models import MODELS
 
     _check_finite(config, "")
     for name, s in SETUPS.items():
@@ -170,7 +170,7 @@ def _check_config():
             _config_error(f"setups.{name}.pretrained", f"model {s['model']!r} has no published weights")
         if not s["pretrained"] and s["dataset"] == "imagenet":
             _config_error(f"setups.{name}.pretrained", "ImageNet models are used pretrained (set pretrained: true)")
-        from coar.data.registry import TEXT_DATASETS
+        from coar.paper.data.registry import TEXT_DATASETS
 
         needs = {"os-text": "token_margin", **TEXT_DATASETS}.get(s["dataset"])
         text = needs is not None
@@ -182,7 +182,7 @@ def _check_config():
         _check_split(f"setups.{name}.examples.split", s["dataset"], s["examples"]["split"])
         corruption = s["examples"].get("corruption")
         if corruption:
-            from coar.data.corruptions import CIFAR10C_NAMES, SYNTHETIC_NAMES
+            from coar.paper.data.corruptions import CIFAR10C_NAMES, SYNTHETIC_NAMES
 
             names = CIFAR10C_NAMES if s["dataset"] == "cifar10" else SYNTHETIC_NAMES
             if corruption["name"] not in names:
@@ -210,13 +210,13 @@ def _check_config():
             if e["kind"] != "forget":
                 _config_error(key, "distribution shifts are scored for forget edits only")
             dataset = sh.get("dataset", SETUPS[e["setup"]]["dataset"])
-            from coar.data.registry import DATASETS
+            from coar.paper.data.registry import DATASETS
 
             if dataset not in DATASETS:
                 _config_error(f"{key}.dataset", f"unknown image dataset {dataset!r}; known: {', '.join(DATASETS)}")
             _check_split(f"{key}.split", dataset, sh["split"])
             if sh.get("corruption"):
-                from coar.data.corruptions import SYNTHETIC_NAMES
+                from coar.paper.data.corruptions import SYNTHETIC_NAMES
 
                 if sh["corruption"]["name"] not in SYNTHETIC_NAMES:
                     _config_error(f"{key}.corruption.name", f"{sh['corruption']['name']!r} is not one of "
@@ -232,7 +232,7 @@ def _check_config():
                                 f"examples with the setup's {held['examples']['n']} (held-out after them)",
                                 held["dataset"], held["examples"]["split"])
         if e["kind"] == "subpop":
-            from coar.data.registry import GROUPED
+            from coar.paper.data.registry import GROUPED
 
             for key in ("setup", "heldout_setup"):
                 s = e.get(key) or e["setup"]
@@ -454,7 +454,7 @@ def figure_config(fig):
 # Figures without an offline stand-in: what they need (config/paper.yaml configures them)
 PAPER_ONLY = {
     "fig7": "zero-shot CLIP ViT-B/16 (Hugging Face hub) and the typographic-attack photos of Materzynska et al. "
-            "(placed by hand; see coar.data.typographic), as config/paper.yaml sets up",
+            "(placed by hand; see coar.paper.data.typographic), as config/paper.yaml sets up",
     "fig9": "Phi-2 (Hugging Face hub) and BoolQ's validation set (downloaded), as config/paper.yaml sets up",
 }
 

@@ -1,10 +1,10 @@
 # Data sources, obtained once; fixed evaluation sets decoded from them once into uint8 arrays with a checksum
-# (coar.data.examples.Examples).
+# (coar.examples.Examples).
 
 
 rule dataset:
     """Obtain one data source (download it, or check what was placed by hand), verify it with its loader's
-    checks over every split, and record what was found (coar.data.sources). Jobs reading the source wait for
+    checks over every split, and record what was found (coar.paper.data.sources). Jobs reading the source wait for
     this one, so it is fetched once, never by two jobs at once. A local rule: under a cluster profile it runs
     on the submitting machine, which has the internet access compute nodes often lack."""
     output:

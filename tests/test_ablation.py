@@ -9,9 +9,9 @@ from torch import nn
 from coar.ablation import ablate_weights, ablation_hooks, counterfactual_outputs, logits_of, surgery_outputs
 from coar.components import Rule, component_set
 from coar.errors import CoarError, ComponentError, ShapeError
-from coar.models import build_model, make_hookable
-from coar.models.attention import HookableMultiheadAttention
-from coar.models.cifar import vit_small
+from coar.paper.models import build_model, make_hookable
+from coar.attention import HookableMultiheadAttention
+from coar.paper.models.cifar import vit_small
 from coar.outputs import margin, token_margin
 from tests.helpers import assert_no_hooks, randomize_bn
 

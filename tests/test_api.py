@@ -12,7 +12,7 @@ from torch import nn
 
 import coar
 import coar.api
-from coar.data.fashion_mnist import DEBIAN_ROOT
+from coar.paper.data.fashion_mnist import DEBIAN_ROOT
 from coar.errors import ArgumentError, StoreMismatchError
 
 needs_fashion = pytest.mark.skipif(not DEBIAN_ROOT.exists(), reason="Debian's dataset-fashion-mnist is not installed")
@@ -179,8 +179,8 @@ def test_on_a_gpu_the_store_equals_memory_and_the_cpu_run_closely(tmp_path):
 def test_api_equals_the_workflow_pipeline_on_a_library_table(tmp_path):
     """On a table the library has (resnet_tiny), the API's store-backed run writes the outputs the workflow's
     sample_store writes for the same masks, and its attributions equal fit_stores on the workflow's shards."""
-    from coar.data.examples import Examples
-    from coar.models import build_model
+    from coar.examples import Examples
+    from coar.paper.models import build_model
     from coar.pipeline import fit_stores, sample_store
     from coar.store import ShardStore
 
@@ -326,7 +326,7 @@ FASHION = dict(components=FASHION_RULES, masks=500, alpha=0.05, progress=False)
 
 @pytest.fixture(scope="module")
 def fashion():
-    from coar.data.examples import fashion_mnist_examples
+    from coar.paper.data.fashion_mnist import fashion_mnist_examples
 
     torch.manual_seed(0)
     model = fashion_net()
@@ -434,7 +434,7 @@ def test_example_language_model_on_a_tiny_gpt2(capsys):
 
 @needs_fashion
 def test_example_edit_prediction_on_a_small_fashion_mnist_copy(tmp_path, capsys):
-    from coar.data.fashion_mnist import FILES, load_fashion_mnist, write_idx
+    from coar.paper.data.fashion_mnist import FILES, load_fashion_mnist, write_idx
 
     for split, n in (("train", 600), ("test", 100)):
         images, labels = load_fashion_mnist(split)

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from coar.data.backdoor import TARGET_CLASS, add_trigger, poison
-from coar.data.examples import Examples
-from coar.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from coar.paper.data.backdoor import TARGET_CLASS, add_trigger, poison
+from coar.examples import Examples
+from coar.paper.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from coar.errors import CoarError
-from coar.models import build_model
-from coar.training import accuracy, train_classifier
+from coar.paper.models import build_model
+from coar.paper.training import accuracy, train_classifier
 
 
 def test_trigger_and_poisoning_touch_only_what_they_should():
@@ -83,8 +83,8 @@ def test_cifar10_backdoor_poisons_half_the_airplanes_with_a_blue_square(tmp_path
     files are ours). Training split: a blue square on half the airplanes, nothing else touched; test: clean."""
     from torchvision.datasets import CIFAR10
 
-    from coar.data.backdoor import load_backdoored
-    from coar.data.registry import dataset_root, load_images
+    from coar.paper.data.registry import load_backdoored
+    from coar.paper.data.registry import dataset_root, load_images
 
     batches = _write_cifar10(tmp_path / "cifar10")
     import torchvision.datasets.cifar as tv_cifar
@@ -104,12 +104,12 @@ def test_cifar10_backdoor_poisons_half_the_airplanes_with_a_blue_square(tmp_path
 
 def test_cifar10_placed_copy_is_recorded_at_first_use_and_a_changed_file_is_never_used(tmp_path, monkeypatch):
     """A placed copy (not the published batches: torchvision's MD5 check would refuse it) is read by
-    coar.data.cifar and its files' SHA-256 recorded; a file changed since is reported, never used. An
+    coar.paper.data.cifar and its files' SHA-256 recorded; a file changed since is reported, never used. An
     incomplete folder is reported (download disabled), and with download allowed a failed fetch is reported,
     naming the directory."""
     import urllib.request
 
-    from coar.data.registry import load_images
+    from coar.paper.data.registry import load_images
 
     root = tmp_path / "cifar10"
     batches = _write_cifar10(root)
@@ -134,8 +134,9 @@ def test_cifar10_placed_copy_is_recorded_at_first_use_and_a_changed_file_is_neve
 
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
 def test_paired_examples_are_other_classes_clean_then_triggered():
-    from coar.data.backdoor import load_backdoored, trigger
-    from coar.data.registry import make_examples
+    from coar.paper.data.backdoor import trigger
+    from coar.paper.data.registry import load_backdoored
+    from coar.paper.data.registry import make_examples
 
     x, y, poisoned = load_backdoored("fashion-mnist-backdoor", "train")
     base, _ = load_fashion_mnist("train")
@@ -155,5 +156,5 @@ def test_paired_examples_are_other_classes_clean_then_triggered():
         make_examples("fashion-mnist-backdoor", "test", 5, trigger="paired",
                       corruption={"name": "brightness", "severity": 1})
     with pytest.raises(CoarError, match="must avoid the trigger's class"):
-        from coar.data.backdoor import paired
+        from coar.paper.data.backdoor import paired
         paired("fashion-mnist-backdoor", ex.inputs[:2], np.array([0, 1]))

@@ -16,12 +16,12 @@ import torch
 
 from coar.attributions import Attributions
 from coar.cli import main
-from coar.data.examples import Examples
-from coar.demo import DemoConfig
+from coar.examples import Examples
+from coar.paper.demo import DemoConfig
 from coar.errors import CoarError, StoreMismatchError
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.store import ShardStore, read_meta
-from coar.training import save_checkpoint
+from coar.paper.training import save_checkpoint
 
 N = 12  # attributed examples
 KW = {"num_classes": 10, "in_channels": 1, "image_size": 28}
@@ -372,7 +372,7 @@ def test_cli_refuses(world, tmp_path, capsys, argv, expected):
 
 def _model(w, name="m.pt"):
     from coar.components import component_set
-    from coar.training import load_checkpoint
+    from coar.paper.training import load_checkpoint
 
     model, _ = load_checkpoint(w / name)
     return model, component_set(model, "resnet_tiny")
@@ -435,7 +435,7 @@ def _check_edit(w, o, model="m.pt", examples=None):
 
 
 def _train(w, o, lr):
-    from coar.training import train_classifier
+    from coar.paper.training import train_classifier
 
     torch.manual_seed(0)
     model = build_model("resnet_tiny", **KW)
@@ -445,7 +445,7 @@ def _train(w, o, lr):
 
 
 def _train_lm(w, o, lr):
-    from coar.training import train_language_model
+    from coar.paper.training import train_language_model
 
     train_language_model(torch.nn.Identity(), torch.arange(100), steps=1, length=8, lr=lr, progress=False)
 
@@ -459,7 +459,7 @@ def _save_nonfinite_weights(w, o):
 
 
 def _train_classifier_on(w, o, model, labels):
-    from coar.training import train_classifier
+    from coar.paper.training import train_classifier
 
     x = torch.randn(len(labels), 1, 28, 28)
     train_classifier(build_model(model, **KW), x, torch.tensor(labels), epochs=1, progress=False)
@@ -473,13 +473,13 @@ def _write_nonfinite(w, o):
 
 
 def _fashion_mnist(w, o, **kw):
-    from coar.data.examples import fashion_mnist_examples
+    from coar.paper.data.fashion_mnist import fashion_mnist_examples
 
     fashion_mnist_examples("test", 5, 0, **kw).save(o / "ex.npz")
 
 
 def _demo(w, o):
-    from coar.demo import run_demo
+    from coar.paper.demo import run_demo
 
     run_demo(w / "demo_old", DemoConfig(masks=50), quiet=True)
 

@@ -8,7 +8,7 @@ from coar.ablation import logits_of, surgery_outputs, weight_slot
 from coar.baselines import (compute_baseline, grad_times_param, internal_influence, loo, neuron_conductance)
 from coar.components import ComponentGroup, ComponentSet, Rule, component_set
 from coar.errors import CoarError
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.outputs import class_logit, margin, token_margin
 from tests.helpers import assert_no_hooks, randomize_bn
 

@@ -9,7 +9,7 @@ import torch
 
 from coar.ablation import counterfactual_outputs
 from coar.components import component_set
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.outputs import margin
 from coar.sampling import sample_masks
 

@@ -69,7 +69,7 @@ def test_cli_chain(tmp_path, capsys):
                  "--out", f"{d}/edited.pt"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("tau=") == 3 and "wrote edited checkpoint" in printed
-    from coar.training import load_checkpoint
+    from coar.paper.training import load_checkpoint
 
     _, ck = load_checkpoint(f"{d}/edited.pt")
     assert len(ck["meta"]["edit"]["ablated"]) == 3

@@ -3,9 +3,9 @@ on small files in the release's on-disk format that the test writes itself."""
 import numpy as np
 import pytest
 
-from coar.data.corruptions import SYNTHETIC_NAMES, corrupt, load_cifar10c
-from coar.data.fashion_mnist import find_fashion_mnist
-from coar.data.registry import make_examples
+from coar.paper.data.corruptions import SYNTHETIC_NAMES, corrupt, load_cifar10c
+from coar.paper.data.fashion_mnist import find_fashion_mnist
+from coar.paper.data.registry import make_examples
 from coar.errors import CoarError
 
 

@@ -10,8 +10,8 @@ from coar import regression
 from coar.ablation import counterfactual_outputs, surgery_outputs
 from coar.baselines import compute_baseline
 from coar.components import component_set
-from coar.data.examples import Examples
-from coar.models import build_model
+from coar.examples import Examples
+from coar.paper.models import build_model
 from coar.outputs import margin
 from coar.pipeline import sample_store
 from coar.sampling import sample_masks
@@ -143,8 +143,8 @@ def test_dual_regression_on_gpu_equals_cpu():
 
 
 def test_training_on_gpu_learns_fashion_mnist():
-    from coar.data.fashion_mnist import load_fashion_mnist
-    from coar.training import accuracy, train_classifier
+    from coar.paper.data.fashion_mnist import load_fashion_mnist
+    from coar.paper.training import accuracy, train_classifier
 
     xtr, ytr = load_fashion_mnist("train")
     xte, yte = load_fashion_mnist("test")

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from coar.data.examples import Examples, fashion_mnist_examples
-from coar.data.fashion_mnist import DEBIAN_ROOT, FILES, load_fashion_mnist, read_idx, write_idx
+from coar.examples import Examples
+from coar.paper.data.fashion_mnist import fashion_mnist_examples
+from coar.paper.data.fashion_mnist import DEBIAN_ROOT, FILES, load_fashion_mnist, read_idx, write_idx
 from coar.errors import CoarError, StoreError
-from coar.training import augment
+from coar.paper.training import augment
 
 
 def make_fake_root(root, n_train=30, n_test=20, seed=0):
@@ -61,7 +62,7 @@ def test_truncated_and_corrupted_files_are_reported(tmp_path):
 
 def test_missing_dataset_error_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.delenv("COAR_FASHION_MNIST", raising=False)
-    monkeypatch.setattr("coar.data.fashion_mnist.DEBIAN_ROOT", tmp_path / "absent")
+    monkeypatch.setattr("coar.paper.data.fashion_mnist.DEBIAN_ROOT", tmp_path / "absent")
     with pytest.raises(CoarError, match="dataset-fashion-mnist"):
         load_fashion_mnist("test")
     (tmp_path / "empty").mkdir()
@@ -115,7 +116,7 @@ def test_debian_fashion_mnist_is_the_real_dataset():
 def test_normalize_in_place_equals_the_plain_formula_and_leaves_the_images_alone():
     import torch
 
-    from coar.data.examples import normalize
+    from coar.examples import normalize
 
     x = torch.randint(0, 256, (16, 3, 5, 5), dtype=torch.uint8)
     before = x.clone()

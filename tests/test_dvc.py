@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coar.data.fashion_mnist import find_fashion_mnist
+from coar.paper.data.fashion_mnist import find_fashion_mnist
 from tests.helpers import job_counts
 
 ROOT = Path(__file__).resolve().parents[1]

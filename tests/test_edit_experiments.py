@@ -7,11 +7,11 @@ import torch
 
 from coar.attributions import Attributions
 from coar.components import component_set
-from coar.edit_experiments import (draw_references, draw_targets, edit_backdoor, edit_single_examples,
+from coar.paper.experiments import (draw_references, draw_targets, edit_backdoor, edit_single_examples,
                                    edit_subpopulation, forget_class, pick_targets, sweep_margins)
 from coar.editing import edit_scores, ranking
 from coar.errors import CoarError
-from coar.models.cifar import MLP
+from coar.paper.models.cifar import MLP
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_single_example_references_exclude_the_target_and_are_what_the_edit_uses
 
 
 def _record_draws(monkeypatch):
-    import coar.edit_experiments as ee
+    import coar.paper.experiments as ee
     calls = []
 
     def recording(*args, **kwargs):

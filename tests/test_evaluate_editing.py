@@ -12,7 +12,7 @@ from coar.editing import (apply_edit, choose_k, edit_scores, keep_mask, random_c
                           select_components, sweep_outputs, sweep_table, t_statistic)
 from coar.errors import CoarError, ShapeError
 from coar.correlation import correlations, pearson_columns, summarize
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.outputs import class_logit, get_output_fn, margin, token_margin
 
 

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from coar.data import celeba, waterbirds
-from coar.data.celeba import load_celeba
-from coar.data.images import decode_image, decode_images, download_verified, sha256_file
-from coar.data.waterbirds import DIRNAME, extract_tarball, load_waterbirds
+from coar.paper.data import celeba, waterbirds
+from coar.paper.data.celeba import load_celeba
+from coar.paper.data.images import decode_image, decode_images, download_verified, sha256_file
+from coar.paper.data.waterbirds import DIRNAME, extract_tarball, load_waterbirds
 from coar.errors import CoarError
 
 RED, BLUE, GREEN = (230, 20, 20), (20, 20, 230), (20, 230, 20)
@@ -526,8 +526,8 @@ def test_images_feed_torch_as_uint8(tmp_path):
 def test_registry_examples_decode_only_the_chosen_files_and_carry_groups(tmp_path, monkeypatch):
     """make_examples draws from the file index (nothing decoded), so held-out offsets and subsets of a
     160k-image split cost only the images chosen; every example keeps its group."""
-    import coar.data.images as images_mod
-    from coar.data.registry import group_names, load_images, make_examples
+    import coar.paper.data.images as images_mod
+    from coar.paper.data.registry import group_names, load_images, make_examples
 
     _celeba(tmp_path)
     decoded = []
@@ -560,8 +560,8 @@ def test_fine_tuning_head_keeps_the_components_and_round_trips_through_a_checkpo
     rebuilds the 2-class architecture (no published weights are needed to check the architecture)."""
     from coar.components import component_set
     from coar.errors import CoarError
-    from coar.models import build_model, replace_head
-    from coar.training import load_checkpoint, save_checkpoint
+    from coar.paper.models import build_model, replace_head
+    from coar.paper.training import load_checkpoint, save_checkpoint
 
     model = replace_head(build_model("resnet50"), 2)  # as from_pretrained does, on random weights
     assert model.fc.out_features == 2 and component_set(model, "resnet50").size == 22720

@@ -1,4 +1,4 @@
-"""TinyStories / BoolQ example sets (coar.data.hf_text), offline: self-made files in the real release formats
+"""TinyStories / BoolQ example sets (coar.paper.data.hf_text), offline: self-made files in the real release formats
 and a tiny GPT-2-style byte-level BPE tokenizer written to tmp_path."""
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from coar.data import hf_text
-from coar.data.examples import Examples
-from coar.data.hf_text import (BOOLQ_FILE, TINYSTORIES_FILE, answer_margin, boolq_examples, boolq_prompt,
+from coar.paper.data import hf_text
+from coar.examples import Examples
+from coar.outputs import answer_margin
+from coar.paper.data.hf_text import (BOOLQ_FILE, TINYSTORIES_FILE, boolq_examples, boolq_prompt,
                                parse_tinystories, read_boolq, tinystories_examples)
 from coar.errors import CoarError, ShapeError
 from coar.outputs import token_margin
@@ -203,7 +204,7 @@ def test_token_margin_scores_exactly_the_real_next_tokens(clean_dir, tokenizer):
 
 
 def test_right_padding_leaves_a_causal_lm_output_unchanged(clean_dir, tokenizer):
-    from coar.models import build_model
+    from coar.paper.models import build_model
 
     torch.manual_seed(0)
     model = build_model("gpt2_tiny")  # random weights, vocabulary 512 > the test tokenizer's
@@ -313,7 +314,7 @@ def test_answer_margin_matches_hand_computation():
 
 
 def test_answer_margin_on_boolq_with_a_causal_lm_ignores_padding(boolq_dir, tokenizer):
-    from coar.models import build_model
+    from coar.paper.models import build_model
 
     torch.manual_seed(0)
     model = build_model("phi2_tiny")  # rotary positions: left padding would shift them

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from coar.data import imagenet
-from coar.data.images import decode_image, sha256_file
-from coar.data.registry import class_names, decode_size, load_images, make_examples
+from coar.paper.data import imagenet
+from coar.paper.data.images import decode_image, sha256_file
+from coar.paper.data.registry import class_names, decode_size, load_images, make_examples
 from coar.errors import CoarError
 
 WNIDS = imagenet.wnids()
@@ -74,7 +74,7 @@ def test_examples_decode_only_the_chosen_images_with_the_evaluation_transform(va
         decoded.append(path)
         return real(path, size)
 
-    monkeypatch.setattr("coar.data.images.decode_image", counting)
+    monkeypatch.setattr("coar.paper.data.images.decode_image", counting)
     ex = make_examples("imagenet", "val", n=5, seed=3, root=val_root)
     assert ex.inputs.shape == (5, 3, 224, 224) and ex.inputs.dtype == np.uint8 and len(decoded) == 5
     paths, labels = imagenet.index_imagenet_val(val_root)

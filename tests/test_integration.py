@@ -4,7 +4,7 @@ protocol at small scale)."""
 import numpy as np
 import pytest
 
-from coar.data.fashion_mnist import find_fashion_mnist
+from coar.paper.data.fashion_mnist import find_fashion_mnist
 
 pytestmark = [
     pytest.mark.slow,
@@ -15,7 +15,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from coar.demo import DemoConfig, run_demo
+    from coar.paper.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(n_train=5000, epochs=2, n_examples=100, masks=600, shards=2, alpha_test=[0.10],
                      test_masks=150)
@@ -34,7 +34,7 @@ def test_coar_is_predictive_and_beats_every_baseline(demo_run):
 
 
 def test_trained_model_is_a_real_classifier(demo_run):
-    from coar.training import load_checkpoint
+    from coar.paper.training import load_checkpoint
 
     out, cfg, _ = demo_run
     _, ck = load_checkpoint(out / "model.pt")
@@ -44,7 +44,7 @@ def test_trained_model_is_a_real_classifier(demo_run):
 def test_rerun_resumes_from_artifacts(demo_run):
     import time
 
-    from coar.demo import run_demo
+    from coar.paper.demo import run_demo
 
     out, cfg, table = demo_run
     t = time.time()

@@ -1,4 +1,4 @@
-"""MIMIC-CXR-JPG 2.0.0 loader (coar.data.mimic), offline: every test writes a small release in the real on-disk
+"""MIMIC-CXR-JPG 2.0.0 loader (coar.paper.data.mimic), offline: every test writes a small release in the real on-disk
 format into tmp_path (gzip-compressed CSV tables, grayscale JPEGs under files/p<xx>/p<subject>/s<study>/,
 a sha256sum-format SHA256SUMS.txt) and checks the index, the labels, decoding and the error paths."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from coar.data import mimic
-from coar.data.mimic import (CARDIOMEGALY, CLASS_NAMES, FRONTAL, LABELS, SPLITS, cardiomegaly_task, index_mimic,
+from coar.paper.data import mimic
+from coar.paper.data.mimic import (CARDIOMEGALY, CLASS_NAMES, FRONTAL, LABELS, SPLITS, cardiomegaly_task, index_mimic,
                              load_mimic, verify_release)
 from coar.errors import CoarError
 
@@ -428,7 +428,7 @@ def test_bad_split_value_and_inconsistent_tables(tmp_path):
 def test_registry_examples_are_binary_cardiomegaly_on_frontal_views(release):
     """What the workflow decodes for setup MX: frontal views of the split, uncertain Cardiomegaly studies left
     out, label 1 = Cardiomegaly (the class whose logit is the model output, `logit:1`)."""
-    from coar.data.registry import DATASETS, class_names, make_examples
+    from coar.paper.data.registry import DATASETS, class_names, make_examples
 
     root, base = release
     ex = make_examples("mimic-cxr", "train", n=None, root=root)

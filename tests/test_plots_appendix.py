@@ -7,7 +7,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from coar.errors import CoarError
-from coar.plots_appendix import (
+from coar.paper.plots.appendix import (
     SETUP_PALETTE,
     fig_ablation_effect,
     fig_alpha_profile,
@@ -16,7 +16,7 @@ from coar.plots_appendix import (
     fig_top_examples,
     fig_zero_vs_scale,
 )
-from coar.plotting import METHOD_COLORS, method_label, save_figure
+from coar.paper.plots.style import METHOD_COLORS, method_label, save_figure
 
 PROV = "preset: test | resnet_tiny on Fashion-MNIST | coar 0.1.0"
 ALPHAS = (0.02, 0.05, 0.1, 0.2)

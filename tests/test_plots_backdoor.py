@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from coar.errors import CoarError
-from coar.plots_backdoor import fig_backdoor, fig_backdoor_saliency
+from coar.paper.plots.backdoor import fig_backdoor, fig_backdoor_saliency
 
 
 def _tables():

@@ -7,7 +7,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from coar.errors import CoarError
-from coar.plots_editing import (
+from coar.paper.plots.editing import (
     RANDOM_COLOR,
     fig_edit_examples,
     fig_edit_layers,
@@ -15,7 +15,7 @@ from coar.plots_editing import (
     fig_forget_class,
     fig_forget_classes,
 )
-from coar.plotting import METHOD_COLORS, save_figure
+from coar.paper.plots.style import METHOD_COLORS, save_figure
 
 PROV = "preset: test | resnet_tiny on Fashion-MNIST | coar 0.1.0"
 KS = (0, 1, 2, 4, 8)

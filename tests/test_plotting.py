@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from coar.errors import CoarError
-from coar.plotting import METHOD_COLORS, fig_attribution_accuracy, method_label, save_figure
+from coar.paper.plots.attribution import fig_attribution_accuracy
+from coar.paper.plots.style import METHOD_COLORS, method_label, save_figure
 
 METHODS = ["coar", "loo", "gp", "nc", "ii"]
 
@@ -60,7 +61,7 @@ def test_missing_column_and_setup_errors():
 
 
 def test_sample_size_figure():
-    from coar.plotting import fig_sample_size
+    from coar.paper.plots.attribution import fig_sample_size
 
     rng = np.random.default_rng(2)
     rows = []

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from coar.components import component_set
-from coar.data.examples import Examples
+from coar.examples import Examples
 from coar.errors import CoarError, StoreError, StoreMismatchError
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.pipeline import sample_store
 from coar.store import META_FILE, ShardStore
 

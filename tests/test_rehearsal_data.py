@@ -1,5 +1,5 @@
 """The rehearsal's miniature data sources (workflow/rehearsal/fixtures_data.py) pass the project's real loaders
-and their checks, through the calls the workflow makes: coar.data.sources.prepare (rule dataset, the downloads
+and their checks, through the calls the workflow makes: coar.paper.data.sources.prepare (rule dataset, the downloads
 from the mirror included), then make_examples with the rehearsal preset's settings (rules examples,
 heldout_examples, shifted_examples and the training sets of rule model); and they hold what the preset's edits
 need (targets of each kind, every class and group in both held-out halves)."""
@@ -15,10 +15,10 @@ import pytest
 import torch
 import yaml
 
-from coar.data.corruptions import load_cifar10c
-from coar.data.registry import (DATASETS, TEXT_DATASETS, class_names, dataset_root, decode_size, load_images,
+from coar.paper.data.corruptions import load_cifar10c
+from coar.paper.data.registry import (DATASETS, TEXT_DATASETS, class_names, dataset_root, decode_size, load_images,
                                 make_examples)
-from coar.data.sources import prepare, source_root
+from coar.paper.data.sources import prepare, source_root
 from coar.errors import CoarError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,8 +211,8 @@ def test_held_out_and_shifted_sets_of_every_edit(made):
 def test_imagenet_has_examples_for_the_fix_and_induce_edits(made):
     """Half the validation images are labelled with the fixture ResNet-50's prediction: the rehearsal's setup B
     holds examples it classifies right (induce targets) and wrong (fix targets)."""
-    from coar.data.imagenet import index_imagenet_val
-    from coar.models import build_model
+    from coar.paper.data.imagenet import index_imagenet_val
+    from coar.paper.models import build_model
 
     model = build_model("resnet50", pretrained=True, num_classes=1000, image_size=preset.IMAGE_SIZES["resnet50"])
     kinds = {e["kind"] for e in made["edits"].values() if made["setups"][e["setup"]]["dataset"] == "imagenet"}

@@ -31,11 +31,12 @@ from safetensors.torch import load_file
 sys.path.insert(0, sys.argv[2])
 import fixtures_models as fm
 from coar.components import component_set
-from coar.data.hf_text import _answer_ids, answer_margin, tinystories_examples
-from coar.models import architecture, build_model
-from coar.models.clip_zeroshot import build_zero_shot_clip
+from coar.outputs import answer_margin
+from coar.paper.data.hf_text import _answer_ids, tinystories_examples
+from coar.paper.models import architecture, build_model
+from coar.paper.models.clip_zeroshot import build_zero_shot_clip
 from coar.outputs import token_margin
-from coar.training import load_checkpoint, save_checkpoint
+from coar.paper.training import load_checkpoint, save_checkpoint
 
 torch.manual_seed(0)
 torch.set_num_threads(2)
@@ -83,10 +84,10 @@ for name, hub in (("gpt2", "gpt2"), ("phi2", "microsoft/phi-2")):
                               "margin_finite": bool(torch.isfinite(m).all()), "margin_shape": list(m.shape),
                               "max_id": int(ex.inputs.max())}
     else:
-        if importlib.util.find_spec("coar.data.mirror") is None:
-            out["boolq"] = None  # coar.data.mirror not there yet
+        if importlib.util.find_spec("coar.paper.data.mirror") is None:
+            out["boolq"] = None  # coar.paper.data.mirror not there yet
         else:
-            from coar.data.hf_text import boolq_examples
+            from coar.paper.data.hf_text import boolq_examples
 
             ex = boolq_examples(n=2, root=paths["boolq"])
             x, y = torch.from_numpy(ex.inputs), torch.from_numpy(ex.targets)
@@ -235,7 +236,7 @@ def test_tinystories_examples_from_the_dataset_cache(loaded, made):
 
 def test_boolq_examples_downloaded_from_the_mirror(loaded, made):
     if loaded["boolq"] is None:
-        pytest.skip("coar.data.mirror (COAR_DATA_MIRROR) is not in the library yet")
+        pytest.skip("coar.paper.data.mirror (COAR_DATA_MIRROR) is not in the library yet")
     d, paths, env = made
     bq = loaded["boolq"]
     assert bq["inputs"][0] == bq["targets"][0] == 2 and bq["inputs"][1] == bq["targets"][1] >= 3
@@ -247,7 +248,7 @@ def test_boolq_examples_downloaded_from_the_mirror(loaded, made):
 
 
 def test_text_fixtures_are_in_the_release_formats(made):
-    from coar.data.hf_text import parse_tinystories, read_boolq
+    from coar.paper.data.hf_text import parse_tinystories, read_boolq
 
     d, paths, env = made
     assert len(parse_tinystories(fm.tinystories_text())) == 40

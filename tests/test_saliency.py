@@ -5,8 +5,8 @@ import torch
 
 from coar.components import component_set
 from coar.errors import CoarError
-from coar.models import build_model
-from coar.models.cifar import MLP
+from coar.paper.models import build_model
+from coar.paper.models.cifar import MLP
 from coar.saliency import component_outputs, component_saliency, region_share
 
 

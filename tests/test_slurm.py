@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coar.data.fashion_mnist import find_fashion_mnist
+from coar.paper.data.fashion_mnist import find_fashion_mnist
 
 from tests.helpers import (KILL_MASKS, KILL_RECEIPT, SLOW_SHARD, job_counts, processes, rows_done,
                            wait_for_rows, write_kill_config)

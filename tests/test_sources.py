@@ -1,12 +1,12 @@
-"""Data sources (coar.data.sources, the workflow's dataset rule): every dataset has one, each is obtained and
+"""Data sources (coar.paper.data.sources, the workflow's dataset rule): every dataset has one, each is obtained and
 verified by its loaders' own checks, and a corrupted or missing source is reported, never recorded."""
 import numpy as np
 import pytest
 
-from coar.data import imagenet, sources
-from coar.data.corruptions import CIFAR10C_NAMES
-from coar.data.fashion_mnist import find_fashion_mnist
-from coar.data.registry import DATASETS, TEXT_DATASETS
+from coar.paper.data import imagenet, sources
+from coar.paper.data.corruptions import CIFAR10C_NAMES
+from coar.paper.data.fashion_mnist import find_fashion_mnist
+from coar.paper.data.registry import DATASETS, TEXT_DATASETS
 from coar.errors import CoarError
 
 from tests.test_imagenet import _sketch_zip, _star

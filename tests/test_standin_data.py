@@ -6,14 +6,14 @@ import torch
 
 from coar.ablation import counterfactual_outputs
 from coar.components import component_set
-from coar.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
-from coar.data.registry import make_examples
-from coar.data.spurious import BACKGROUND_GRAY, CLASS_IDS, GARMENT_THRESHOLD, load_spurious_fashion_mnist
-from coar.data.text import load_corpus, text_examples
+from coar.paper.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
+from coar.paper.data.registry import make_examples
+from coar.paper.data.spurious import BACKGROUND_GRAY, CLASS_IDS, GARMENT_THRESHOLD, load_spurious_fashion_mnist
+from coar.paper.data.text import load_corpus, text_examples
 from coar.errors import CoarError
-from coar.models import build_model
+from coar.paper.models import build_model
 from coar.outputs import token_margin
-from coar.training import language_model_loss, train_language_model
+from coar.paper.training import language_model_loss, train_language_model
 
 
 def _corpus(tmp_path):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from coar.data.examples import fashion_mnist_examples
-from coar.data.fashion_mnist import find_fashion_mnist
+from coar.paper.data.fashion_mnist import fashion_mnist_examples
+from coar.paper.data.fashion_mnist import find_fashion_mnist
 from coar.errors import CoarError
-from coar.models import build_model
-from coar.training import accuracy, train_classifier, training_precision
+from coar.paper.models import build_model
+from coar.paper.training import accuracy, train_classifier, training_precision
 
 
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
@@ -40,7 +40,7 @@ def test_precision_is_automatic_only_when_not_given():
 def test_checkpoint_metadata_is_json_so_it_loads_without_unpickling_objects(tmp_path):
     import numpy as np
 
-    from coar.training import load_checkpoint, save_checkpoint
+    from coar.paper.training import load_checkpoint, save_checkpoint
 
     model = build_model("resnet_tiny", in_channels=1, image_size=28)
     kwargs = {"num_classes": 10, "in_channels": 1, "image_size": 28}
@@ -57,7 +57,7 @@ def test_checkpoint_metadata_is_json_so_it_loads_without_unpickling_objects(tmp_
 def test_uint8_images_standardised_per_batch_train_the_same_weights_as_a_normalised_set():
     """The workflow keeps training images uint8 on the device (a quarter of the memory) and standardises each
     batch: bitwise the same training as normalising the whole set first, augmentation included."""
-    from coar.training import accuracy
+    from coar.paper.training import accuracy
 
     torch.set_num_threads(2)
     ex = fashion_mnist_examples("train", 600, seed=0)
@@ -81,7 +81,7 @@ def test_uint8_images_standardised_per_batch_train_the_same_weights_as_a_normali
 @pytest.mark.parametrize("pct_start", [0.25, 0.1])
 def test_one_cycle_runs_any_number_of_steps_with_positive_rates_up_to_the_peak(pct_start):
     """torch's OneCycleLR divides by zero when the warm-up is exactly one step (4 steps at 0.25, 10 at 0.1)."""
-    from coar.training import one_cycle
+    from coar.paper.training import one_cycle
 
     for steps in range(1, 41):
         p = torch.nn.Parameter(torch.zeros(1))
@@ -106,7 +106,7 @@ def test_one_cycle_runs_any_number_of_steps_with_positive_rates_up_to_the_peak(p
 def test_a_checkpoint_loads_without_random_init_into_the_same_model(tmp_path, arch, kwargs, shape):
     """load_checkpoint builds on the meta device and assigns the saved tensors: the same parameters, buffers
     and outputs as building the model and loading its state the ordinary way, with nothing left on meta."""
-    from coar.training import load_checkpoint, save_checkpoint
+    from coar.paper.training import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = build_model(arch, **kwargs).eval()

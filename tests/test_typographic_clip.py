@@ -18,11 +18,11 @@ transformers = pytest.importorskip("transformers")
 
 from coar.ablation import ablate_weights, ablation_hooks  # noqa: E402
 from coar.components import component_set  # noqa: E402
-from coar.data.typographic import (  # noqa: E402
+from coar.paper.data.typographic import (  # noqa: E402
     ATTACK_WORDS, DATASET_URL, attack_patch, load_typographic, random_attacks, render_attack,
 )
 from coar.errors import CoarError  # noqa: E402
-from coar.models.clip_zeroshot import (  # noqa: E402
+from coar.paper.models.clip_zeroshot import (  # noqa: E402
     CLIP_MEAN, CLIP_STD, TEMPLATES, ZeroShotCLIP, build_zero_shot_clip,
 )
 
@@ -352,8 +352,8 @@ def test_registry_typographic_examples_pair_clean_photos_with_synthetic_attacks(
     attack per photo; the zero-shot classes come from the annotations; a saved zero-shot classifier's
     architecture is rebuilt without the hub (skeleton)."""
     from coar.components import component_set
-    from coar.data.registry import class_names, make_examples
-    from coar.models import build_model
+    from coar.paper.data.registry import class_names, make_examples
+    from coar.paper.models import build_model
 
     _make_dataset(tmp_path)
     ex = make_examples("typographic", "test", 1, seed=0, root=tmp_path, trigger="paired")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from coar.data.fashion_mnist import find_fashion_mnist
+from coar.paper.data.fashion_mnist import find_fashion_mnist
 
 from tests.helpers import (KILL_MASKS, KILL_RECEIPT, SLOW_SHARD, descendants, job_counts, processes, rows_done,
                            wait_for_rows, write_kill_config)
@@ -292,8 +292,8 @@ def test_ci_preset_end_to_end(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data/datasets").iterdir()) == ["fashion-mnist.json", "os-text.json"]
     # the checkpoint says what it was trained on and with, and its weights are the ones fingerprinted
     from coar.components import model_fingerprint
-    from coar.data.registry import make_examples
-    from coar.training import load_checkpoint
+    from coar.paper.data.registry import make_examples
+    from coar.paper.training import load_checkpoint
 
     model, ck = load_checkpoint(tmp_path / "results/T/model.pt")
     meta = ck["meta"]
@@ -302,7 +302,7 @@ def test_ci_preset_end_to_end(tmp_path):
     assert meta["data"]["train_fingerprint"] == make_examples("fashion-mnist", "train", 2000, 0).fingerprint()
     import hashlib
 
-    from coar.data.text import load_corpus
+    from coar.paper.data.text import load_corpus
 
     text_meta = load_checkpoint(tmp_path / "results/T_text/model.pt")[1]["meta"]
     corpus = load_corpus()[0]  # the language model's training bytes

@@ -154,7 +154,7 @@ def ablation_hooks(model: nn.Module, cset: ComponentSet, keep, mode: str = "zero
             if isinstance(module, nn.MultiheadAttention):
                 raise ComponentError(
                     f"{group.module}: nn.MultiheadAttention's fused path skips hooks; convert the model with "
-                    "coar.models.make_hookable(model) first")
+                    "coar.attention.make_hookable(model) first")
             s = _expand(s_all[:, cset.group_range(i)], group)
             _, _, bias = weight_slot(model, group)
             if group.site == "output":

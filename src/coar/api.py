@@ -145,7 +145,7 @@ def _run_model(model: nn.Module, device) -> tuple[nn.Module, torch.device]:
     dev = own if device is None else torch.device(device)
     run = model
     if any(type(m) is nn.MultiheadAttention for m in model.modules()):
-        from .models.attention import make_hookable
+        from .attention import make_hookable
 
         run = make_hookable(copy.deepcopy(model))
     if dev != own:
@@ -233,7 +233,7 @@ def _batching(batch_size, masks_per_pass, dev, x: torch.Tensor) -> tuple[int, in
 
 
 def _examples_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    from .data.examples import Examples
+    from .examples import Examples
 
     def host(t: torch.Tensor) -> np.ndarray:
         t = t.detach().cpu()

@@ -58,7 +58,7 @@ def _hook_module(model: nn.Module, group: ComponentGroup) -> nn.Module:
     if isinstance(module, nn.MultiheadAttention):
         raise ComponentError(
             f"{group.module}: nn.MultiheadAttention keeps in_proj as a bare parameter with no hook site; convert "
-            "the model with coar.models.make_hookable(model) first")
+            "the model with coar.attention.make_hookable(model) first")
     return module
 
 

@@ -127,7 +127,7 @@ def _given(value, default, flag: str, why: str):
 def cmd_components(a):
     from .components import component_set
     from .io import atomic_write_csv
-    from .models import TEXT_MODELS, build_model
+    from .paper.models import TEXT_MODELS, build_model
 
     _out_file(a.csv, "--csv")
     why = f"for the language model {a.model} (its shape is its configuration's)" if a.model in TEXT_MODELS else ""
@@ -145,7 +145,7 @@ def cmd_components(a):
 
 
 def cmd_prepare(a):
-    from .data.examples import fashion_mnist_examples
+    from .paper.data.fashion_mnist import fashion_mnist_examples
 
     _out_file(a.out)
     seed = _given(a.seed, 0, "--seed", "without --n (the whole split is taken in order)" if a.n is None else "")
@@ -160,7 +160,7 @@ def cmd_prepare(a):
 def cmd_dataset(a):
     import json
 
-    from .data.sources import prepare, source_root
+    from .paper.data.sources import prepare, source_root
     from .io import atomic_write_text
 
     _out_file(a.out)
@@ -175,9 +175,9 @@ def cmd_dataset(a):
 def cmd_train(a):
     import torch
 
-    from .data.examples import fashion_mnist_examples
-    from .models import MODELS, TEXT_MODELS, build_model
-    from .training import accuracy, save_checkpoint, train_classifier
+    from .paper.data.fashion_mnist import fashion_mnist_examples
+    from .paper.models import MODELS, TEXT_MODELS, build_model
+    from .paper.training import accuracy, save_checkpoint, train_classifier
 
     _out_file(a.out)
     if a.model not in MODELS:
@@ -203,10 +203,10 @@ def cmd_train(a):
 
 def cmd_sample(a):
     from .components import component_set
-    from .data.examples import Examples
+    from .examples import Examples
     from .outputs import get_output_fn
     from .pipeline import sample_store
-    from .training import load_checkpoint
+    from .paper.training import load_checkpoint
 
     _out_path(a.out)
     gamma = _given(a.gamma, 0.5, "--gamma", "with --ablation zero" if a.ablation == "zero" else "")
@@ -238,11 +238,11 @@ def cmd_baseline(a):
     from .ablation import unit_factors
     from .baselines import compute_baseline
     from .components import component_set
-    from .data.examples import Examples
+    from .examples import Examples
     from .outputs import get_output_fn
     from .pipeline import check_examples_fit
     from .provenance import for_baseline
-    from .training import load_checkpoint
+    from .paper.training import load_checkpoint
 
     _out_file(a.out)
     fn = get_output_fn(a.output)
@@ -293,13 +293,13 @@ def cmd_evaluate(a):
 def cmd_edit(a):
     from .attributions import Attributions
     from .components import component_set
-    from .data.examples import Examples
+    from .examples import Examples
     from .editing import (apply_edit, edit_references, edit_scores, ranking, select_components, sweep_outputs,
                           sweep_table)
     from .outputs import margin
     from .pipeline import check_examples_fit
     from .provenance import check_edit
-    from .training import load_checkpoint, save_checkpoint
+    from .paper.training import load_checkpoint, save_checkpoint
 
     _out_file(a.out)
     seed = _given(a.seed, 0, "--seed", "with --references (it seeds --references-random)"
@@ -347,7 +347,7 @@ def cmd_edit(a):
 
 
 def cmd_demo(a):
-    from .demo import DemoConfig, run_demo
+    from .paper.demo import DemoConfig, run_demo
 
     _out_path(a.out)
     cfg = DemoConfig(masks=a.masks, n_examples=a.examples, n_train=a.n_train, epochs=a.epochs, root=a.root)
@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_prepare)
 
-    from .data.sources import sources
+    from .paper.data.sources import sources
 
     s = sub.add_parser("dataset", help="obtain and verify a data source (download, or check what was placed by "
                                        "hand); prints its manifest")

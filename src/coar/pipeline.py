@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # sampling needs torch; fitting and evaluating do not, and th
     from torch import nn
 
     from .components import ComponentSet
-    from .data.examples import Examples
+    from .examples import Examples
 
 
 def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int, alpha: float, seed: int,

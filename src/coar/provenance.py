@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from .attributions import Attributions
     from .components import ComponentSet
-    from .data.examples import Examples
+    from .examples import Examples
 
 #: Fingerprints that tie attributions to a model, an example set and a component set, with their names.
 FINGERPRINTS = (("model_fingerprint", "model"), ("examples_fingerprint", "examples"),

@@ -1,5 +1,5 @@
 """Miniature copies of every image data source of the paper preset, each in its real on-disk format, so that the
-project's loaders (coar.data) read and verify them unchanged: for an offline rehearsal of the workflow.
+project's loaders (coar.paper.data) read and verify them unchanged: for an offline rehearsal of the workflow.
 
     python workflow/rehearsal/fixtures_data.py RAW MIRROR TORCH_HOME   (prints the environment)
 
@@ -13,7 +13,7 @@ a SHA256SUMS that lists every file published there (entries already in it are ke
     [5 x 20, 32, 32, 3]: severities 1-5 of the 20 test images, in test-set order) and labels.npy.
   * imagenet (placed): RAW/imagenet/val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG in all 1,000 class folders.
     Part of the images are labelled with the prediction of the fixture ResNet-50 (TORCH_HOME, loaded with
-    coar.models.build_model), each stored under several names, so that about half of the images are
+    coar.paper.models.build_model), each stored under several names, so that about half of the images are
     classified as their label (the induce edit needs such examples, the fix edit the others); every other
     class gets one image, the classes of the forget edit (FORGET_CLASSES) several. The two official archives
     cannot be imitated: torchvision checks their MD5 sums against the release's.
@@ -149,7 +149,7 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
 
 def publish(mirror: Path, name: str, data: bytes) -> Path:
     """mirror/name, and its SHA-256 in the mirror's SHA256SUMS (sha256sum's format; other entries kept)."""
-    from coar.data.mirror import SUMS
+    from coar.paper.data.mirror import SUMS
 
     path = _write(Path(mirror) / name, data)
     sums = Path(mirror) / SUMS
@@ -198,8 +198,8 @@ def cifar_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def make_cifar10(mirror: Path) -> tuple[np.ndarray, np.ndarray]:
     """MIRROR/cifar-10-python.tar.gz; returns the test split (uint8 [n, 3, 32, 32], labels)."""
-    from coar.data.cifar import FOLDER
-    from coar.data.registry import CIFAR10_CLASSES
+    from coar.paper.data.cifar import FOLDER
+    from coar.paper.data.registry import CIFAR10_CLASSES
 
     members, test = {}, None
     for b, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
@@ -223,7 +223,7 @@ def make_cifar10(mirror: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def make_cifar10c(mirror: Path, test_images: np.ndarray, test_labels: np.ndarray) -> None:
     """MIRROR/CIFAR-10-C.tar: every corruption at severities 1-5 of the test images, NHWC, and labels.npy."""
-    from coar.data.corruptions import CIFAR10C_NAMES, SYNTHETIC_NAMES, corrupt
+    from coar.paper.data.corruptions import CIFAR10C_NAMES, SYNTHETIC_NAMES, corrupt
 
     members = {}
     for i, name in enumerate(CIFAR10C_NAMES):
@@ -249,10 +249,10 @@ def resnet50_predictions(paths: list[Path], torch_home: Path, batch: int = 32) -
     import torch
     from torchvision.models import ResNet50_Weights
 
-    from coar.data.examples import normalize
-    from coar.data.images import decode_images
-    from coar.data.registry import DATASETS
-    from coar.models import build_model
+    from coar.examples import normalize
+    from coar.paper.data.images import decode_images
+    from coar.paper.data.registry import DATASETS
+    from coar.paper.models import build_model
 
     weights = Path(torch_home) / "hub" / "checkpoints" / os.path.basename(ResNet50_Weights.IMAGENET1K_V1.url)
     if not weights.is_file():
@@ -298,7 +298,7 @@ def predicted_images(n: int, work: Path, torch_home: Path) -> list[tuple[int, by
 
 def make_imagenet_val(root: Path, torch_home: Path) -> dict[int, int]:
     """root/val/<wnid>/ILSVRC2012_val_<n>.JPEG; returns the number of images per class."""
-    from coar.data.imagenet import wnids
+    from coar.paper.data.imagenet import wnids
 
     ids = wnids()
     root.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def sketch(rng: np.random.Generator, width: int, height: int) -> Image.Image:
 
 def make_sketch(mirror: Path) -> None:
     """MIRROR/ImageNet-Sketch.zip: sketch/<wnid>/<wnid>_<k>.JPEG, every class, two of the forget classes."""
-    from coar.data.imagenet import wnids
+    from coar.paper.data.imagenet import wnids
 
     rng = _rng(4)
     members = {}
@@ -352,7 +352,7 @@ SHIFT_TINTS = {"in_the_water": (40, 90, 200), "at_dusk": (200, 90, 60), "orange"
 def make_imagenet_star(root: Path) -> dict[str, int]:
     """root/<shift>/<class index>/<name>.jpg for the paper's five shifts and root/masks.npy (one image of each
     shift masked out); returns the images each shift keeps."""
-    from coar.data.imagenet import PAPER_STAR_SHIFTS
+    from coar.paper.data.imagenet import PAPER_STAR_SHIFTS
 
     assert set(SHIFT_TINTS) == set(PAPER_STAR_SHIFTS)
     masks, kept = {}, {}
@@ -396,7 +396,7 @@ def bird(rng: np.random.Generator, width: int, height: int, body, background) ->
 
 def make_waterbirds(mirror: Path) -> dict[str, int]:
     """MIRROR/waterbird_complete95_forest2water2.tar.gz; returns the images per split."""
-    from coar.data.waterbirds import DIRNAME, SPLITS
+    from coar.paper.data.waterbirds import DIRNAME, SPLITS
 
     rng = _rng(6)
     rows, files = [], {}
@@ -445,7 +445,7 @@ def face(rng: np.random.Generator, blond: bool) -> Image.Image:
 
 def make_celeba(root: Path) -> dict[str, int]:
     """root/celeba/{img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt}; the images per split."""
-    from coar.data.celeba import ATTR_FILE, BASE, IMAGE_DIR, PARTITION_FILE, SPURIOUS_ATTR, TARGET_ATTR
+    from coar.paper.data.celeba import ATTR_FILE, BASE, IMAGE_DIR, PARTITION_FILE, SPURIOUS_ATTR, TARGET_ATTR
 
     rng = _rng(7)
     base = root / BASE
@@ -505,7 +505,7 @@ def xray(rng: np.random.Generator, width: int, height: int, big_heart: bool) -> 
 
 def make_mimic(root: Path) -> dict[str, int]:
     """The release directory root/mimic-cxr-jpg/2.0.0; returns the images per split (all views)."""
-    from coar.data import mimic
+    from coar.paper.data import mimic
 
     rng = _rng(8)
     base = root / mimic.RELEASE
@@ -569,7 +569,7 @@ def photo(rng: np.random.Generator, word: str | None) -> Image.Image:
 
 def make_typographic(root: Path) -> dict[str, int]:
     """root/typographic_attack_dataset/{annotations.json, images/IMG_<n>.JPG}; returns the photo counts."""
-    from coar.data.typographic import ANNOTATION_FILES, ATTACK_KEY, IMAGE_SUBDIR, OBJECT_KEY, SUBDIR
+    from coar.paper.data.typographic import ANNOTATION_FILES, ATTACK_KEY, IMAGE_SUBDIR, OBJECT_KEY, SUBDIR
 
     rng = _rng(9)
     folder = root / SUBDIR

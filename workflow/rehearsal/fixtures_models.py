@@ -18,10 +18,10 @@ What is written, each where the real loader looks for it:
     with byte-level BPE tokenizers learnt here on the fixtures' own text (GPT-2 and Phi-2 share one
     vocabulary, as the real ones do) whose sizes equal the models' vocab_size.
   * TinyStories: TinyStoriesV2-GPT4-valid.txt (40 short stories in the release's format) in the dataset-repo
-    cache layout under RAW/tinystories (the cache_dir coar.data.hf_text.find_tinystories uses), its blob
+    cache layout under RAW/tinystories (the cache_dir coar.paper.data.hf_text.find_tinystories uses), its blob
     named by its SHA-256 as an LFS file's is, so verify_hub_blob accepts it.
   * BoolQ: MIRROR/dev.jsonl (40 records in the release's jsonl format), fetched by the real download code
-    from COAR_DATA_MIRROR=file://MIRROR (coar.data.mirror). Its record count is written next to it as
+    from COAR_DATA_MIRROR=file://MIRROR (coar.paper.data.mirror). Its record count is written next to it as
     MIRROR/dev.jsonl.count, which the loader checks instead of the release's 3,270 when the file comes
     from a mirror, and its SHA-256 in the mirror's SHA256SUMS (merged into one that is already there).
 
@@ -46,7 +46,7 @@ VOCAB = 512  # GPT-2 / Phi-2 tokenizer and models: 256 bytes, 255 merges, <|endo
 CLIP_VOCAB = 1024  # CLIP: 2 x 256 byte symbols, 510 merges, <|startoftext|>, <|endoftext|>
 EOT = "<|endoftext|>"
 SOT = "<|startoftext|>"
-ANSWER_WORDS = (" yes", " no")  # coar.data.hf_text.ANSWERS: each must be one token
+ANSWER_WORDS = (" yes", " no")  # coar.paper.data.hf_text.ANSWERS: each must be one token
 IMAGE_SIZE = 224
 
 GPT2 = dict(vocab_size=VOCAB, n_positions=1024, n_embd=64, n_layer=2, n_head=4, bos_token_id=VOCAB - 1,
@@ -225,8 +225,8 @@ def clip_bpe(vocab_size: int = CLIP_VOCAB) -> tuple[dict[str, int], list[tuple[s
     text and CLIP's prompt templates, ending with <|startoftext|>, <|endoftext|> as CLIP's vocabulary does."""
     import regex
 
-    from coar.data.typographic import ATTACK_WORDS
-    from coar.models.clip_zeroshot import TEMPLATES
+    from coar.paper.data.typographic import ATTACK_WORDS
+    from coar.paper.models.clip_zeroshot import TEMPLATES
 
     table = bytes_to_unicode()
     text = (_corpus() + "\n" + "\n".join(t.format(w) for t in TEMPLATES for w in (*ATTACK_WORDS, *_THINGS))).lower()
@@ -416,8 +416,8 @@ def make_torchvision_weights(torch_home: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------ data sets
 def make_tinystories(raw: Path) -> Path:
     """TinyStoriesV2-GPT4-valid.txt in the dataset-repo cache layout under raw/tinystories (the cache_dir of
-    coar.data.hf_text.find_tinystories in the workflow)."""
-    from coar.data.hf_text import TINYSTORIES_FILE, TINYSTORIES_REPO
+    coar.paper.data.hf_text.find_tinystories in the workflow)."""
+    from coar.paper.data.hf_text import TINYSTORIES_FILE, TINYSTORIES_REPO
 
     snap = put_hub_repo(Path(raw) / "tinystories", "dataset", TINYSTORIES_REPO,
                         {TINYSTORIES_FILE: tinystories_text().encode("utf-8")}, lfs=(TINYSTORIES_FILE,))
@@ -426,9 +426,9 @@ def make_tinystories(raw: Path) -> Path:
 
 def make_boolq_mirror(mirror: Path) -> Path:
     """mirror/dev.jsonl in BoolQ's format, mirror/dev.jsonl.count (its number of records) and its entry in the
-    mirror's SHA256SUMS (coar.data.mirror; other entries of an existing SHA256SUMS are kept)."""
-    from coar.data.hf_text import BOOLQ_FILE
-    from coar.data.mirror import SUMS
+    mirror's SHA256SUMS (coar.paper.data.mirror; other entries of an existing SHA256SUMS are kept)."""
+    from coar.paper.data.hf_text import BOOLQ_FILE
+    from coar.paper.data.mirror import SUMS
 
     mirror = Path(mirror)
     mirror.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def cuda_possible() -> bool:
 
 def model_and_components(checkpoint, spec, device):
     from coar.components import component_set
-    from coar.training import load_checkpoint
+    from coar.paper.training import load_checkpoint
 
     model, ck = load_checkpoint(checkpoint, device)
     return model, component_set(model, spec["components"] or spec["model"])

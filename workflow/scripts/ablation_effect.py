@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coar.ablation import counterfactual_outputs  # noqa: E402
-from coar.data.examples import Examples  # noqa: E402
+from coar.examples import Examples  # noqa: E402
 from coar.correlation import pearson_columns  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
 from coar.outputs import get_output_fn  # noqa: E402

@@ -8,7 +8,7 @@ from _job import model_and_components, start  # noqa: E402
 device = start(sm)
 
 from coar.baselines import compute_baseline  # noqa: E402
-from coar.data.examples import Examples  # noqa: E402
+from coar.examples import Examples  # noqa: E402
 from coar.outputs import get_output_fn  # noqa: E402
 from coar.provenance import for_baseline  # noqa: E402
 

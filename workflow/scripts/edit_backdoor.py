@@ -13,9 +13,9 @@ device = start(sm)
 import numpy as np  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
-from coar.data.backdoor import trigger  # noqa: E402
-from coar.data.examples import Examples  # noqa: E402
-from coar.edit_experiments import edit_backdoor  # noqa: E402
+from coar.paper.data.backdoor import trigger  # noqa: E402
+from coar.examples import Examples  # noqa: E402
+from coar.paper.experiments import edit_backdoor  # noqa: E402
 from coar.errors import CoarError  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
 from coar.provenance import check_edit  # noqa: E402
@@ -39,8 +39,8 @@ extra = None
 if e["kind"] == "typographic":  # a random synthetic attack word per held-out photo; the real attacks too
     import torch
 
-    from coar.data.registry import dataset_root
-    from coar.data.typographic import load_typographic, random_attacks
+    from coar.paper.data.registry import dataset_root
+    from coar.paper.data.typographic import load_typographic, random_attacks
 
     attacked = random_attacks(torch.from_numpy(held.inputs), seed=e["seed"] + 1)[0].numpy()
     root = dataset_root(sm.params.dataset, sm.params.data_root, sm.params.download_root)

@@ -13,9 +13,9 @@ import json  # noqa: E402
 import torch  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
-from coar.data.examples import Examples  # noqa: E402
-from coar.data.registry import class_names  # noqa: E402
-from coar.edit_experiments import forget_class  # noqa: E402
+from coar.examples import Examples  # noqa: E402
+from coar.paper.data.registry import class_names  # noqa: E402
+from coar.paper.experiments import forget_class  # noqa: E402
 from coar.io import atomic_write_csv, atomic_write_text  # noqa: E402
 from coar.provenance import check_edit  # noqa: E402
 

@@ -13,8 +13,8 @@ import numpy as np  # noqa: E402
 
 from coar.ablation import counterfactual_outputs  # noqa: E402
 from coar.attributions import Attributions  # noqa: E402
-from coar.data.examples import Examples  # noqa: E402
-from coar.edit_experiments import edit_single_examples, pick_targets  # noqa: E402
+from coar.examples import Examples  # noqa: E402
+from coar.paper.experiments import edit_single_examples, pick_targets  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
 from coar.outputs import margin  # noqa: E402
 from coar.provenance import check_edit  # noqa: E402
@@ -30,8 +30,8 @@ check_edit(attr, sm.input.attributions, model, f"the model {sm.input.model}", ex
 kw = dict(mode=spec["ablation"], gamma=spec["gamma"], batch_size=res.get("batch_size", 32),
           masks_per_pass=res.get("masks_per_pass", 8))
 if e["kind"] == "subpop":  # Sec. 5.3: the worst group against the others; k chosen on a validation half
-    from coar.data.registry import group_names
-    from coar.edit_experiments import edit_subpopulation
+    from coar.paper.data.registry import group_names
+    from coar.paper.experiments import edit_subpopulation
 
     held = Examples.load(sm.input.heldout)
     g = np.asarray(held.meta["groups"])

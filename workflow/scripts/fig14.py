@@ -9,7 +9,8 @@ start(sm, torch=False)
 
 import pandas as pd  # noqa: E402
 
-from coar.plotting import fig_sample_size, save_figure  # noqa: E402
+from coar.paper.plots.attribution import fig_sample_size  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 setups = sm.params.setups
 table = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(setups, sm.input.tables)], ignore_index=True)

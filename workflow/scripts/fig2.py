@@ -10,7 +10,8 @@ start(sm, torch=False)
 import pandas as pd  # noqa: E402
 
 from coar.correlation import summarize  # noqa: E402
-from coar.plotting import fig_attribution_accuracy, save_figure  # noqa: E402
+from coar.paper.plots.attribution import fig_attribution_accuracy  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 setups = sm.params.setups
 names = list(setups)

@@ -10,8 +10,8 @@ start(sm, torch=False)
 import pandas as pd  # noqa: E402
 
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plots_appendix import fig_ablation_effect  # noqa: E402
-from coar.plotting import save_figure  # noqa: E402
+from coar.paper.plots.appendix import fig_ablation_effect  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 setups = sm.params.setups
 table = pd.concat([pd.read_csv(p).assign(setup=s) for s, p in zip(setups, sm.input.tables)], ignore_index=True)

@@ -13,8 +13,8 @@ import pandas as pd  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plots_appendix import fig_zero_vs_scale  # noqa: E402
-from coar.plotting import save_figure  # noqa: E402
+from coar.paper.plots.appendix import fig_zero_vs_scale  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 
 def centred(w):  # exact-alpha masks leave w + c*1 unidentified per example: compare w - mean(w)

@@ -12,8 +12,8 @@ from pathlib import Path  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plots_appendix import fig_alpha_profile  # noqa: E402
-from coar.plotting import save_figure  # noqa: E402
+from coar.paper.plots.appendix import fig_alpha_profile  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 SUPTITLES = {13: "COAR fitted at different ablation fractions (cf. paper Fig. 13)",
              26: "COAR with scale ablation (cf. paper Fig. 26)"}

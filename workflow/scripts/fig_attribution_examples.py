@@ -13,11 +13,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
-from coar.data.examples import Examples  # noqa: E402
-from coar.data.registry import class_names  # noqa: E402
+from coar.examples import Examples  # noqa: E402
+from coar.paper.data.registry import class_names  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plots_appendix import fig_neighbors, fig_top_examples  # noqa: E402
-from coar.plotting import save_figure  # noqa: E402
+from coar.paper.plots.appendix import fig_neighbors, fig_top_examples  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 n, opt, setups = int(sm.wildcards.n), sm.params.options, sm.params.setups
 (name, spec), = setups.items()

@@ -12,11 +12,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from coar.data.backdoor import backdoor_of, load_backdoored, trigger, trigger_region  # noqa: E402
-from coar.data.examples import Examples  # noqa: E402
-from coar.data.registry import class_names, dataset_root  # noqa: E402
+from coar.paper.data.backdoor import backdoor_of, trigger, trigger_region  # noqa: E402
+from coar.examples import Examples  # noqa: E402
+from coar.paper.data.registry import class_names, dataset_root, load_backdoored  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plotting import save_figure  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 n, opt, e, setups, dataset = int(sm.wildcards.n), sm.params.options, sm.params.edit, sm.params.setups, sm.params.dataset
 spec = next(iter(setups.values()))
@@ -45,8 +45,8 @@ def captions(images, labels):
 
 
 if n == 7:  # typographic attacks on zero-shot CLIP (paper Fig. 7)
-    from coar.data.typographic import load_typographic, random_attacks
-    from coar.plots_backdoor import fig_backdoor
+    from coar.paper.data.typographic import load_typographic, random_attacks
+    from coar.paper.plots.backdoor import fig_backdoor
 
     attacked = random_attacks(torch.from_numpy(held.inputs), seed=e["seed"] + 1)[0].numpy()  # as the edit's
     real_x, real_y = load_typographic(root, size=held.inputs.shape[-1]).all_attacked()
@@ -61,7 +61,7 @@ if n == 7:  # typographic attacks on zero-shot CLIP (paper Fig. 7)
                        trigger="synthetic attack", extra=["real attacks"])
     table = summary
 elif n == 6:
-    from coar.plots_backdoor import fig_backdoor
+    from coar.paper.plots.backdoor import fig_backdoor
 
     train_x, train_y, poisoned = load_backdoored(dataset, "train", root)
     tr = rng.choice(np.nonzero(poisoned)[0], 4, replace=False)
@@ -74,7 +74,7 @@ elif n == 6:
                        "Localizing a backdoor with COAR-EDIT (cf. paper Fig. 6)", title)
     table = summary
 else:
-    from coar.plots_backdoor import fig_backdoor_saliency
+    from coar.paper.plots.backdoor import fig_backdoor_saliency
     from coar.saliency import component_outputs, component_saliency, region_share
 
     # COAR-EDIT's top-ranked components: the edit ablates the first k of them (marked), the rest show what the

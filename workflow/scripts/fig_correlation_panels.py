@@ -10,7 +10,8 @@ start(sm, torch=False)
 import pandas as pd  # noqa: E402
 
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plotting import fig_correlation_panels, save_figure  # noqa: E402
+from coar.paper.plots.attribution import fig_correlation_panels  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 SUPTITLES = {8: "COAR on a GPT-2 language model (cf. paper Fig. 8)",
              9: "COAR on Phi-2, zero-shot BoolQ (cf. paper Fig. 9)",

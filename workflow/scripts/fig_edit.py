@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from coar import plots_editing as pe  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plotting import save_figure  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 SUPTITLES = {3: "Editing one prediction with COAR-EDIT (cf. paper Fig. 3)",
              19: "Fixing misclassifications one at a time (cf. paper Fig. 19)",

@@ -11,8 +11,8 @@ start(sm, torch=False)
 import pandas as pd  # noqa: E402
 
 from coar.io import atomic_write_csv  # noqa: E402
-from coar.plots_appendix import fig_example_scatters  # noqa: E402
-from coar.plotting import save_figure  # noqa: E402
+from coar.paper.plots.appendix import fig_example_scatters  # noqa: E402
+from coar.paper.plots.style import save_figure  # noqa: E402
 
 setups, n = sm.params.setups, int(sm.wildcards.n)
 table = pd.concat([pd.read_csv(p) for p in sm.input.tables], ignore_index=True)

@@ -1,5 +1,5 @@
 """Rule dataset: obtain one data source (download, or check what was placed by hand), verify it and write its
-manifest (coar.data.sources)."""
+manifest (coar.paper.data.sources)."""
 import json
 import sys
 
@@ -9,7 +9,7 @@ from _job import start  # noqa: E402
 
 start(sm)
 
-from coar.data.sources import prepare  # noqa: E402
+from coar.paper.data.sources import prepare  # noqa: E402
 from coar.io import atomic_write_text  # noqa: E402
 
 manifest = prepare(sm.wildcards.source, sm.params.root)

@@ -7,7 +7,7 @@ from _job import start  # noqa: E402
 
 device = start(sm)
 
-from coar.data.registry import dataset_root, make_examples  # noqa: E402
+from coar.paper.data.registry import dataset_root, make_examples  # noqa: E402
 
 spec = sm.params.spec
 ex_spec = spec["examples"]

@@ -8,7 +8,7 @@ from _job import start  # noqa: E402
 
 device = start(sm)
 
-from coar.data.registry import dataset_root, make_examples  # noqa: E402
+from coar.paper.data.registry import dataset_root, make_examples  # noqa: E402
 
 spec = sm.params.spec
 root = dataset_root(spec["dataset"], sm.params.data_root, sm.params.download_root, sm.params.imagenet_root)

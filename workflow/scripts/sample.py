@@ -11,7 +11,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
-from coar.data.examples import Examples  # noqa: E402
+from coar.examples import Examples  # noqa: E402
 from coar.errors import CoarError, StoreMismatchError  # noqa: E402
 from coar.pipeline import sample_store  # noqa: E402
 from coar.store import ShardStore, verify  # noqa: E402

@@ -14,17 +14,17 @@ import hashlib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from coar.data.examples import Examples  # noqa: E402
-from coar.data.registry import dataset_root, decode_size, group_names, make_examples  # noqa: E402
-from coar.models import architecture, build_model, replace_head  # noqa: E402
-from coar.training import accuracy, save_checkpoint, train_classifier  # noqa: E402
+from coar.examples import Examples  # noqa: E402
+from coar.paper.data.registry import dataset_root, decode_size, group_names, make_examples  # noqa: E402
+from coar.paper.models import architecture, build_model, replace_head  # noqa: E402
+from coar.paper.training import accuracy, save_checkpoint, train_classifier  # noqa: E402
 
 spec = sm.params.spec
 kwargs = {"num_classes": spec["num_classes"], "in_channels": spec["in_channels"], "image_size": spec["image_size"]}
 root = dataset_root(spec["dataset"], sm.params.data_root, sm.params.download_root)
 if spec["model"] == "clip_zeroshot":  # zero-shot CLIP over the dataset's class names (paper Sec. 5.5)
-    from coar.data.registry import class_names
-    from coar.models.clip_zeroshot import build_zero_shot_clip
+    from coar.paper.data.registry import class_names
+    from coar.paper.models.clip_zeroshot import build_zero_shot_clip
 
     names = class_names(spec["dataset"], root)
     model, info = build_zero_shot_clip(names), {"source": "published weights", "class_names": names}
@@ -34,8 +34,8 @@ elif spec["pretrained"]:
     model, info = build_model(spec["model"], pretrained=True, **kwargs), {"source": "published weights"}
     kwargs.update(architecture(model))
 elif spec["dataset"] == "os-text":  # the byte-level LM of the offline text stand-in
-    from coar.data.text import load_corpus, text_examples
-    from coar.training import language_model_loss, train_language_model
+    from coar.paper.data.text import load_corpus, text_examples
+    from coar.paper.training import language_model_loss, train_language_model
 
     torch.manual_seed(spec["seed"])
     model = build_model(spec["model"], **kwargs).to(device)
@@ -77,7 +77,7 @@ else:
                                   for g, name in enumerate(group_names(spec["dataset"])) if (groups == g).any()}
         print("group accuracy", info["group_accuracy"])
     if spec["dataset"].endswith("-backdoor"):  # the attack: the trigger on every test image
-        from coar.data.backdoor import trigger
+        from coar.paper.data.backdoor import trigger
 
         xa, _ = Examples(trigger(spec["dataset"], test.inputs), test.targets, "image", test.meta).tensors(
             device, normalized=False)
