@@ -1,0 +1,1 @@
+"""The paper's reproduction: the workflow's plan and what its rules build on."""
