@@ -1,5 +1,6 @@
-# Every figure of the paper is a target figures/figN.pdf. Those this version builds have rules below; the
-# others fail at once (while the DAG is built, before any job runs) with a message saying why.
+# Every figure of the paper is a target figures/figN.pdf (N from 2 to 27) with a rule below. One the preset does
+# not configure, or a number the paper does not have, fails at once (while the DAG is built, before any job runs)
+# with a message saying why.
 
 rule fig2:
     input:
@@ -254,13 +255,13 @@ rule fig_backdoor:
         "../workflow/scripts/fig_backdoor.py"
 
 
-rule figure_unavailable:
+rule unknown_figure:
     input:
-        _unavailable,
+        _unknown_figure,
     output:
         "figures/fig{n}.pdf",
     wildcard_constraints:
-        n=unbuilt_figure_pattern(),
+        n=unknown_figure_pattern(),
     log:
         "logs/fig{n}.log",
     conda:

@@ -33,7 +33,8 @@ SOURCES = ("cifar10", "cifar10-c", "imagenet", "imagenet-sketch", "imagenet-star
 
 
 def _resolved(cfg: dict) -> dict:
-    """The setups with their parents' keys, as rules/common.smk resolves them (nested dicts merged one level)."""
+    """The setups with their parents' keys, as coar.paper.plan.resolve_parents resolves them (nested dicts merged one
+    level)."""
     raw = cfg["setups"]
 
     def merged(name):
@@ -82,12 +83,12 @@ def _examples(made, s: dict, n="setup", offset: int = 0):
 
 
 def _size(s: dict, dataset: str):
-    """The decode size the workflow passes for a setup's images (rules/common.smk, train.py)."""
+    """The decode size the workflow passes for a setup's images (coar.paper.plan, train.py)."""
     return decode_size(dataset, s.get("image_size", 32))
 
 
 def _heldout(made, edit: dict):
-    """The held-out examples of an edit (rules/common.smk heldout_file: the next `heldout` of the setup's draw)."""
+    """The held-out examples of an edit (Plan.heldout_file: the next `heldout` of the setup's draw)."""
     s = made["setups"][edit.get("heldout_setup") or edit["setup"]]
     assert s["examples"]["n"] is not None
     return _examples(made, s, edit["heldout"], s["examples"]["n"])
