@@ -8,7 +8,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from coar.paper.data.sources import source_root, sources
-from coar.paper.plan import ConfigError, Plan, check_schema, resolve_parents, unknown_figure, unknown_figure_pattern
+from coar.paper.plan import (ConfigError, Plan, check_schema, drawing, resolve_parents, suptitle, unknown_figure,
+                             unknown_figure_pattern)
 
 
 def _workflow_errors(fn):

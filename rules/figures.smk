@@ -140,6 +140,8 @@ rule fig_attribution_examples:
         figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Attribution examples"),
         table="results/fig{n}/examples.csv",
     params:
+        drawing=lambda w: drawing(w.n),
+        suptitle=lambda w: suptitle(w.n),
         setups=lambda w: figure_specs(f"fig{w.n}", [attribution_setup(w.n)]),
         options=lambda w: config["figures"][f"fig{w.n}"],
         preset=config["preset"],
@@ -184,6 +186,8 @@ rule fig_edit_single:
         figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
         table="results/fig{n}/summary.csv",
     params:
+        drawing=lambda w: drawing(w.n),
+        suptitle=lambda w: suptitle(w.n),
         options=lambda w: config["figures"][f"fig{w.n}"],
         edit=lambda w: config["edits"][edit_figure(f"fig{w.n}")],
         setups=lambda w: figure_specs(f"fig{w.n}", list(dict.fromkeys(edit_setup(e) for e in figure_edits(f"fig{w.n}")))),
@@ -209,6 +213,8 @@ rule fig_edit_forget:
         figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),
         table="results/fig{n}/summary.csv",
     params:
+        drawing=lambda w: drawing(w.n),
+        suptitle=lambda w: suptitle(w.n),
         options=lambda w: config["figures"][f"fig{w.n}"],
         edit=lambda w: config["edits"][edit_figure(f"fig{w.n}")],
         setups=lambda w: figure_specs(f"fig{w.n}", [edit_setup(edit_figure(f"fig{w.n}"))]),
@@ -224,8 +230,8 @@ rule fig_edit_forget:
 
 
 rule fig_backdoor:
-    """Fig. 6: the backdoor and its removal by COAR-EDIT; Fig. 24: saliency of the ablated components; Fig. 7:
-    typographic attacks on zero-shot CLIP and their removal."""
+    """Fig. 6: a backdoor and its removal by COAR-EDIT; Fig. 7: typographic attacks on zero-shot CLIP and their
+    removal."""
     input:
         sweep=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/sweep.csv",
         summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
@@ -246,13 +252,56 @@ rule fig_backdoor:
         data_root=config["data_root"],
         download_root=config["download_root"],
     wildcard_constraints:
-        n="6|7|24",
+        n="6|7",
     log:
         "logs/fig{n}.log",
     conda:
         ENV
     script:
         "../workflow/scripts/fig_backdoor.py"
+
+
+rule backdoor_saliency:
+    """Fig. 24's measurements: input-x-gradient saliency of the components COAR-EDIT ranks first to remove the
+    backdoor and of random control components, their share inside the trigger square, and how far the trigger
+    moves their outputs."""
+    input:
+        components=lambda w: f"results/edits/{edit_figure('fig24')}/components.csv",
+        model=lambda w: model_file(edit_setup(edit_figure("fig24"), ("backdoor",))),
+        heldout=lambda w: heldout_file(edit_figure("fig24")),
+    output:
+        maps="results/fig24/saliency.npz",
+        table="results/fig24/summary.csv",
+    params:
+        options=lambda w: config["figures"]["fig24"],
+        spec=lambda w: setup_spec(edit_setup(edit_figure("fig24")), "baseline"),
+        dataset=lambda w: SETUPS[edit_setup(edit_figure("fig24"))]["dataset"],
+    log:
+        "logs/backdoor_saliency.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/backdoor_saliency.py"
+
+
+rule fig_backdoor_saliency:
+    """Fig. 24: saliency of the components COAR-EDIT ranks first to remove the backdoor."""
+    input:
+        maps="results/fig24/saliency.npz",
+        table="results/fig24/summary.csv",
+    output:
+        figure=report("figures/fig24.pdf", caption="../workflow/report/figure.rst", category="Editing"),
+    params:
+        options=lambda w: config["figures"]["fig24"],
+        edit=lambda w: config["edits"][edit_figure("fig24")],
+        setups=lambda w: figure_specs("fig24", [edit_setup(edit_figure("fig24"))]),
+        preset=config["preset"],
+    log:
+        "logs/fig24.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fig_saliency.py"
 
 
 rule unknown_figure:

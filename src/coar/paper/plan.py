@@ -155,6 +155,31 @@ FIGURES = {
     27: "zero vs scale attributions",
 }
 
+# How the figures that share a rule differ: the drawing its script calls and the figure's title. Scripts
+# never branch on a figure's number; they call the drawing named here.
+DRAWINGS = {
+    3: ("edit_prediction", "Editing one prediction with COAR-EDIT (cf. paper Fig. 3)"),
+    4: ("forget_class", "Forgetting a class with COAR-EDIT (cf. paper Fig. 4)"),
+    5: ("subpopulations", "Improving subpopulation robustness with COAR-EDIT (cf. paper Fig. 5)"),
+    17: ("top_examples", "Examples with the most positive COAR attribution per component (cf. paper Fig. 17)"),
+    18: ("neighbors", "Nearest neighbours in COAR attribution space (cf. paper Fig. 18)"),
+    19: ("edit_examples", "Fixing misclassifications one at a time (cf. paper Fig. 19)"),
+    20: ("edit_examples", "Fixing more misclassifications one at a time (cf. paper Fig. 20)"),
+    21: ("edit_examples", "Inducing misclassifications (cf. paper Fig. 21)"),
+    22: ("edit_layers", "Layers of the components COAR-EDIT ablates to fix errors (cf. paper Fig. 22)"),
+    23: ("forget_classes", "Forgetting more classes (cf. paper Fig. 23)"),
+}
+
+
+def drawing(n) -> str:
+    """The drawing function a figure's script calls (DRAWINGS)."""
+    return DRAWINGS[int(n)][0]
+
+
+def suptitle(n) -> str:
+    return DRAWINGS[int(n)][1]
+
+
 # Figures without an offline stand-in: what they need (config/paper.yaml configures them).
 PAPER_ONLY = {
     "fig7": "zero-shot CLIP ViT-B/16 (Hugging Face hub) and the typographic-attack photos of Materzynska et al. "
