@@ -58,7 +58,7 @@ def wnids() -> tuple[str, ...]:
     text = resources.files("coar.paper.data").joinpath("imagenet_wnids.txt").read_text()
     ids = tuple(text.split())
     if len(ids) != 1000 or list(ids) != sorted(set(ids)):
-        raise CoarError("the packaged list of ImageNet WordNet IDs (coar/data/imagenet_wnids.txt) is damaged")
+        raise CoarError("the packaged list of ImageNet WordNet IDs (coar/paper/data/imagenet_wnids.txt) is damaged")
     return ids
 
 
