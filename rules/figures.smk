@@ -237,7 +237,7 @@ rule fig_backdoor:
         summary=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/summary.csv",
         components=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/components.csv",
         outputs=lambda w: f"results/edits/{edit_figure(f'fig{w.n}')}/outputs.csv",
-        model=lambda w: model_file(edit_setup(edit_figure(f"fig{w.n}"), ("backdoor",) if w.n != "7" else ("typographic",))),
+        model=lambda w: model_file(edit_setup(edit_figure(f"fig{w.n}"))),  # the plan checked the edit's kind
         heldout=lambda w: heldout_file(edit_figure(f"fig{w.n}")),
     output:
         figure=report("figures/fig{n}.pdf", caption="../workflow/report/figure.rst", category="Editing"),

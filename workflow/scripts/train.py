@@ -16,6 +16,7 @@ import torch  # noqa: E402
 
 from coar.examples import Examples  # noqa: E402
 from coar.paper.data.registry import dataset_root, decode_size, group_names, make_examples  # noqa: E402
+from coar.paper.data.specs import SPECS  # noqa: E402
 from coar.paper.models import architecture, build_model, replace_head  # noqa: E402
 from coar.paper.training import accuracy, save_checkpoint, train_classifier  # noqa: E402
 
@@ -33,7 +34,7 @@ if spec["model"] == "clip_zeroshot":  # zero-shot CLIP over the dataset's class 
 elif spec["pretrained"]:
     model, info = build_model(spec["model"], pretrained=True, **kwargs), {"source": "published weights"}
     kwargs.update(architecture(model))
-elif spec["dataset"] == "os-text":  # the byte-level LM of the offline text stand-in
+elif SPECS[spec["dataset"]].kind == "tokens":  # a language model trained here: the offline text stand-in
     from coar.paper.data.text import load_corpus, text_examples
     from coar.paper.training import language_model_loss, train_language_model
 
@@ -76,7 +77,7 @@ else:
         info["group_accuracy"] = {name: accuracy(model, xt[groups == g], yt[groups == g], norm=norm)
                                   for g, name in enumerate(group_names(spec["dataset"])) if (groups == g).any()}
         print("group accuracy", info["group_accuracy"])
-    if spec["dataset"].endswith("-backdoor"):  # the attack: the trigger on every test image
+    if SPECS[spec["dataset"]].backdoor_of:  # the attack: the trigger on every test image
         from coar.paper.data.backdoor import trigger
 
         xa, _ = Examples(trigger(spec["dataset"], test.inputs), test.targets, "image", test.meta).tensors(

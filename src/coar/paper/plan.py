@@ -316,7 +316,8 @@ class Plan:
                                                   "phi2"):
             self._error(f"setups.{name}.pretrained", f"model {s['model']!r} has no published weights")
         if not s["pretrained"] and data.pretrained_only:
-            self._error(f"setups.{name}.pretrained", "ImageNet models are used pretrained (set pretrained: true)")
+            self._error(f"setups.{name}.pretrained", f"{s['dataset']} models are used with their published weights "
+                                                     "(set pretrained: true)")
         needs = data.output if data.kind == "tokens" else None
         text = needs is not None
         if (s["output"] != needs) if text else s["output"] in ("token_margin", "answer_margin"):

@@ -92,8 +92,10 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
            corruptions="synthetic", **{**_IMAGENET, "classes": 2}),
     _image("typographic", "typographic", "folder", splits={"test": None}, size=224, classes=None,
            attack="typographic", zero_shot=True, corruptions="synthetic", **CLIP_NORM),
-    DatasetSpec("tinystories", "tinystories", "tokens", splits={"val": None}, output="token_margin"),
-    DatasetSpec("boolq", "boolq", "tokens", splits={"val": None}, output="answer_margin"),
+    DatasetSpec("tinystories", "tinystories", "tokens", splits={"val": None}, output="token_margin",
+                pretrained_only=True),  # GPT-2 with its published weights (paper App. B)
+    DatasetSpec("boolq", "boolq", "tokens", splits={"val": None}, output="answer_margin",
+                pretrained_only=True),  # Phi-2 with its published weights (paper App. B)
 )}
 
 # CIFAR-10-C, the published corruptions of CIFAR-10's test split, is a source of its own
