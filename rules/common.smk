@@ -300,7 +300,7 @@ RULE_KEYS = {
     "examples": ("dataset", "examples", "seed"),
     "model": ("dataset", "model", "pretrained", "num_classes", "in_channels", "image_size", "train", "seed"),
     "sample_shard": ("model", "components", "output", "scheme", "ablation", "gamma", "dtype", "precision"),
-    "fit": ("regression", "lambdas"),
+    "fit": ("regression", "lambdas", "estimator"),
     "baseline": ("model", "components", "output", "ablation", "gamma", "baseline_options"),
     "evaluate": ("alpha_train",),
     "fig2": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
@@ -334,7 +334,7 @@ def examples_spec(setup):
 
 # Top-level setup keys added after results existed: left out of the params at their null default, like the
 # nested ones above, so that finished jobs do not rerun.
-LATE_KEYS = ("precision", "baseline_options")
+LATE_KEYS = ("precision", "baseline_options", "estimator")
 
 
 # Which setup's artifact a setup uses: a variant (`parent:`) reuses its parent's artifact of a kind when the

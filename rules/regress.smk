@@ -1,9 +1,20 @@
 # COAR regression: one streaming pass over the training shards, one factorisation for all examples.
 
 
+def fit_inputs(w):
+    """The training receipt, and with `regression: prior` the baseline attributions it shrinks toward."""
+    inputs = {"receipt": train_receipt(w.setup)}
+    if SETUPS[w.setup]["regression"] == "prior":
+        prior = (SETUPS[w.setup].get("estimator") or {}).get("prior")
+        if prior is None:
+            raise WorkflowError(f"setup {w.setup}: regression prior needs estimator.prior (loo, gp, nc or ii)")
+        inputs["prior"] = attribution_file(w.setup, prior)
+    return inputs
+
+
 rule fit:
     input:
-        lambda w: train_receipt(w.setup),
+        unpack(fit_inputs),
     output:
         "results/{setup}/attributions/coar.npz",
     params:
@@ -23,7 +34,7 @@ rule fit_sample_size:
     """COAR refitted on the first m training masks (paper Fig. 14): `coar` with the setup's regression,
     `ridge` with ridge regression and the setup's lambda grid, at the same sample sizes."""
     input:
-        lambda w: train_receipt(w.setup),
+        unpack(fit_inputs),
     output:
         "results/{setup}/sample_size/{fit}-m{m}.npz",
     params:

@@ -160,8 +160,15 @@ def _lambdas(lambdas, m: int) -> np.ndarray:
     return lams
 
 
-def _to_attributions(fac, u: np.ndarray, method: str, components: str, meta: dict) -> Attributions:
+def _to_attributions(fac, u: np.ndarray, method: str, components: str, meta: dict,
+                     w_const: np.ndarray | None = None) -> Attributions:
+    """Attributions from standardized coefficients u [C, N]. Columns that never vary in the masks carry no
+    information (their weight is confounded with the intercept): they get ``w_const`` [C, N] where given
+    (a prior's value), 0 otherwise."""
     w = u * fac.dinv[:, None] if fac.dinv is not None else u
+    if w_const is not None and fac.dinv is not None:
+        const = fac.dinv == 0
+        w[const] = w_const[const]
     b = fac.ybar - fac.xbar @ w
     reg = _reg()
     return Attributions(w.T, b, method, components, {**reg._primal_meta(fac), **meta})
@@ -275,7 +282,7 @@ def fit_prior(data, prior: Attributions, lambdas: Sequence[float] | None = None,
             "scale": s.tolist(), "prior": prior.method}
     if select == "holdout":
         meta["holdout_fraction"] = float(holdout_fraction)
-    return _to_attributions(fac, u, "coar-prior", components, meta)
+    return _to_attributions(fac, u, "coar-prior", components, meta, w_const=w0.T * s[None, :])
 
 
 def _lowrank_basis(fac, k_max: int, lambdas):
@@ -367,11 +374,14 @@ def _cd_path(A: np.ndarray, t: np.ndarray, scale: np.ndarray, lam_max: np.ndarra
     for ratio in ratios:
         lam = ratio * lam_max
         l1, l2 = lam * l1_ratio, lam * (1.0 - l1_ratio)
-        for _ in range(max_sweeps):
+        sweeps = 0
+        while sweeps < max_sweeps:  # a full sweep, then sweeps over the nonzero coordinates until they settle
+            sweeps += 1
             if sweep(all_coords, l1, l2) < tol:
                 break
             active = np.nonzero(np.any(u != 0, axis=1))[0]
-            for _ in range(max_sweeps):
+            while sweeps < max_sweeps:
+                sweeps += 1
                 if sweep(active, l1, l2) < tol:
                     break
         yield u.copy()
@@ -386,13 +396,15 @@ def _lasso_path(fac, ratios, l1_ratio, tol, max_sweeps):
 
 
 def fit_lasso(data, ratios: Sequence[float] | None = None, l1_ratio: float = 1.0, holdout_fraction: float = 0.2,
-              standardize: bool = True, *, components: str, tol: float = 1e-6, max_sweeps: int = 1000,
+              standardize: bool = True, *, components: str, tol: float = 1e-4, max_sweeps: int = 300,
               rcond: float | None = None, device=None) -> Attributions:
     """Lasso (``l1_ratio`` 1) or elastic net (0 < l1_ratio < 1) per example, penalty chosen on held-out masks.
 
     Objective: 1/2 ||y_c - Z u||^2 + lam (l1_ratio ||u||_1 + (1 - l1_ratio)/2 ||u||^2) in standardized
     coordinates, lam = ratio * lam_max per example over ``ratios`` (default 13 values from 1 down to 1e-4).
-    ``ratios`` containing 0 with l1_ratio 1 gives least squares.  ``meta`` records ``lambda`` per example and
+    ``ratios`` containing 0 with l1_ratio 1 gives least squares.  Coordinate descent stops at a penalty when
+    no attribution moves by more than ``tol`` times the example's output scale (sqrt of its centred sum of
+    squares, per unit of column norm) in a sweep, or after ``max_sweeps`` sweeps.  ``meta`` records ``lambda`` per example and
     the number of nonzero attributions.
     """
     l1_ratio = float(l1_ratio)
