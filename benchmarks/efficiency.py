@@ -31,6 +31,7 @@ from coar.regression import fit
 from coar.store import load_shards, read_meta
 
 PRIOR_COST = {"loo": lambda c: c + 1, "gp": lambda c: 3}
+LASSO_RATIOS = list(np.logspace(0, -3, 7))  # a shorter path than the library's default: the lasso is slow at C = 448
 FRACTIONS = (("m/16", 1 / 16), ("m/8", 1 / 8), ("m/4", 1 / 4), ("m/2", 1 / 2), ("m", 1.0))
 
 
@@ -40,7 +41,7 @@ def estimators(priors: dict) -> dict:
     for name in priors:
         out[f"prior-{name}"] = ("prior", {"prior": priors[name]}, name)
     out["lowrank"] = ("lowrank", {}, None)
-    out["lasso"] = ("lasso", {}, None)
+    out["lasso"] = ("lasso", {"ratios": LASSO_RATIOS}, None)
     return out
 
 
@@ -54,8 +55,8 @@ def fit_estimator(method: str, options: dict, keep: np.ndarray, y: np.ndarray) -
 def chosen(attr: Attributions) -> str:
     """The hyperparameters an estimator chose, in brief."""
     parts = []
-    if "rank" in attr.meta:
-        parts.append(f"rank {attr.meta['rank']}")
+    if "ranks" in attr.meta:
+        parts.append(f"rank {attr.meta['rank']}, coupling {attr.meta['coupling']:g}")
     if attr.meta.get("lambda") and np.any(attr.meta["lambda"]):
         parts.append(f"median lambda/m {np.median(attr.meta['lambda']) / attr.meta['n_masks']:.3g}")
     if "scale" in attr.meta:
@@ -171,7 +172,7 @@ def markdown(df: pd.DataFrame) -> str:
         for name, e in d.groupby("estimator", sort=False):
             if name.endswith("alone"):
                 row = e.iloc[0]
-                cells = [f"{row.mean_correlation:.3f} ± {row.sem:.3f} ({row.ratio:.2f})"] + [""] * (len(labels) - 1)
+                cells = [f"{row['mean_correlation']:.3f} ± {row['sem']:.3f} ({row['ratio']:.2f})"] + [""] * (len(labels) - 1)
             else:
                 by = {r.label: r for r in e.itertuples()}
                 cells = [f"{by[lab].mean_correlation:.3f} ± {by[lab].sem:.3f} ({by[lab].ratio:.2f})" if lab in by

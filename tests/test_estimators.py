@@ -115,6 +115,8 @@ def test_lowrank_recovers_planted_low_rank_attributions_better_than_ols():
     e_ols, e_low = rel(ols.weights, W), rel(low.weights, W)
     assert e_low < 0.6 * e_ols, (e_low, e_ols)
     assert 2 <= low.meta["rank"] <= 8
+    held = fit((X, Y), "lowrank", select="holdout", components="")
+    assert rel(held.weights, W) < 0.6 * e_ols
     # and it does not cost accuracy where there are plenty of masks
     X, Y, W = planted_lowrank(rng, m=800, c=50, n=120, rank=3, noise=1.0)
     assert rel(fit((X, Y), "lowrank", components="").weights, W) <= 1.05 * rel(fit((X, Y), "ols", components="").weights, W)
@@ -193,7 +195,8 @@ def test_streaming_split_equals_the_array_split():
     rng = np.random.default_rng(7)
     X, Y, _ = planted_lowrank(rng, m=90, c=20, n=15, rank=2, noise=0.3)
     chunks = [(X[i:i + 25], Y[i:i + 25]) for i in range(0, 90, 25)]
-    for method, kw in (("lowrank", {}), ("lasso", {}), ("prior", {"prior": attr(np.ones((15, 20))), "select": "holdout"})):
+    for method, kw in (("lowrank", {}), ("lowrank", {"select": "holdout"}), ("lasso", {}),
+                       ("prior", {"prior": attr(np.ones((15, 20))), "select": "holdout"})):
         a = fit((X, Y), method, components="", **kw)
         b = fit_chunks(iter(chunks), 90, 20, 15, components="", method=method, lambdas=None, **kw)
         np.testing.assert_allclose(b.weights, a.weights, rtol=1e-4, atol=1e-5 * np.abs(a.weights).max())
@@ -220,7 +223,9 @@ def test_bad_input_is_refused_by_name():
     with pytest.raises(CoarError, match="select must be"):
         fit((X, Y), "prior", prior=attr(np.zeros((5, 10))), select="cv", components="")
     with pytest.raises(CoarError, match="a single accumulator cannot be split"):
-        fit(GramAccumulator.from_arrays(X, Y), "lowrank", components="")
+        fit(GramAccumulator.from_arrays(X, Y), "lowrank", select="holdout", components="")
+    with pytest.raises(CoarError, match="couplings must be"):
+        fit((X, Y), "lowrank", couplings=[1.5], components="")
     with pytest.raises(CoarError, match="ranks must be"):
         fit((X, Y), "lowrank", ranks=[-1], components="")
     with pytest.raises(CoarError, match="holdout_fraction"):

@@ -231,13 +231,16 @@ def cmd_fit(a):
     lambdas = _given(a.lambdas, [0.1, 1, 10, 100, 1000] if m == "ridge" else None, "--lambdas",
                      f"{not_for} (penalties of ridge, prior and lowrank)" if m in ("ols", "lasso") else "")
     options = {}
-    select = _given(a.select, None, "--select", "" if m == "prior" else f"{not_for} (prior's selection; lowrank "
-                    "and lasso always select on held-out training masks)")
+    select = _given(a.select, None, "--select", "" if m in ("prior", "lowrank") else f"{not_for} (prior and lowrank "
+                    "only; the lasso always selects on held-out training masks)")
     if select is not None:
         options["select"] = select
     ranks = _given(a.ranks, None, "--ranks", "" if m == "lowrank" else f"{not_for} (lowrank only)")
     if ranks is not None:
         options["ranks"] = ranks
+    couplings = _given(a.couplings, None, "--couplings", "" if m == "lowrank" else f"{not_for} (lowrank only)")
+    if couplings is not None:
+        options["couplings"] = couplings
     ratios = _given(a.ratios, None, "--ratios", "" if m == "lasso" else f"{not_for} (lasso only)")
     if ratios is not None:
         options["ratios"] = ratios
@@ -470,8 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "default the number of masks times 10^-3 .. 10^3)")
     s.add_argument("--prior", help="attribution file to shrink toward (--method prior), e.g. leave-one-out")
     s.add_argument("--select", choices=["gcv", "holdout"],
-                   help="how --method prior chooses its penalty from the training masks (default gcv)")
+                   help="how --method prior and lowrank choose their penalties from the training masks: GCV on all "
+                        "of them (default) or a held-out part")
     s.add_argument("--ranks", type=_ints, help="subspace ranks tried by --method lowrank (default 0,1,2,4,8,16)")
+    s.add_argument("--couplings", type=_floats, help="--method lowrank: how much less the learned subspace is "
+                                                     "penalized, in [0, 1] (default 0.5,0.9,0.99,1)")
     s.add_argument("--ratios", type=_floats, help="lasso penalties as fractions of the smallest penalty that "
                                                   "zeroes every attribution (default 13 values, 1 .. 1e-4)")
     s.add_argument("--l1-ratio", type=float, help="lasso: 1 (default) lasso, in (0, 1) elastic net")

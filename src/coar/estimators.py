@@ -147,6 +147,10 @@ def _factorize(data, standardize, rcond, device):
         return reg._as_factorization(data, standardize, rcond, device)
     if isinstance(data, reg.GramAccumulator):
         return reg.factorize(data, standardize=standardize, rcond=rcond, device=device)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, reg.GramAccumulator) for d in data):
+        acc = reg.GramAccumulator(data[0].n_components, data[0].n_examples, device=device)
+        acc.merge(data[0]).merge(data[1])  # (fit part, held-out part): all of it
+        return reg.factorize(acc, standardize=standardize, rcond=rcond, device=device)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         acc = reg.GramAccumulator.from_arrays(data[0], data[1], device=device)
         return reg.factorize(acc, standardize=standardize, rcond=rcond, device=device)
@@ -299,48 +303,98 @@ def _lowrank_basis(fac, k_max: int, lambdas):
     return np.column_stack([mu / max(np.linalg.norm(mu), 1e-300), dirs])
 
 
-def fit_lowrank(data, ranks: Sequence[int] = (0, 1, 2, 4, 8, 16), lambdas: Sequence[float] | None = None,
-                holdout_fraction: float = 0.2, standardize: bool = True, *, components: str,
-                rcond: float | None = None, device=None) -> Attributions:
-    """Shrinkage toward a subspace learned from all examples (empirical-Bayes low-rank prior).
+def _coupled_solve(fac, pv: np.ndarray, nk: np.ndarray, lam: float, c: float):
+    """Ridge with penalty lam (I - c P P^T) for orthonormal P [C, k] (pv = V^T P, nk = P - V pv), all examples.
+
+    c = 0 is ridge, c -> 1 leaves the span of P unpenalized. By Woodbury around M = A + lam I (whose inverse is
+    V F V^T + (I - V V^T) / lam): u = M^-1 t + M^-1 P Q P^T M^-1 t with Q = (I / (lam c) - P^T M^-1 P)^-1, a
+    k x k matrix shared by all examples. Returns (u [C, N], rss [N], df [N])."""
+    e, q = fac.evals, fac.q
+    if lam == 0.0:  # no penalty: least squares (minimum norm)
+        a, null = q / e[:, None], 0.0
+        df = float(e.size)
+    else:
+        f = 1.0 / (e + lam)
+        k = pv.shape[1]
+        S = pv.T @ (f[:, None] * pv) + nk.T @ nk / lam
+        inner = (np.eye(k) / (lam * c) if c > 0 else np.full((k, k), np.inf) * np.eye(k)) - S
+        Q = np.linalg.pinv(inner, rcond=1e-12, hermitian=True) if c > 0 else np.zeros((k, k))
+        h = Q @ (pv.T @ (f[:, None] * q))  # [k, N]
+        a = f[:, None] * (q + pv @ h)
+        null = nk @ h / lam
+        df = float(np.sum(e * f) + np.trace(Q @ (pv.T @ ((e * f * f)[:, None] * pv))))
+    u = fac.evecs @ a + null
+    rss = np.maximum(fac.syy - 2.0 * np.einsum("rn,rn->n", a, q) + np.einsum("r,rn->n", e, a * a), 0.0)
+    return u, rss, np.full(fac.n_examples, df)
+
+
+def fit_lowrank(data, ranks: Sequence[int] = (0, 1, 2, 4, 8, 16), couplings: Sequence[float] = (0.5, 0.9, 0.99, 1.0),
+                lambdas: Sequence[float] | None = None, select: str = "gcv", holdout_fraction: float = 0.2,
+                standardize: bool = True, *, components: str, rcond: float | None = None,
+                device=None) -> Attributions:
+    """Ridge with a Gaussian prior whose mean and low-rank covariance are learned from all examples.
 
     A pilot ridge fit (GCV) of every example gives the mean attribution vector and the top principal
-    directions of the attribution matrix; each example is then fitted by ridge shrunk toward the span of the
-    mean and the top k directions (coefficients fitted per example).  k (shared) and lam (per example) are
-    chosen on held-out training masks (:func:`split_holdout`); the pilot of that choice sees only the fit
-    part.  ``meta`` records ``rank`` (k), ``lambda`` per example and the score of every rank.
+    directions of the attribution matrix; P = [mean, top k directions] (orthonormalized).  Each example is
+    fitted by ridge with the penalty lam (I - c P P^T): the span of P, where the examples' attributions live,
+    is penalized 1 - c times as much as the rest (c = 1 would leave it free).  k and c (one for all examples:
+    the smallest mean score relative to each example's output variance) and lam (per example) are chosen by
+    GCV on all training masks (``select="gcv"``) or on held-out training masks (``select="holdout"``,
+    :func:`split_holdout`; the pilot then sees only the fit part).  ``meta`` records ``rank`` (k),
+    ``coupling`` (c) and ``lambda`` per example.
     """
     ranks = sorted({int(k) for k in np.atleast_1d(ranks)})
     if not ranks or ranks[0] < 0:
         raise CoarError(f"ranks must be a non-empty list of integers >= 0, got {list(ranks)}")
-    fit_part, hold_part, whole = split_holdout(data, holdout_fraction)
-    fac_fit = _factorize(fit_part, standardize, rcond, device)
-    lams = _lambdas(lambdas, fac_fit.m)
-    hold = _Holdout(hold_part, fac_fit)
-    basis = _lowrank_basis(fac_fit, max(ranks), lambdas)
-    per_rank = []
+    cs = sorted({float(c) for c in np.atleast_1d(couplings)})
+    if not cs or cs[0] < 0 or cs[-1] > 1:
+        raise CoarError(f"couplings must be a non-empty list of values in [0, 1], got {list(couplings)}")
+    if select not in ("gcv", "holdout"):
+        raise CoarError(f'select must be "gcv" or "holdout", got {select!r}')
+    if select == "holdout":
+        fit_part, hold_part, whole = split_holdout(data, holdout_fraction)
+        fac_sel = _factorize(fit_part, standardize, rcond, device)
+        hold = _Holdout(hold_part, fac_sel)
+        norm = hold.var
+    else:
+        fac_sel = _factorize(data, standardize, rcond, device)
+        norm = np.maximum(fac_sel.syy / fac_sel.m, 1e-300)
+    lams = _lambdas(lambdas, fac_sel.m)
+
+    def directions(fac, k):
+        P = np.linalg.qr(_lowrank_basis(fac, k, lambdas)[:, : k + 1])[0]
+        pv = fac.evecs.T @ P
+        return pv, P - fac.evecs @ pv
+
+    grid, scores = [], []
     for k in ranks:
-        P = basis[:, : k + 1]
-        pv = fac_fit.evecs.T @ P
-        nk = P - fac_fit.evecs @ pv
-        per_rank.append(np.stack([hold.mse(_shared_solve(fac_fit, pv, nk, lam)[0]) for lam in lams]))
-    # one rank for all examples: the smallest mean held-out MSE, each example at its best penalty and
-    # measured relative to its held-out variance (examples count equally)
-    rank_score = [float(np.mean(sc.min(axis=0) / hold.var)) for sc in per_rank]
-    best = int(np.argmin(rank_score))
-    k = ranks[best]
-    chosen = np.argmin(per_rank[best], axis=0)
-    fac = _factorize(whole, standardize, rcond, device)
-    lams_all = lams * (fac.m / fac_fit.m)
-    basis = _lowrank_basis(fac, k, lambdas)[:, : k + 1]
-    pv = fac.evecs.T @ basis
-    nk = basis - fac.evecs @ pv
+        pv, nk = directions(fac_sel, k)
+        for c in cs:
+            rows = []
+            for lam in lams:
+                u, rss, df = _coupled_solve(fac_sel, pv, nk, lam, c)
+                rows.append(hold.mse(u) if select == "holdout" else _gcv(fac_sel, rss, df))
+            grid.append((k, c))
+            scores.append(np.stack(rows))
+    grid_score = [float(np.mean(sc.min(axis=0) / norm)) for sc in scores]
+    best = int(np.argmin(grid_score))
+    k, c = grid[best]
+    chosen = np.argmin(scores[best], axis=0)
+    if select == "holdout":
+        fac = _factorize(whole, standardize, rcond, device)
+        lams_all = lams * (fac.m / fac_sel.m)
+    else:
+        fac, lams_all = fac_sel, lams
+    pv, nk = directions(fac, k)
     u = np.empty((fac.n_components, fac.n_examples))
     for li in np.unique(chosen):
         idx = chosen == li
-        u[:, idx] = _shared_solve(fac, pv, nk, lams_all[li])[0][:, idx]
-    meta = {"select": "holdout", "holdout_fraction": float(holdout_fraction), "ranks": ranks, "rank": k,
-            "rank_score": rank_score, "lambdas": lams_all.tolist(), "lambda": lams_all[chosen].tolist()}
+        u[:, idx] = _coupled_solve(fac, pv, nk, lams_all[li], c)[0][:, idx]
+    meta = {"select": select, "ranks": ranks, "couplings": cs, "rank": k, "coupling": c,
+            "grid_score": [[kk, cc, sc] for (kk, cc), sc in zip(grid, grid_score)],
+            "lambdas": lams_all.tolist(), "lambda": lams_all[chosen].tolist()}
+    if select == "holdout":
+        meta["holdout_fraction"] = float(holdout_fraction)
     return _to_attributions(fac, u, "coar-lowrank", components, meta)
 
 

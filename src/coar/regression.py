@@ -712,7 +712,7 @@ def fit_chunks(
         if len(keep) < m:
             raise CoarError(f"asked to fit on {m} masks, the stores hold only {len(keep)}")
         return fit_dual(keep, y, standardize=standardize, components=components, device=device)
-    split = method in ("lowrank", "lasso") or (method == "prior" and options.get("select") == "holdout")
+    split = method == "lasso" or options.get("select") == "holdout"
     n_fit = m - int(round(float(options.get("holdout_fraction", 0.2)) * m)) if split else m
     accs = [GramAccumulator(n_components, n_examples, device=device)]
     if split:
