@@ -134,7 +134,7 @@ def test_noisy_prior_helps_and_lasso_finds_sparse_attributions():
     lasso = fit((X, Y), "lasso", components="")
     assert rel(lasso.weights, W) < 0.6 * e_ols
     assert np.median(lasso.meta["nonzero"]) < 0.5 * c
-    enet = fit((X, Y), "lasso", l1_ratio=0.5, components="")
+    enet = fit((X, Y), "lasso", l1_ratio=0.5, ratios=np.logspace(0, -2, 5), components="")
     assert rel(enet.weights, W) < e_ols
 
 
@@ -238,3 +238,91 @@ def test_bad_input_is_refused_by_name():
         fit((X, Y), "lowrank", lambdas=[-1.0], components="")
     with pytest.raises(CoarError, match="do not apply to method 'ols'"):
         fit_chunks(iter([(X, Y)]), 40, 10, 5, components="", method="ols", ranks=[1])
+
+
+# ------------------------------------------------------------------ command line
+def planted_stores(tmp_path, W, b, m=150, alpha=0.2):
+    from coar.store import ShardStore, run_shard
+
+    n, c = W.shape
+    paths = []
+    for shard in range(2):
+        meta = {"model_fingerprint": "model-x", "components_fingerprint": "comps-x", "examples_fingerprint": "ex-x",
+                "n_components": c, "n_examples": n, "m": m, "alpha": alpha, "seed": 0, "shard": shard,
+                "output_fn": "margin", "dtype": "float32"}
+        store = ShardStore.create_or_open(tmp_path / f"s{shard}", meta)
+        run_shard(store, lambda k: k.astype(np.float64) @ W.T + b, masks_per_call=50, progress=False)
+        paths.append(str(tmp_path / f"s{shard}"))
+    return paths
+
+
+def test_cli_fits_every_method_and_refuses_bad_priors(tmp_path, capsys):
+    from coar.cli import main
+
+    rng = np.random.default_rng(9)
+    n, c = 12, 30
+    W, b = rng.normal(size=(n, c)), rng.normal(size=n)
+    stores = planted_stores(tmp_path, W, b)
+    Attributions(2.0 * W, np.zeros(n), "loo", "comps-x").save(tmp_path / "prior.npz")
+    out = str(tmp_path / "fit.npz")
+    assert main(["fit", "--stores", *stores, "--method", "prior", "--prior", str(tmp_path / "prior.npz"),
+                 "--out", out]) == 0
+    a = Attributions.load(out)
+    np.testing.assert_allclose(a.weights, W, atol=1e-4 * np.abs(W).max())  # noise-free, prior = 2 x truth
+    assert a.meta["prior"] == "loo" and a.meta["provenance"]["examples_fingerprint"] == "ex-x"
+    for extra in (["--method", "lowrank", "--ranks", "0,2", "--couplings", "0.9,1"],
+                  ["--method", "lowrank", "--select", "holdout"],
+                  ["--method", "lasso", "--ratios", "1,0.01", "--l1-ratio", "0.5", "--holdout-fraction", "0.3"],
+                  ["--method", "prior", "--prior", str(tmp_path / "prior.npz"), "--select", "holdout",
+                   "--lambdas", "1,10"]):
+        assert main(["fit", "--stores", *stores, *extra, "--out", out]) == 0, extra
+        assert Attributions.load(out).method == "coar-" + extra[1]
+    capsys.readouterr()
+    bad = {"short": Attributions(W[:, :-1], np.zeros(n), "loo", "comps-x"),
+           "few": Attributions(W[:-1], np.zeros(n - 1), "loo", "comps-x"),
+           "other": Attributions(W, np.zeros(n), "loo", "comps-y"),
+           "examples": Attributions(W, np.zeros(n), "loo", "comps-x", {"provenance": {"examples_fingerprint": "ex-y"}})}
+    expect = {"short": "has 29 components, the masks have 30", "few": "covers 11 examples, the outputs cover 12",
+              "other": "component set comps-y", "examples": "examples ex-y"}
+    for name, prior in bad.items():
+        prior.save(tmp_path / f"{name}.npz")
+        assert main(["fit", "--stores", *stores, "--method", "prior", "--prior", str(tmp_path / f"{name}.npz"),
+                     "--out", out]) == 2
+        assert expect[name] in capsys.readouterr().err, name
+    for args, msg in ((["--method", "prior"], "needs --prior"),
+                      (["--method", "ols", "--prior", str(tmp_path / "prior.npz")], "--prior"),
+                      (["--method", "ridge", "--ranks", "1"], "--ranks"),
+                      (["--method", "lasso", "--lambdas", "1"], "--lambdas")):
+        assert main(["fit", "--stores", *stores, *args, "--out", out]) == 2
+        assert msg in capsys.readouterr().err, args
+    with pytest.raises(SystemExit):
+        main(["fit", "--stores", *stores, "--method", "bayes", "--out", out])
+    assert "invalid choice: 'bayes'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- workflow
+def test_workflow_fit_takes_the_estimator_from_the_setup(tmp_path):
+    """A setup with `regression: prior` fits on its parent's masks with the named baseline as an input; one
+    without estimator.prior fails at plan time naming the key."""
+    from tests.test_workflow import ROOT, SNAKEMAKE, _dry_run_jobs, snakemake
+
+    if SNAKEMAKE is None:
+        pytest.skip("snakemake is not installed")
+    text = (ROOT / "config/test.yaml").read_text()
+    variants = ("  T_prior:\n    parent: T\n    regression: prior\n    estimator: {prior: loo, select: holdout}\n"
+                "  T_low:\n    parent: T\n    regression: lowrank\n    estimator: {ranks: [0, 2]}\n")
+    cfg = tmp_path / "est.yaml"
+    cfg.write_text(text.replace("  T_scale:\n", variants + "  T_scale:\n", 1))
+    r = snakemake("-n", "results/T/attributions/coar.npz", "results/T_prior/attributions/coar.npz",
+                  "results/T_low/attributions/coar.npz", f"--configfile={cfg}", "--directory", str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    jobs = _dry_run_jobs(out)
+    fits = {j["output"]: j["input"] for j in jobs if j["rule"] == "fit"}
+    assert fits["results/T_prior/attributions/coar.npz"].split(", ") == ["results/T/masks/train.json",
+                                                                          "results/T/attributions/loo.npz"]
+    assert fits["results/T_low/attributions/coar.npz"] == fits["results/T/attributions/coar.npz"]
+    assert sum(j["rule"] == "sample_shard" for j in jobs) == 2  # the variants share T's training masks
+    cfg.write_text(text.replace("  T_scale:\n", "  T_bad:\n    parent: T\n    regression: prior\n  T_scale:\n", 1))
+    r = snakemake("-n", "results/T_bad/attributions/coar.npz", f"--configfile={cfg}", "--directory", str(tmp_path))
+    assert r.returncode != 0 and "T_bad: regression prior needs estimator.prior" in r.stdout + r.stderr
