@@ -109,30 +109,35 @@ def run_setup(setup: str, train: tuple, test: tuple, priors: dict, names=None, a
     return rows
 
 
-def load_receipt(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    stores = json.loads(path.read_text())["stores"]
-    root = path.parents[3]  # results/<setup>/masks/<split>.json -> the workflow's directory
-    keep, y = (np.concatenate(parts) for parts in zip(*load_shards([root / s for s in stores], dtype=np.float64)))
-    return keep, y
+def load_receipt(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All masks and outputs of a gathered split (its receipt lists the stores, relative to ``root``)."""
+    stores = json.loads(Path(path).read_text())["stores"]
+    return tuple(np.concatenate(parts) for parts in zip(*load_shards([root / s for s in stores], dtype=np.float64)))
+
+
+def load_study(train_receipt: Path, test_receipt: Path, prior_files, root: Path):
+    """(train, test, priors): the priors (name -> Attributions) checked against the stores' component set."""
+    train, test = load_receipt(train_receipt, root), load_receipt(test_receipt, root)
+    fp = read_meta(root / json.loads(Path(test_receipt).read_text())["stores"][0])["components_fingerprint"]
+    priors = {}
+    for f in map(Path, prior_files):
+        attr = Attributions.load(f)
+        if attr.components != fp:
+            raise SystemExit(f"{f} was computed on another component set than the masks of {test_receipt}")
+        priors[f.stem] = Attributions(attr.weights, attr.bias, f.stem, "", attr.meta)
+    return train, test, priors
 
 
 def load_setup(results: Path, setup: str):
+    """A setup's stores and priors as the workflow leaves them under ``results``."""
     masks = results / setup / "masks"
-    receipt = json.loads((masks / "train.json").read_text())
-    alpha = float(receipt["alpha"])
+    alpha = float(json.loads((masks / "train.json").read_text())["alpha"])
     test_path = masks / f"test-{alpha:g}.json"
     if not test_path.exists():
         sys.exit(f"{test_path} is missing: sample the evaluation masks at alpha_train first")
-    train, test = load_receipt(masks / "train.json"), load_receipt(test_path)
-    fp = read_meta(results.parent / json.loads(test_path.read_text())["stores"][0])["components_fingerprint"]
-    priors = {}
-    for name in PRIOR_COST:
-        f = results / setup / "attributions" / f"{name}.npz"
-        if f.exists():
-            attr = Attributions.load(f)
-            if attr.components != fp:
-                sys.exit(f"{f} was computed on another component set than {setup}'s masks")
-            priors[name] = Attributions(attr.weights, attr.bias, name, "", attr.meta)
+    files = [results / setup / "attributions" / f"{name}.npz" for name in PRIOR_COST]
+    train, test, priors = load_study(masks / "train.json", test_path, [f for f in files if f.exists()],
+                                     results.parent)
     return train, test, priors, alpha
 
 
@@ -181,12 +186,46 @@ def markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def plot(df: pd.DataFrame, footer: str = "", titles: dict | None = None):
+    """One panel per setup: mean correlation (± SEM) against the total budget / m, one line per estimator;
+    OLS-at-m dashed, a third of its budget dotted, the priors alone as points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    setups = list(dict.fromkeys(df.setup))
+    fig, axes = plt.subplots(1, len(setups), figsize=(4.2 * len(setups), 3.8), squeeze=False)
+    for ax, setup in zip(axes[0], setups):
+        d = df[df.setup == setup]
+        for name, e in d.groupby("estimator", sort=False):
+            e = e.sort_values("ratio")
+            if name.endswith("alone"):
+                ax.errorbar(e.ratio, e.mean_correlation, yerr=e["sem"], fmt="x", ms=7, label=name)
+            else:
+                ax.errorbar(e.ratio, e.mean_correlation, yerr=e["sem"], marker="o", ms=3, capsize=2, label=name)
+        full = d[(d.estimator == "ols") & (d.label == "m")].mean_correlation.iloc[0]
+        ax.axhline(full, ls="--", c="gray", lw=0.8)
+        ax.axvline(1 / 3, ls=":", c="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("forward passes / m (masks + prior)")
+        ax.set_title((titles or {}).get(setup, setup), fontsize=8)
+        ax.set_ylim(max(0.0, d.mean_correlation.min() - 0.05), min(1.0, d.mean_correlation.max() + 0.03))
+    axes[0][0].set_ylabel("mean correlation (evaluation masks, alpha_train)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    if footer:
+        fig.text(0.01, 0.005, footer, fontsize=5, ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--setups", nargs="+", default=["A", "B", "C"])
     ap.add_argument("--estimators", nargs="+", help="only these (ols, ridge, prior-loo, prior-gp, lowrank, lasso)")
     ap.add_argument("--csv", type=Path, help="write every row here")
+    ap.add_argument("--figure", type=Path, help="plot the curves here (e.g. efficiency.pdf)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = []
@@ -199,6 +238,8 @@ def main(argv=None) -> int:
     df = pd.DataFrame(rows)
     if a.csv:
         df.to_csv(a.csv, index=False)
+    if a.figure:
+        plot(df).savefig(a.figure)
     print(markdown(df))
     g = goal(df)
     print("\nSmallest total budget (fraction of m, interpolated) at which each estimator reaches OLS-at-m:")

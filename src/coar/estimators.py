@@ -5,29 +5,31 @@ All three work in the standardized coordinates of :mod:`coar.regression` (u = D 
 on one :class:`~coar.regression.Factorization` A = Z^T Z = V diag(e) V^T of the centred, standardized
 mask Gram, with q = V^T Z^T y_c.  The intercept is never penalized.
 
-Shrinkage toward a subspace
----------------------------
-The prior and low-rank estimators solve, per example and penalty lam,
+Shrinkage toward a scaled prior
+-------------------------------
+``prior`` (:func:`fit_prior`) solves, per example and penalty lam,
 
-    min_{u, g}  ||y_c - Z u||^2 + lam ||u - P g||^2
+    min_{u, s}  ||y_c - Z u||^2 + lam ||u - s u0||^2
 
-where the columns of P span the directions the attributions are shrunk toward and g is fitted, not
-penalized.  For fixed g the minimizer is ridge around P g; profiling out g gives, with F = diag(1/(e+lam))
-and Pv = V^T P,
+with u0 the example's prior attributions (from any attribution file: leave-one-out, gradient x parameter,
+another fit) and the scale s fitted, not penalized.  Profiling out s gives, with F = diag(1/(e+lam)) and
+p = V^T u0,
 
-    g = (Pv^T E F Pv)^+ Pv^T F q,        u = V F (q + lam Pv g) + (P - V Pv) g,
+    s = p^T F q / p^T E F p,        u = V F (q + lam s p) + s (u0 - V p),
 
-so each (lam, example) costs O(r k) on top of the shared factorisation, never a refit.  The fit is a linear
-smoother with degrees of freedom  sum e/(e+lam) + lam tr[(Pv^T E F Pv)^+ Pv^T E F^2 Pv]  (plus one for the
-intercept), which gives generalized cross-validation from the Gram statistics alone.
+so each (lam, example) costs O(r) on top of the shared factorisation, never a refit.  The fit is a linear
+smoother with degrees of freedom  sum e/(e+lam) + lam p^T E F^2 p / p^T E F p  (plus one for the
+intercept), which gives generalized cross-validation from the Gram statistics alone.  lam -> 0 gives least
+squares, lam -> inf the best scaled prior; with the true attributions as prior and noise-free outputs every
+lam returns them exactly.
 
-* ``prior`` (:func:`fit_prior`): P is one column per example, that example's prior attributions (from any
-  attribution file: leave-one-out, gradient x parameter, another fit), so u is shrunk toward s * w_prior with
-  the scale s fitted per example.  lam -> 0 gives least squares, lam -> inf the best scaled prior; with the
-  true attributions as prior and noise-free outputs every lam returns them exactly.
-* ``lowrank`` (:func:`fit_lowrank`): P = [mean, top-k principal directions] of a pilot fit of all examples
-  (ridge, GCV), i.e. an empirical-Bayes Gaussian prior whose mean and low-rank covariance are learned from
-  every example, with isotropic residual variance.  Every example borrows the directions the others found.
+A prior learned from all examples
+---------------------------------
+``lowrank`` (:func:`fit_lowrank`): a pilot ridge fit of every example gives the mean attribution vector and
+the top principal directions of the N x C attribution matrix; P = [mean, top k] (orthonormal).  Each example
+is fitted by ridge with the penalty lam (I - c P P^T), the posterior mean under a Gaussian prior whose
+covariance is low-rank plus isotropic, learned from all examples.  By Woodbury the k x k system is shared by
+all examples, so each lam again costs a solve.
 
 Sparsity
 --------
@@ -37,8 +39,8 @@ per-example penalties lam = ratio * lam_max, lam_max = max_j |(Z^T y_c)_j| / l1_
 
 Hyperparameter selection
 ------------------------
-Only training masks are ever used.  ``select="gcv"`` (prior) scores every lam by GCV on all training
-masks.  ``select="holdout"`` (every estimator) fits on the first 1 - holdout_fraction of the training masks,
+Only training masks are ever used.  ``select="gcv"`` (prior, lowrank) scores every lam by GCV on all
+training masks.  ``select="holdout"`` (every estimator) fits on the first 1 - holdout_fraction of the training masks,
 scores on the rest, and refits on all of them with the chosen values (ridge-type penalties rescaled by
 M / M_fit, so that the penalty per mask stays the same).  Evaluation masks never enter.
 """
@@ -195,20 +197,6 @@ def _prior_solve(fac, p: np.ndarray, n: np.ndarray, lam: float, idx=slice(None))
     return u, s, rss, df
 
 
-def _shared_solve(fac, pv: np.ndarray, nk: np.ndarray, lam: float):
-    """Shared k-column subspace. pv = V^T P [r, k], nk = P - V pv [C, k]. Returns (u, g [k, N], rss, df)."""
-    e, q = fac.evals, fac.q
-    f = 1.0 / (e + lam)
-    G = pv.T @ ((e * f)[:, None] * pv)
-    Gi = np.linalg.pinv(G, rcond=1e-10, hermitian=True)
-    g = Gi @ (pv.T @ (f[:, None] * q))
-    a = f[:, None] * (q + lam * (pv @ g))
-    u = fac.evecs @ a + nk @ g
-    rss = np.maximum(fac.syy - 2.0 * np.einsum("rn,rn->n", a, q) + np.einsum("r,rn->n", e, a * a), 0.0)
-    df = float(np.sum(e * f) + lam * np.trace(Gi @ (pv.T @ ((e * f * f)[:, None] * pv))))
-    return u, g, rss, np.full(fac.n_examples, df)
-
-
 def _gcv(fac, rss: np.ndarray, df: np.ndarray) -> np.ndarray:
     m = fac.m
     denom = 1.0 - (np.asarray(df) + 1.0) / m
@@ -316,9 +304,11 @@ def _coupled_solve(fac, pv: np.ndarray, nk: np.ndarray, lam: float, c: float):
     else:
         f = 1.0 / (e + lam)
         k = pv.shape[1]
-        S = pv.T @ (f[:, None] * pv) + nk.T @ nk / lam
-        inner = (np.eye(k) / (lam * c) if c > 0 else np.full((k, k), np.inf) * np.eye(k)) - S
-        Q = np.linalg.pinv(inner, rcond=1e-12, hermitian=True) if c > 0 else np.zeros((k, k))
+        if c > 0:
+            S = pv.T @ (f[:, None] * pv) + nk.T @ nk / lam
+            Q = np.linalg.pinv(np.eye(k) / (lam * c) - S, rcond=1e-12, hermitian=True)
+        else:  # ridge
+            Q = np.zeros((k, k))
         h = Q @ (pv.T @ (f[:, None] * q))  # [k, N]
         a = f[:, None] * (q + pv @ h)
         null = nk @ h / lam
