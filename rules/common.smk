@@ -375,6 +375,22 @@ def train_receipt(setup):
     return f"results/{owner(setup, 'train_masks')}/masks/train.json"
 
 
+def fit_inputs(w):
+    """The training receipt, and with `regression: prior` the baseline attributions it shrinks toward."""
+    inputs = {"receipt": train_receipt(w.setup)}
+    if SETUPS[w.setup]["regression"] == "prior":
+        prior = (SETUPS[w.setup].get("estimator") or {}).get("prior")
+        if prior is None:
+            raise WorkflowError(f"setup {w.setup}: regression prior needs estimator.prior (loo, gp, nc or ii)")
+        inputs["prior"] = attribution_file(w.setup, prior)
+    return inputs
+
+
+def efficiency_setups():
+    """Setups of the efficiency study: efficiency.setups, by default those of Fig. 2."""
+    return (config.get("efficiency") or {}).get("setups") or figure_setups("fig2")
+
+
 def test_receipt(setup, alpha):
     return f"results/{owner(setup, 'test_masks')}/masks/{test_split(alpha)}.json"
 

@@ -3,10 +3,6 @@
 # Not part of `all`: it refits every estimator at six budgets per setup (minutes on a CPU, the lasso most).
 
 
-def efficiency_setups():
-    return (config.get("efficiency") or {}).get("setups") or figure_setups("fig2")
-
-
 rule efficiency:
     input:
         train=lambda w: [train_receipt(s) for s in efficiency_setups()],

@@ -1,17 +1,6 @@
 # COAR regression: one streaming pass over the training shards, one factorisation for all examples.
 
 
-def fit_inputs(w):
-    """The training receipt, and with `regression: prior` the baseline attributions it shrinks toward."""
-    inputs = {"receipt": train_receipt(w.setup)}
-    if SETUPS[w.setup]["regression"] == "prior":
-        prior = (SETUPS[w.setup].get("estimator") or {}).get("prior")
-        if prior is None:
-            raise WorkflowError(f"setup {w.setup}: regression prior needs estimator.prior (loo, gp, nc or ii)")
-        inputs["prior"] = attribution_file(w.setup, prior)
-    return inputs
-
-
 rule fit:
     input:
         unpack(fit_inputs),
