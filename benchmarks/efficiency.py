@@ -188,34 +188,41 @@ def markdown(df: pd.DataFrame) -> str:
 
 def plot(df: pd.DataFrame, footer: str = "", titles: dict | None = None):
     """One panel per setup: mean correlation (± SEM) against the total budget / m, one line per estimator;
-    OLS-at-m dashed, a third of its budget dotted, the priors alone as points."""
+    OLS-at-m dashed, a third of its budget dotted, the priors alone as crosses (at the left edge, pointing
+    left, where their budget is below the axis)."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     setups = list(dict.fromkeys(df.setup))
-    fig, axes = plt.subplots(1, len(setups), figsize=(4.2 * len(setups), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(setups), figsize=(4.2 * len(setups), 4.0), squeeze=False)
     for ax, setup in zip(axes[0], setups):
         d = df[df.setup == setup]
+        left = d[d.masks > 0].ratio.min() / 1.5
         for name, e in d.groupby("estimator", sort=False):
             e = e.sort_values("ratio")
             if name.endswith("alone"):
-                ax.errorbar(e.ratio, e.mean_correlation, yerr=e["sem"], fmt="x", ms=7, label=name)
+                x = e.ratio.clip(lower=left)
+                ax.errorbar(x, e.mean_correlation, yerr=e["sem"], fmt="<" if (e.ratio < left).any() else "x", ms=7,
+                            label=f"{name} ({e.ratio.iloc[0]:.2g} m)")
             else:
                 ax.errorbar(e.ratio, e.mean_correlation, yerr=e["sem"], marker="o", ms=3, capsize=2, label=name)
         full = d[(d.estimator == "ols") & (d.label == "m")].mean_correlation.iloc[0]
         ax.axhline(full, ls="--", c="gray", lw=0.8)
         ax.axvline(1 / 3, ls=":", c="gray", lw=0.8)
         ax.set_xscale("log", base=2)
+        ax.set_xlim(left / 1.2, 1.6)
         ax.set_xlabel("forward passes / m (masks + prior)")
-        ax.set_title((titles or {}).get(setup, setup), fontsize=8)
+        ax.set_title("\n".join(textwrap.wrap((titles or {}).get(setup, setup), 55)), fontsize=7)
         ax.set_ylim(max(0.0, d.mean_correlation.min() - 0.05), min(1.0, d.mean_correlation.max() + 0.03))
-    axes[0][0].set_ylabel("mean correlation (evaluation masks, alpha_train)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("mean correlation on evaluation masks")
+    axes[0][-1].legend(fontsize=6, loc="lower right")
     if footer:
-        fig.text(0.01, 0.005, footer, fontsize=5, ha="left", va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+        fig.text(0.01, 0.005, "\n".join(textwrap.wrap(footer, 200)), fontsize=5, ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
