@@ -177,7 +177,8 @@ def markdown(df: pd.DataFrame) -> str:
         for name, e in d.groupby("estimator", sort=False):
             if name.endswith("alone"):
                 row = e.iloc[0]
-                cells = [f"{row['mean_correlation']:.3f} ± {row['sem']:.3f} ({row['ratio']:.2f})"] + [""] * (len(labels) - 1)
+                cells = [f"{row['mean_correlation']:.3f} ± {row['sem']:.3f} ({row['ratio']:.2f})"]
+                cells += [""] * (len(labels) - 1)
             else:
                 by = {r.label: r for r in e.itertuples()}
                 cells = [f"{by[lab].mean_correlation:.3f} ± {by[lab].sem:.3f} ({by[lab].ratio:.2f})" if lab in by

@@ -162,7 +162,8 @@ def _factorize(data, standardize, rcond, device):
 def _lambdas(lambdas, m: int) -> np.ndarray:
     lams = default_lambdas(m) if lambdas is None else np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
     if lams.ndim != 1 or lams.size == 0 or not np.all(np.isfinite(lams)) or np.any(lams < 0):
-        raise CoarError(f"penalties (lambdas) must be a non-empty list of finite values >= 0, got {np.ravel(lams).tolist()}")
+        raise CoarError("penalties (lambdas) must be a non-empty list of finite values >= 0, "
+                        f"got {np.ravel(lams).tolist()}")
     return lams
 
 
@@ -448,15 +449,16 @@ def fit_lasso(data, ratios: Sequence[float] | None = None, l1_ratio: float = 1.0
     coordinates, lam = ratio * lam_max per example over ``ratios`` (default 13 values from 1 down to 1e-4).
     ``ratios`` containing 0 with l1_ratio 1 gives least squares.  Coordinate descent stops at a penalty when
     no attribution moves by more than ``tol`` times the example's output scale (sqrt of its centred sum of
-    squares, per unit of column norm) in a sweep, or after ``max_sweeps`` sweeps.  ``meta`` records ``lambda`` per example and
-    the number of nonzero attributions.
+    squares, per unit of column norm) in a sweep, or after ``max_sweeps`` sweeps.  ``meta`` records
+    ``lambda`` per example and the number of nonzero attributions.
     """
     l1_ratio = float(l1_ratio)
     if not 0.0 < l1_ratio <= 1.0:
         raise CoarError(f"l1_ratio must be in (0, 1], got {l1_ratio}")
     rs = _LASSO_RATIOS if ratios is None else np.atleast_1d(np.asarray(ratios, dtype=np.float64))
     if rs.ndim != 1 or rs.size == 0 or not np.all(np.isfinite(rs)) or np.any(rs < 0):
-        raise CoarError(f"lasso penalty ratios must be a non-empty list of finite values >= 0, got {np.ravel(rs).tolist()}")
+        raise CoarError("lasso penalty ratios must be a non-empty list of finite values >= 0, "
+                        f"got {np.ravel(rs).tolist()}")
     rs = np.sort(rs)[::-1]  # warm starts run from the largest penalty down
     fit_part, hold_part, whole = split_holdout(data, holdout_fraction)
     fac_fit = _factorize(fit_part, standardize, rcond, device)

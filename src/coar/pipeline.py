@@ -111,7 +111,8 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
     return store
 
 
-def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequence[float] | None = (0.1, 1, 10, 100, 1000),
+def fit_stores(paths: Sequence[str | Path], method: str = "ols",
+               lambdas: Sequence[float] | None = (0.1, 1, 10, 100, 1000),
                standardize: bool = True, device: str | None = None, max_masks: int | None = None,
                prior: Attributions | None = None, **options) -> Attributions:
     """One streaming pass over complete, verified shards and one factorisation for all examples.
@@ -119,7 +120,7 @@ def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequen
     max_masks: use only the first max_masks masks (shards in the given order), for sample-size studies.
     method: "ols", "ridge" (GCV over ``lambdas``) or an estimator of :mod:`coar.estimators` ("prior" with
     ``prior`` attributions of the same model, examples and components; "lowrank"; "lasso"), which take
-    ``options`` (select, ranks, ratios, l1_ratio, holdout_fraction) and ``lambdas`` (None: a grid scaled by
+    ``options`` (select, ranks, couplings, ratios, l1_ratio, holdout_fraction) and ``lambdas`` (None: a grid scaled by
     the number of masks).
     """
     if not paths:
