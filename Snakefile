@@ -23,6 +23,7 @@ include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
 include: "rules/edit.smk"
 include: "rules/figures.smk"
+include: "rules/efficiency.smk"
 
 
 rule all:

@@ -71,6 +71,12 @@ attribution_setup = _workflow_errors(PLAN.attribution_setup)
 edit_figure = _workflow_errors(PLAN.edit_figure)
 figure_edits = _workflow_errors(PLAN.figure_edits)
 forget_classes_shown = _workflow_errors(PLAN.forget_classes_shown)
+efficiency_setups = _workflow_errors(PLAN.efficiency_setups)
+
+
+@_workflow_errors
+def fit_inputs(wildcards):
+    return PLAN.fit_inputs(wildcards.setup)
 
 
 @_workflow_errors

@@ -3,7 +3,7 @@
 
 rule fit:
     input:
-        lambda w: train_receipt(w.setup),
+        unpack(fit_inputs),
     output:
         "results/{setup}/attributions/coar.npz",
     params:
@@ -23,7 +23,7 @@ rule fit_sample_size:
     """COAR refitted on the first m training masks (paper Fig. 14): `coar` with the setup's regression,
     `ridge` with ridge regression and the setup's lambda grid, at the same sample sizes."""
     input:
-        lambda w: train_receipt(w.setup),
+        unpack(fit_inputs),
     output:
         "results/{setup}/sample_size/{fit}-m{m}.npz",
     params:

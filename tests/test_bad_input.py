@@ -501,7 +501,7 @@ LIB_CASES = [
                  id="fit-stores-mixed-alpha"),
     pytest.param(lambda w, o: _fit(w, o, "mix/scale5", "mix/scale25"), {}, StoreMismatchError, ["gamma"],
                  id="fit-stores-mixed-gamma"),
-    pytest.param(lambda w, o: _fit(w, o, "train/0", method="lasso"), {}, CoarError, ["'lasso'"],
+    pytest.param(lambda w, o: _fit(w, o, "train/0", method="bayes"), {}, CoarError, ["'bayes'", "lowrank"],
                  id="fit-stores-unknown-method"),
     pytest.param(lambda w, o: _fit(w, o, "train/0", "train/1", max_masks=500), {}, CoarError, ["500", "only 80"],
                  id="fit-stores-too-few-masks"),

@@ -241,6 +241,22 @@ def test_a_variant_with_other_examples_owns_them_and_what_is_made_from_them():
     assert p.owner("A_noise", "test_masks") == p.owner("A_noise", "train_masks") == "A_noise"
 
 
+def test_a_fit_shrunk_toward_a_baseline_is_made_from_it():
+    def edit(config):
+        config["setups"]["A_p"] = {"parent": "A", "regression": "prior", "estimator": {"prior": "loo"}}
+        # the same prior fit on a variant whose baselines differ: its fit cannot be its parent's
+        config["setups"]["A_p_b"] = {"parent": "A_p", "baseline_options": {"loo_components": 10}}
+        config["setups"]["A_b"] = {"parent": "A", "baseline_options": {"loo_components": 10}}
+    p = load("default", edit)
+    assert p.fit_inputs("A_p") == {"receipt": "results/A/masks/train.json", "prior": "results/A/attributions/loo.npz"}
+    assert p.owner("A_p", "fit") == "A_p" and p.owner("A_p", "train_masks") == "A"
+    assert p.owner("A_p_b", "baseline") == "A_p_b" and p.owner("A_p_b", "fit") == "A_p_b"
+    assert p.owner("A_b", "fit") == "A"  # least squares does not read the baselines: A's fit serves
+    assert p.fit_inputs("A") == {"receipt": "results/A/masks/train.json"}
+    q = load("default", _set("setups.A.regression", "prior"))
+    fails(q, "setups.A.estimator.prior", "estimator.prior")
+
+
 # --- paths and params ---------------------------------------------------------------------------------------------
 
 def test_mask_shards_and_splits():

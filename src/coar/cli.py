@@ -222,13 +222,42 @@ def cmd_sample(a):
 
 
 def cmd_fit(a):
+    from .attributions import Attributions
     from .pipeline import fit_stores
 
     _out_file(a.out)
-    lambdas = _given(a.lambdas, [0.1, 1, 10, 100, 1000], "--lambdas",
-                     "with --method ols (ridge penalties)" if a.method == "ols" else "")
+    m = a.method
+    not_for = f"with --method {m}"
+    lambdas = _given(a.lambdas, [0.1, 1, 10, 100, 1000] if m == "ridge" else None, "--lambdas",
+                     f"{not_for} (penalties of ridge, prior and lowrank)" if m in ("ols", "lasso") else "")
+    options = {}
+    select = _given(a.select, None, "--select", "" if m in ("prior", "lowrank") else f"{not_for} (prior and lowrank "
+                    "only; the lasso always selects on held-out training masks)")
+    if select is not None:
+        options["select"] = select
+    ranks = _given(a.ranks, None, "--ranks", "" if m == "lowrank" else f"{not_for} (lowrank only)")
+    if ranks is not None:
+        options["ranks"] = ranks
+    couplings = _given(a.couplings, None, "--couplings", "" if m == "lowrank" else f"{not_for} (lowrank only)")
+    if couplings is not None:
+        options["couplings"] = couplings
+    ratios = _given(a.ratios, None, "--ratios", "" if m == "lasso" else f"{not_for} (lasso only)")
+    if ratios is not None:
+        options["ratios"] = ratios
+    l1 = _given(a.l1_ratio, None, "--l1-ratio", "" if m == "lasso" else f"{not_for} (lasso only)")
+    if l1 is not None:
+        options["l1_ratio"] = l1
+    uses_holdout = m in ("lowrank", "lasso") or select == "holdout"
+    frac = _given(a.holdout_fraction, None, "--holdout-fraction",
+                  "" if uses_holdout else f"{not_for} (only where held-out training masks choose the penalty)")
+    if frac is not None:
+        options["holdout_fraction"] = frac
+    prior_file = _given(a.prior, None, "--prior", "" if m == "prior" else f"{not_for} (prior only)")
+    if m == "prior" and prior_file is None:
+        raise CoarError("--method prior needs --prior FILE (attributions to shrink toward, e.g. leave-one-out)")
+    prior = Attributions.load(prior_file) if prior_file is not None else None
     device = None if a.device == "cpu" else str(_device(a.device))
-    attr = fit_stores(a.stores, a.method, lambdas, standardize=not a.no_standardize, device=device)
+    attr = fit_stores(a.stores, m, lambdas, standardize=not a.no_standardize, device=device, prior=prior, **options)
     attr.save(a.out)
     print(f"fitted {attr.method} attributions for {attr.n_examples} examples x {attr.n_components} components "
           f"from {attr.meta['n_masks']} masks; wrote {a.out}")
@@ -436,8 +465,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("fit", help="fit COAR attributions from complete shards (one pass, one factorisation)")
     s.add_argument("--stores", nargs="+", required=True)
-    s.add_argument("--method", choices=["ols", "ridge"], default="ols")
-    s.add_argument("--lambdas", type=_floats, help="ridge penalties (--method ridge; default 0.1,1,10,100,1000)")
+    s.add_argument("--method", choices=["ols", "ridge", "prior", "lowrank", "lasso"], default="ols",
+                   help="ols: least squares (the paper's); ridge: GCV per example; prior: ridge shrunk toward a "
+                        "scaled prior (--prior); lowrank: shrunk toward a subspace learned from all examples; "
+                        "lasso: lasso / elastic net")
+    s.add_argument("--lambdas", type=_floats, help="penalties (ridge: default 0.1,1,10,100,1000; prior, lowrank: "
+                                                   "default the number of masks times 10^-3 .. 10^3)")
+    s.add_argument("--prior", help="attribution file to shrink toward (--method prior), e.g. leave-one-out")
+    s.add_argument("--select", choices=["gcv", "holdout"],
+                   help="how --method prior and lowrank choose their penalties from the training masks: GCV on all "
+                        "of them (default) or a held-out part")
+    s.add_argument("--ranks", type=_ints, help="subspace ranks tried by --method lowrank (default 0,1,2,4,8,16)")
+    s.add_argument("--couplings", type=_floats, help="--method lowrank: how much less the learned subspace is "
+                                                     "penalized, in [0, 1] (default 0.5,0.9,0.99,1)")
+    s.add_argument("--ratios", type=_floats, help="lasso penalties as fractions of the smallest penalty that "
+                                                  "zeroes every attribution (default 13 values, 1 .. 1e-4)")
+    s.add_argument("--l1-ratio", type=float, help="lasso: 1 (default) lasso, in (0, 1) elastic net")
+    s.add_argument("--holdout-fraction", type=float,
+                   help="share of the training masks held out to choose penalties (default 0.2)")
     s.add_argument("--no-standardize", action="store_true")
     s.add_argument("--device", default="cpu", help="cpu (numpy) or cuda: float64 matrix products on the GPU")
     s.add_argument("--out", required=True)

@@ -111,32 +111,49 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
     return store
 
 
-def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequence[float] = (0.1, 1, 10, 100, 1000),
-               standardize: bool = True, device: str | None = None, max_masks: int | None = None) -> Attributions:
+def fit_stores(paths: Sequence[str | Path], method: str = "ols",
+               lambdas: Sequence[float] | None = (0.1, 1, 10, 100, 1000),
+               standardize: bool = True, device: str | None = None, max_masks: int | None = None,
+               prior: Attributions | None = None, **options) -> Attributions:
     """One streaming pass over complete, verified shards and one factorisation for all examples.
 
     max_masks: use only the first max_masks masks (shards in the given order), for sample-size studies.
+    method: "ols", "ridge" (GCV over ``lambdas``) or an estimator of :mod:`coar.estimators` ("prior" with
+    ``prior`` attributions of the same model, examples and components; "lowrank"; "lasso"), which take
+    ``options`` (select, ranks, couplings, ratios, l1_ratio, holdout_fraction) and ``lambdas`` (None: a grid scaled by
+    the number of masks).
     """
     if not paths:
         raise CoarError("no mask stores given to fit")
-    if method not in ("ols", "ridge"):
-        raise CoarError(f"regression method must be 'ols' or 'ridge', got {method!r}")
-    if method == "ridge":
+    if method not in regression.METHODS:
+        raise CoarError(f"regression method must be one of {', '.join(regression.METHODS)}; got {method!r}")
+    if method == "ridge" or (method in ("prior", "lowrank") and lambdas is not None):
         lams = np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
         if lams.size == 0 or not np.all(np.isfinite(lams)) or np.any(lams < 0):
             raise CoarError(f"ridge penalties (lambdas) must be finite and >= 0, got {lams.tolist()}")
+    if (prior is not None) != (method == "prior"):
+        raise CoarError('a prior is needed by method "prior" and by no other method' if prior is None else
+                        f"a prior was given, but method {method!r} does not use one")
     metas = [read_meta(p) for p in paths]
     provenance.check_fit_stores(paths, metas)
     meta = metas[0]
     fp = meta["components_fingerprint"]
+    if prior is not None:
+        prov = provenance.of(prior)
+        for key, what in provenance.FINGERPRINTS:
+            if prov.get(key) is not None and meta.get(key) is not None and prov[key] != meta[key]:
+                raise CoarError(f"the prior ({prior.method}) was computed for {what} {prov[key]}, the stores for "
+                                f"{meta[key]}; give a prior of the same model, examples and components")
     total = sum(int(mt["m"]) for mt in metas)
     if max_masks is not None and total < max_masks:
         raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {total}")
     m = total if max_masks is None else min(max_masks, total)
     used = np.cumsum([0] + [int(mt["m"]) for mt in metas])[:-1] < m  # stores that contribute masks
     prov = provenance.from_stores([mt for mt, u in zip(metas, used) if u])
+    if prior is not None:
+        options["prior"] = prior
     attr = regression.fit_chunks(load_shards(paths), m, meta["n_components"], meta["n_examples"], components=fp,
-                                 method=method, lambdas=lambdas, standardize=standardize, device=device)
+                                 method=method, lambdas=lambdas, standardize=standardize, device=device, **options)
     attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"), provenance=prov)
     return attr
 

@@ -97,6 +97,7 @@ __all__ = [
     "fit",
     "fit_chunks",
     "memory_plan",
+    "METHODS",
 ]
 
 _F32_EXACT_ROWS = 1 << 24  # 0/1 products sum exactly in float32 below this many rows
@@ -685,20 +686,25 @@ def fit_chunks(
     *,
     components: str,
     method: str = "ols",
-    lambdas: Sequence[float] = (0.1, 1, 10, 100, 1000),
+    lambdas: Sequence[float] | None = (0.1, 1, 10, 100, 1000),
     standardize: bool = True,
     device=None,
+    **options,
 ) -> Attributions:
     """Fit on the first ``m`` masks of a stream of ``(keep [k, C], y [k, N])`` chunks, read once.
 
     OLS with fewer masks than components uses the dual form on the concatenated masks; otherwise one
     :class:`GramAccumulator` pass (fed the chunks as they come: the float64 sums depend on the chunking, so
     the same chunks give bitwise the same fit) and one factorisation (ridge: the penalty per example by GCV
-    over ``lambdas``). ``components`` is the component-set fingerprint the attributions carry (``""`` only
-    when there is no component set). Raises CoarError when the stream holds fewer than ``m`` masks.
+    over ``lambdas``). The estimators of :mod:`coar.estimators` (``method`` "prior", "lowrank", "lasso") take
+    their ``options`` (e.g. ``prior``, ``select``, ``ranks``, ``l1_ratio``, ``holdout_fraction``); where they
+    select on held-out training masks, the last ``holdout_fraction`` of the ``m`` masks go to a second
+    accumulator. ``components`` is the component-set fingerprint the attributions carry (``""`` only when
+    there is no component set). Raises CoarError when the stream holds fewer than ``m`` masks.
     """
-    if method not in ("ols", "ridge"):
-        raise CoarError(f"regression method must be 'ols' or 'ridge', got {method!r}")
+    _check_method(method)
+    if options and method in ("ols", "ridge"):
+        raise CoarError(f"options {sorted(options)} do not apply to method {method!r}")
     m = int(m)
     if method == "ols" and m >= 2 and memory_plan(m, n_components, n_examples)["chosen"] == "dual":
         # fewer masks than components: the M x M kernel instead of the C x C Gram (the same minimum-norm fit)
@@ -706,28 +712,63 @@ def fit_chunks(
         if len(keep) < m:
             raise CoarError(f"asked to fit on {m} masks, the stores hold only {len(keep)}")
         return fit_dual(keep, y, standardize=standardize, components=components, device=device)
-    acc = GramAccumulator(n_components, n_examples, device=device)
+    split = method == "lasso" or options.get("select") == "holdout"
+    n_fit = m - int(round(float(options.get("holdout_fraction", 0.2)) * m)) if split else m
+    accs = [GramAccumulator(n_components, n_examples, device=device)]
+    if split:
+        accs.append(GramAccumulator(n_components, n_examples, device=device))
+    seen = 0
     for keep, y in chunks:
-        keep, y = keep[: m - acc.m], y[: m - acc.m]
+        keep, y = keep[: m - seen], y[: m - seen]
         if len(keep) == 0:
             break
-        acc.add(keep, y)
-    if acc.m < m:
-        raise CoarError(f"asked to fit on {m} masks, the stores hold only {acc.m}")
+        cut = max(0, min(len(keep), n_fit - seen))
+        if cut:
+            accs[0].add(keep[:cut], y[:cut])
+        if cut < len(keep):
+            accs[-1].add(keep[cut:], y[cut:])
+        seen += len(keep)
+    if seen < m:
+        raise CoarError(f"asked to fit on {m} masks, the stores hold only {seen}")
     if method == "ols":
-        return fit_ols(acc, standardize=standardize, components=components, device=device)
-    return fit_ridge(acc, list(lambdas), select="gcv", standardize=standardize, components=components, device=device)
+        return fit_ols(accs[0], standardize=standardize, components=components, device=device)
+    if method == "ridge":
+        return fit_ridge(accs[0], list(lambdas), select="gcv", standardize=standardize, components=components,
+                         device=device)
+    if method != "lasso":
+        options["lambdas"] = lambdas
+    return fit(tuple(accs) if split else accs[0], method, standardize=standardize, components=components,
+               device=device, **options)
+
+
+METHODS = ("ols", "ridge", "prior", "lowrank", "lasso")
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise CoarError(f"regression method must be one of {', '.join(METHODS)}; got {method!r}")
 
 
 def fit(data, method: str = "ols", **kwargs) -> Attributions:
     """Dispatch: ``data`` is a GramAccumulator, a Factorization or a (keep, y) pair.
 
-    A (keep, y) pair with fewer masks than components and ``method="ols"`` goes to
-    :func:`fit_dual`; otherwise it is accumulated and fitted in primal form. ``kwargs`` go to the fit and
-    must name ``components`` (the component-set fingerprint; ``""`` to say there is none).
+    ``method``: "ols" (:func:`fit_ols`; a (keep, y) pair with fewer masks than components goes to
+    :func:`fit_dual`), "ridge" (:func:`fit_ridge`), or one of :mod:`coar.estimators`: "prior"
+    (:func:`~coar.estimators.fit_prior`, needs ``prior=``), "lowrank" (:func:`~coar.estimators.fit_lowrank`),
+    "lasso" (:func:`~coar.estimators.fit_lasso`); the last three also take a pair of accumulators (fit part,
+    held-out part). ``kwargs`` go to the fit and must name ``components`` (the component-set fingerprint;
+    ``""`` to say there is none).
     """
-    if method not in ("ols", "ridge"):
-        raise CoarError(f'method must be "ols" or "ridge", got {method!r}')
+    _check_method(method)
+    if method in ("prior", "lowrank", "lasso"):
+        from . import estimators
+
+        if method == "lasso" and kwargs.pop("lambdas", None) is not None:
+            raise CoarError("the lasso takes penalty ratios (ratios=...), not lambdas")
+        if method == "prior" and kwargs.get("prior") is None:
+            raise CoarError('method "prior" needs prior= (attributions to shrink toward, e.g. leave-one-out)')
+        return {"prior": estimators.fit_prior, "lowrank": estimators.fit_lowrank,
+                "lasso": estimators.fit_lasso}[method](data, **kwargs)
     if isinstance(data, (tuple, list)):
         if len(data) != 2:
             raise CoarError("data must be a GramAccumulator, a Factorization or a (keep, y) pair")

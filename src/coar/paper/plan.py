@@ -89,7 +89,7 @@ RULE_KEYS = {
     "examples": ("dataset", "examples", "seed"),
     "model": ("dataset", "model", "pretrained", "num_classes", "in_channels", "image_size", "train", "seed"),
     "sample_shard": ("model", "components", "output", "scheme", "ablation", "gamma", "dtype", "precision"),
-    "fit": ("regression", "lambdas"),
+    "fit": ("regression", "lambdas", "estimator"),
     "baseline": ("model", "components", "output", "ablation", "gamma", "baseline_options"),
     "evaluate": ("alpha_train",),
     "fig2": ("title", "model", "dataset", "masks", "alpha_train", "examples"),
@@ -99,7 +99,7 @@ RULE_KEYS = {
 
 # Top-level setup keys added after results existed: left out of the params at their null default, like the
 # nested ones (`setup_spec`), so that finished jobs do not rerun.
-LATE_KEYS = ("precision", "baseline_options")
+LATE_KEYS = ("precision", "baseline_options", "estimator")
 
 # Which setup's artifact a setup uses: a variant (`parent:`) reuses its parent's artifact of a kind when the keys
 # that kind depends on, and the artifacts it is made from, are the same. So a variant that changes alpha_train
@@ -336,6 +336,9 @@ class Plan:
                             f"{corruption['name']!r} is not a corruption for {s['dataset']} (one of {', '.join(names)})")
             if s["examples"]["split"] != "test":
                 self._error(f"setups.{name}.examples.split", "corrupted examples are made from the test split")
+        if s.get("regression") == "prior" and not (s.get("estimator") or {}).get("prior"):
+            self._error(f"setups.{name}.estimator.prior", "regression prior needs the attributions it shrinks toward: "
+                                                          "estimator.prior, one of loo, gp, nc or ii")
         if len(set(s["alpha_test"])) != len(s["alpha_test"]):
             self._error(f"setups.{name}.alpha_test", f"repeated values in {s['alpha_test']}")
 
@@ -522,9 +525,11 @@ class Plan:
         keys, deps = OWNED[kind]
         s = setup
         while (parent := self.setups[s].get("parent")) is not None:
-            if any(self.setups[s][k] != self.setups[parent][k] for k in keys):
+            if any(self.setups[s].get(k) != self.setups[parent].get(k) for k in keys):
                 break
-            if any(self.owner(s, d) != self.owner(parent, d) for d in deps):
+            # a fit shrunk toward a baseline's attributions is made from them too
+            extra = ("baseline",) if kind == "fit" and self._prior(s) else ()
+            if any(self.owner(s, d) != self.owner(parent, d) for d in deps + extra):
                 break
             s = parent
         return s
@@ -553,6 +558,23 @@ class Plan:
     def shard_receipts(self, setup, split):
         n = len(self.shard_sizes(setup)) if split == "train" else 1
         return [f"results/{setup}/masks/{split}/shard-{i:03d}.json" for i in range(n)]
+
+    def _prior(self, setup):
+        """The baseline a setup's fit is shrunk toward (`regression: prior`), else None."""
+        s = self.setups[setup]
+        return (s.get("estimator") or {}).get("prior") if s.get("regression") == "prior" else None
+
+    def fit_inputs(self, setup):
+        """The fit's inputs: the training masks' receipt, and with `regression: prior` the baseline attributions
+        it shrinks toward."""
+        inputs = {"receipt": self.train_receipt(setup)}
+        if self._prior(setup):
+            inputs["prior"] = self.attribution_file(setup, self._prior(setup))
+        return inputs
+
+    def efficiency_setups(self):
+        """Setups of the efficiency study: `efficiency.setups`, by default those of Fig. 2."""
+        return (self.config.get("efficiency") or {}).get("setups") or self.figure_setups("fig2")
 
     def attribution_file(self, setup, method):
         who = self.owner(setup, "fit" if method == "coar" else "baseline")
