@@ -1,5 +1,6 @@
 # Attribution accuracy against the forward-pass budget: every estimator of coar.regression on the first
-# masks of each setup's training stores, the priors' own forward passes counted (benchmarks/efficiency.py).
+# masks of each setup's training stores, the priors' own forward passes counted (coar.paper.efficiency;
+# benchmarks/efficiency.py runs the same study from the command line).
 # Not part of `all`: it refits every estimator at six budgets per setup (minutes on a CPU, the lasso most).
 
 
@@ -8,7 +9,6 @@ rule efficiency:
         train=lambda w: [train_receipt(s) for s in efficiency_setups()],
         test=lambda w: [test_receipt(s, SETUPS[s]["alpha_train"]) for s in efficiency_setups()],
         priors=lambda w: [attribution_file(s, p) for s in efficiency_setups() for p in ("loo", "gp")],
-        study="benchmarks/efficiency.py",
     output:
         figure=report(
             "figures/efficiency.pdf",

@@ -3,10 +3,9 @@ against numpy lstsq), better than least squares at few masks where their model h
 attribution matrix, sparse attributions), hyperparameters chosen on training masks only, bad input refused."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from coar import estimators
@@ -14,7 +13,6 @@ from coar.attributions import Attributions
 from coar.errors import CoarError, ShapeError
 from coar.regression import GramAccumulator, factorize, fit, fit_chunks
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def exact_masks(rng, m, c, k):
@@ -172,7 +170,7 @@ def test_holdout_selection_is_the_argmin_on_the_held_out_training_masks():
 def test_benchmark_never_chooses_on_evaluation_masks():
     """The efficiency benchmark's fits are the same whatever the evaluation masks hold: with adversarial
     evaluation outputs (reversed), the correlations change sign and every fit stays bitwise the same."""
-    from efficiency import run_setup
+    from coar.paper.efficiency import run_setup
 
     rng = np.random.default_rng(6)
     m, c, n = 160, 24, 12
@@ -327,3 +325,25 @@ def test_workflow_fit_takes_the_estimator_from_the_setup(tmp_path):
     cfg.write_text(text.replace("  T_scale:\n", "  T_bad:\n    parent: T\n    regression: prior\n  T_scale:\n", 1))
     r = snakemake("-n", "results/T_bad/attributions/coar.npz", f"--configfile={cfg}", "--directory", str(tmp_path))
     assert r.returncode != 0 and "config error at `setups.T_bad.estimator.prior`" in r.stdout + r.stderr
+
+
+def test_the_efficiency_figure_has_a_panel_per_setup_and_a_line_per_estimator(tmp_path):
+    from coar.paper.efficiency import run_setup
+    from coar.paper.plots.efficiency import fig_efficiency
+    from coar.paper.plots.style import save_figure
+
+    rng = np.random.default_rng(8)
+    rows = []
+    for setup in ("S1", "S2"):
+        X, Y, W = planted_lowrank(rng, 160, 24, 12, rank=2, noise=0.5)
+        Xt = rng.random((60, 24)) < 0.9
+        Yt = Xt @ W.T + 0.5 * rng.normal(size=(60, 12))
+        rows += run_setup(setup, (X, Y), (Xt, Yt), {"gp": attr(W + rng.normal(size=W.shape), name="gp")},
+                          names=["ols", "ridge", "prior-gp"])
+    fig = fig_efficiency(pd.DataFrame(rows), "provenance text", {"S1": "first", "S2": "second"})
+    panels = [ax for ax in fig.axes if ax.get_xlabel()]
+    assert len(panels) == 2
+    labels = [t.get_text() for t in panels[-1].get_legend().get_texts()]
+    assert labels[:3] == ["least squares (COAR)", "ridge (GCV)", "shrunk to grad x param"] and "gp alone" in labels[3]
+    assert any("provenance text" in t.get_text() for t in fig.texts)
+    assert save_figure(fig, tmp_path / "efficiency.pdf").read_bytes()[:5] == b"%PDF-"

@@ -51,6 +51,7 @@ from typing import Sequence
 import numpy as np
 
 from .attributions import Attributions
+from . import gram as reg
 from .errors import CoarError, ShapeError
 
 __all__ = ["METHODS", "fit_prior", "fit_lowrank", "fit_lasso", "default_lambdas", "split_holdout"]
@@ -67,18 +68,11 @@ def default_lambdas(m: int) -> np.ndarray:
     return float(m) * _REL_LAMBDAS
 
 
-def _reg():
-    from . import regression  # deferred: regression dispatches to this module
-
-    return regression
-
-
 # --------------------------------------------------------------------------------- data
 class _Holdout:
     """Held-out training masks, scored in the standardized coordinates of a factorisation."""
 
     def __init__(self, data, fac):
-        reg = _reg()
         self.fac = fac
         if isinstance(data, reg.GramAccumulator):
             h = data.m
@@ -118,7 +112,6 @@ def split_holdout(data, holdout_fraction: float):
     held out; masks are i.i.d., so the order does not matter), or a pair of GramAccumulators (fit part,
     held-out part) collected separately.
     """
-    reg = _reg()
     f = float(holdout_fraction)
     if not 0.0 < f < 1.0:
         raise CoarError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
@@ -144,7 +137,6 @@ def split_holdout(data, holdout_fraction: float):
 
 
 def _factorize(data, standardize, rcond, device):
-    reg = _reg()
     if isinstance(data, reg.Factorization):
         return reg._as_factorization(data, standardize, rcond, device)
     if isinstance(data, reg.GramAccumulator):
@@ -177,7 +169,6 @@ def _to_attributions(fac, u: np.ndarray, method: str, components: str, meta: dic
         const = fac.dinv == 0
         w[const] = w_const[const]
     b = fac.ybar - fac.xbar @ w
-    reg = _reg()
     return Attributions(w.T, b, method, components, {**reg._primal_meta(fac), **meta})
 
 

@@ -1,0 +1,185 @@
+"""Attribution accuracy against the forward-pass budget: every estimator of coar.regression on the first m_b
+training masks of a setup's stores, scored on the same evaluation masks.
+
+The budget counts forward passes over all examples in mask-equivalents: the training masks used, plus the
+prior's own passes (leave-one-out: one pass per component plus the unablated model, C + 1; gradient x
+parameter: a forward and a backward pass, counted as 3). Budgets are m/16, m/8, m/4, m/2 and m, where m is
+the setup's number of training masks, plus the mask count that makes the total exactly m/3 for each
+estimator (the goal: OLS-at-m's mean correlation within a third of its budget). Penalties, scales and ranks
+are chosen on training masks only (GCV or a held-out part of them); the evaluation masks are used only to
+score.
+
+`benchmarks/efficiency.py` runs it from the command line and the workflow's `efficiency` rule on its
+stores; both read results/<setup>/masks/train.json, the evaluation store at the training alpha
+(results/<setup>/masks/test-<alpha>.json) and, when present, results/<setup>/attributions/{loo,gp}.npz.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..attributions import Attributions
+from ..correlation import pearson_columns
+from ..errors import CoarError
+from ..regression import fit
+from ..store import load_shards, read_meta
+
+PRIOR_COST = {"loo": lambda c: c + 1, "gp": lambda c: 3}
+LASSO_RATIOS = list(np.logspace(0, -3, 7))  # a shorter path than the library's default: the lasso is slow at C = 448
+FRACTIONS = (("m/16", 1 / 16), ("m/8", 1 / 8), ("m/4", 1 / 4), ("m/2", 1 / 2), ("m", 1.0))
+
+
+def estimators(priors: dict) -> dict:
+    """name -> (method, fit options, prior name or None)."""
+    out = {"ols": ("ols", {}, None), "ridge": ("ridge", {"lambdas": [0.1, 1, 10, 100, 1000]}, None)}
+    for name in priors:
+        out[f"prior-{name}"] = ("prior", {"prior": priors[name]}, name)
+    out["lowrank"] = ("lowrank", {}, None)
+    out["lasso"] = ("lasso", {"ratios": LASSO_RATIOS}, None)
+    return out
+
+
+def fit_estimator(method: str, options: dict, keep: np.ndarray, y: np.ndarray) -> Attributions:
+    """Fit on training masks only: nothing about evaluation masks is an argument."""
+    if method == "ridge":
+        return fit((keep, y), "ridge", select="gcv", components="", **options)
+    return fit((keep, y), method, components="", **options)
+
+
+def chosen(attr: Attributions) -> str:
+    """The hyperparameters an estimator chose, in brief."""
+    parts = []
+    if "ranks" in attr.meta:
+        parts.append(f"rank {attr.meta['rank']}, coupling {attr.meta['coupling']:g}")
+    if attr.meta.get("lambda") and np.any(attr.meta["lambda"]):
+        parts.append(f"median lambda/m {np.median(attr.meta['lambda']) / attr.meta['n_masks']:.3g}")
+    if "scale" in attr.meta:
+        parts.append(f"median scale {np.median(attr.meta['scale']):.3g}")
+    if "nonzero" in attr.meta:
+        parts.append(f"median nonzero {np.median(attr.meta['nonzero']):.0f}")
+    return "; ".join(parts)
+
+
+def mask_counts(m: int, c: int, prior: str | None) -> list[tuple[str, int]]:
+    cost = PRIOR_COST[prior](c) if prior else 0
+    counts = [(label, max(2, int(round(f * m)))) for label, f in FRACTIONS]
+    third = m // 3 - cost
+    if third >= 8:
+        counts.append(("m/3 total", third))
+    return counts
+
+
+def run_setup(setup: str, train: tuple, test: tuple, priors: dict, names=None, attributions: dict | None = None):
+    """Rows (setup, estimator, label, masks, budget, ratio, mean, sem, chosen) for one setup.
+
+    ``train`` and ``test`` are (keep, y) pairs; every fit sees the first masks of ``train`` only.
+    ``attributions`` (a dict) receives every fit, keyed by (estimator, masks).
+    """
+    keep, y = train
+    m, c = keep.shape
+    rows = []
+    for name, (method, options, prior) in estimators(priors).items():
+        if names and name not in names:
+            continue
+        cost = PRIOR_COST[prior](c) if prior else 0
+        for label, mb in mask_counts(m, c, prior):
+            t0 = time.perf_counter()
+            attr = fit_estimator(method, options, keep[:mb], y[:mb])
+            secs = time.perf_counter() - t0
+            if attributions is not None:
+                attributions[(name, mb)] = attr
+            r = np.nan_to_num(pearson_columns(test[1], attr.predict(test[0])), nan=0.0)
+            rows.append({"setup": setup, "estimator": name, "label": label, "masks": mb, "budget": mb + cost,
+                         "ratio": (mb + cost) / m, "mean_correlation": float(r.mean()),
+                         "sem": float(r.std(ddof=1) / np.sqrt(len(r))), "chosen": chosen(attr), "fit_s": secs})
+    for name, attr in priors.items():  # the prior alone, at its own cost
+        if names and f"prior-{name}" not in names:
+            continue
+        r = np.nan_to_num(pearson_columns(test[1], attr.predict(test[0])), nan=0.0)
+        cost = PRIOR_COST[name](c)
+        rows.append({"setup": setup, "estimator": f"{name} alone", "label": "-", "masks": 0, "budget": cost,
+                     "ratio": cost / m, "mean_correlation": float(r.mean()),
+                     "sem": float(r.std(ddof=1) / np.sqrt(len(r))), "chosen": "", "fit_s": 0.0})
+    return rows
+
+
+def load_receipt(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """All masks and outputs of a gathered split (its receipt lists the stores, relative to ``root``)."""
+    stores = json.loads(Path(path).read_text())["stores"]
+    return tuple(np.concatenate(parts) for parts in zip(*load_shards([root / s for s in stores], dtype=np.float64)))
+
+
+def load_study(train_receipt: Path, test_receipt: Path, prior_files, root: Path):
+    """(train, test, priors): the priors (name -> Attributions) checked against the stores' component set."""
+    train, test = load_receipt(train_receipt, root), load_receipt(test_receipt, root)
+    fp = read_meta(root / json.loads(Path(test_receipt).read_text())["stores"][0])["components_fingerprint"]
+    priors = {}
+    for f in map(Path, prior_files):
+        attr = Attributions.load(f)
+        if attr.components != fp:
+            raise CoarError(f"{f} was computed on another component set than the masks of {test_receipt}")
+        priors[f.stem] = Attributions(attr.weights, attr.bias, f.stem, "", attr.meta)
+    return train, test, priors
+
+
+def load_setup(results: Path, setup: str):
+    """A setup's stores and priors as the workflow leaves them under ``results``."""
+    masks = results / setup / "masks"
+    alpha = float(json.loads((masks / "train.json").read_text())["alpha"])
+    test_path = masks / f"test-{alpha:g}.json"
+    if not test_path.exists():
+        raise CoarError(f"{test_path} is missing: sample the evaluation masks at alpha_train first")
+    files = [results / setup / "attributions" / f"{name}.npz" for name in PRIOR_COST]
+    train, test, priors = load_study(masks / "train.json", test_path, [f for f in files if f.exists()],
+                                     results.parent)
+    return train, test, priors, alpha
+
+
+def goal(df: pd.DataFrame) -> pd.DataFrame:
+    """Per setup: OLS at m, and for each estimator the smallest budget (linear interpolation along its curve of
+    budgets) at which it reaches that mean correlation, as a fraction of m."""
+    out = []
+    for setup, d in df.groupby("setup"):
+        full = d[(d.estimator == "ols") & (d.label == "m")]
+        target = float(full.mean_correlation.iloc[0])
+        m = int(full.masks.iloc[0])
+        for name, e in d[d.masks > 0].groupby("estimator"):
+            e = e.sort_values("budget")
+            b, r = e.budget.to_numpy(float), e.mean_correlation.to_numpy()
+            hit = np.nonzero(r >= target)[0]
+            if len(hit) == 0:
+                reach = np.nan
+            elif hit[0] == 0:
+                reach = b[0]
+            else:
+                i = hit[0]
+                reach = b[i - 1] + (target - r[i - 1]) * (b[i] - b[i - 1]) / (r[i] - r[i - 1])
+            third = e[e.label == "m/3 total"]
+            out.append({"setup": setup, "estimator": name, "ols_at_m": target,
+                        "at_third": float(third.mean_correlation.iloc[0]) if len(third) else np.nan,
+                        "budget_ratio_to_reach": reach / m})
+    return pd.DataFrame(out)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    lines = []
+    for setup, d in df.groupby("setup"):
+        m = int(d[(d.estimator == "ols") & (d.label == "m")].masks.iloc[0])
+        labels = [lab for lab, _ in FRACTIONS] + ["m/3 total"]
+        lines += [f"\n**{setup}** (m = {m:,}; cell: mean correlation ± SEM, total budget / m)\n",
+                  "| estimator | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+        for name, e in d.groupby("estimator", sort=False):
+            if name.endswith("alone"):
+                row = e.iloc[0]
+                cells = [f"{row['mean_correlation']:.3f} ± {row['sem']:.3f} ({row['ratio']:.2f})"]
+                cells += [""] * (len(labels) - 1)
+            else:
+                by = {r.label: r for r in e.itertuples()}
+                cells = [f"{by[lab].mean_correlation:.3f} ± {by[lab].sem:.3f} ({by[lab].ratio:.2f})" if lab in by
+                         else "-" for lab in labels]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
