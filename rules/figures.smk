@@ -290,7 +290,7 @@ rule fig_backdoor_saliency:
         maps="results/fig24/saliency.npz",
         table="results/fig24/summary.csv",
     output:
-        figure=report("figures/fig24.pdf", caption="../workflow/report/figure.rst", category="Editing"),
+        figure=report("figures/fig24.pdf", caption="../workflow/report/fig24.rst", category="Editing"),
     params:
         options=lambda w: config["figures"]["fig24"],
         edit=lambda w: config["edits"][edit_figure("fig24")],
