@@ -112,6 +112,32 @@ def test_edit_granularity_study_plans_on_the_default_preset(tmp_path):
     assert [j["output"] for j in jobs if j["rule"] == "model"] == ["results/R/model.pt"]
 
 
+def test_efficiency_edit_study_plans_on_the_default_preset(tmp_path):
+    """config/efficiency-edit.yaml repeats fix_B with attributions shrunk toward leave-one-out on fewer masks:
+    the variants share B's model, examples and LOO attributions, sample only their own training masks, and
+    each fit shrinks toward B's LOO file."""
+    r = snakemake("-n", *[f"results/edits/{e}/summary.csv" for e in ("fix_B", "fix_B_q", "fix_B_t")],
+                  "--configfile", str(ROOT / "config/config.yaml"), str(ROOT / "config/efficiency-edit.yaml"),
+                  "--directory", str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["model"] == 1 and counts["edit_single"] == 3 and counts["fit"] == 3
+    assert counts["baseline"] == 1  # B's leave-one-out, computed once for both variants
+    jobs = _dry_run_jobs(out)
+    shards = sorted(j["output"] for j in jobs if j["rule"] == "sample_shard")
+    assert shards == [f"results/{s}/masks/train/shard-{i:03d}.json" for s in ("B", "B_q", "B_t") for i in (0, 1)]
+    fits = {j["output"]: j["input"] for j in jobs if j["rule"] == "fit"}
+    assert fits == {"results/B/attributions/coar.npz": "results/B/masks/train.json",
+                    "results/B_q/attributions/coar.npz": "results/B_q/masks/train.json, results/B/attributions/loo.npz",
+                    "results/B_t/attributions/coar.npz": "results/B_t/masks/train.json, results/B/attributions/loo.npz"}
+    edits = {j["output"].split(",")[0]: j["input"] for j in jobs if j["rule"] == "edit_single"}
+    for edit, setup in (("fix_B", "B"), ("fix_B_q", "B_q"), ("fix_B_t", "B_t")):
+        assert edits[f"results/edits/{edit}/sweep.csv"] == (f"results/B/model.pt, data/B/examples.npz, "
+                                                            f"results/{setup}/attributions/coar.npz, "
+                                                            f"data/B/heldout-1000.npz")
+
+
 def test_variant_shares_what_it_does_not_change(tmp_path):
     r = snakemake("-n", "figures/fig13.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory", str(tmp_path))
     counts = job_counts(r.stdout + r.stderr)
