@@ -121,6 +121,11 @@ RUN_BY = {
     r"^snakemake -n$": ["tests/test_dvc.py::test_dvc_round_trip"],
     r"^bash benchmarks/gpu\.sh": ["tests/test_gpu_script.py::test_gpu_script_tiny_runs_every_section",
                                    "tests/test_cuda.py"],
+    # overlays on the default preset: their plans are tested; the measured runs are in docs/benchmarks.md
+    r"--configfile config/config\.yaml config/efficiency-edit\.yaml$": [
+        "tests/test_workflow.py::test_efficiency_edit_study_plans_on_the_default_preset"],
+    r"--configfile config/config\.yaml config/mask-designs\.yaml$": [
+        "tests/test_workflow.py::test_mask_design_study_plans_on_the_default_preset"],
     r"^python workflow/rehearsal/rehearse\.py": [
         "tests/test_rehearsal.py::test_every_rule_of_the_paper_preset_runs_and_every_figure_is_built"],
 }
