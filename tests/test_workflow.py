@@ -138,6 +138,25 @@ def test_efficiency_edit_study_plans_on_the_default_preset(tmp_path):
                                                             f"data/B/heldout-1000.npz")
 
 
+def test_mask_design_study_plans_on_the_default_preset(tmp_path):
+    """config/mask-designs.yaml: A's model and examples trained and drawn once, every design's training masks
+    sampled apart (the scheme is part of the store), and every fit scored on A's own evaluation masks."""
+    variants = ("A", "A_exact_q", "A_bern", "A_bern_q", "A_bal", "A_bal_q")
+    targets = [f"results/{v}/evaluation/on-A/alpha-{a}.csv" for v in variants for a in ("0.1", "0.15")]
+    r = snakemake("-n", *targets, "--configfile", str(ROOT / "config/config.yaml"),
+                  str(ROOT / "config/mask-designs.yaml"), "--directory", str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["model"] == 1 and counts["fit"] == 6 and counts["evaluate_on"] == 12
+    jobs = _dry_run_jobs(out)
+    shards = {j["output"] for j in jobs if j["rule"] == "sample_shard"}
+    assert shards == ({f"results/{v}/masks/train/shard-{i:03d}.json" for v in variants for i in (0, 1)}
+                      | {f"results/A/masks/test-{a}/shard-000.json" for a in ("0.1", "0.15")})
+    tests = {j["input"].split(", ")[1] for j in jobs if j["rule"] == "evaluate_on"}
+    assert tests == {"results/A/masks/test-0.1.json", "results/A/masks/test-0.15.json"}
+
+
 def test_variant_shares_what_it_does_not_change(tmp_path):
     r = snakemake("-n", "figures/fig13.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory", str(tmp_path))
     counts = job_counts(r.stdout + r.stderr)
