@@ -365,6 +365,22 @@ def test_ci_preset_end_to_end(tmp_path):
     assert all(f"fig{n}.pdf" in html for n in (2, 3, 4, 5, 6, 8, 13, 14, 24, 25, 26, 27))
     again = snakemake("-n", *args)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # the efficiency study (not part of `all`): as a workflow target, then from its command line on the same
+    # stores; both give the same table
+    eff = snakemake("figures/efficiency.pdf", *args, timeout=900)
+    assert eff.returncode == 0, (eff.stdout + eff.stderr)[-4000:]
+    curves = pd.read_csv(tmp_path / "results/efficiency/curves.csv")
+    assert {"ols", "ridge", "prior-loo", "prior-gp", "lowrank", "lasso", "loo alone"} <= set(curves.estimator)
+    assert curves.query("estimator == 'ols' and label == 'm'").mean_correlation.iloc[0] > 0.3
+    assert (tmp_path / "figures/efficiency.pdf").read_bytes()[:4] == b"%PDF"
+    cli = subprocess.run([sys.executable, str(ROOT / "benchmarks/efficiency.py"), "--results", str(tmp_path / "results"),
+                          "--setups", "T", "--csv", str(tmp_path / "cli.csv")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=900)
+    assert cli.returncode == 0, (cli.stdout + cli.stderr)[-3000:]
+    again_cli = pd.read_csv(tmp_path / "cli.csv")
+    key = ["estimator", "label"]
+    pd.testing.assert_frame_equal(curves.sort_values(key)[key + ["masks", "mean_correlation"]].reset_index(drop=True),
+                                  again_cli.sort_values(key)[key + ["masks", "mean_correlation"]].reset_index(drop=True))
 
 
 @pytest.mark.slow
