@@ -121,8 +121,20 @@ RUN_BY = {
     r"^snakemake -n$": ["tests/test_dvc.py::test_dvc_round_trip"],
     r"^bash benchmarks/gpu\.sh": ["tests/test_gpu_script.py::test_gpu_script_tiny_runs_every_section",
                                    "tests/test_cuda.py"],
+    r"^python benchmarks/efficiency\.py": ["tests/test_workflow.py::test_ci_preset_end_to_end"],
+    r"^snakemake --cores 1 figures/efficiency\.pdf": ["tests/test_workflow.py::test_ci_preset_end_to_end"],
     r"^python workflow/rehearsal/rehearse\.py": [
         "tests/test_rehearsal.py::test_every_rule_of_the_paper_preset_runs_and_every_figure_is_built"],
+}
+
+
+# Study overlays whose runs take minutes to hours of sampling: a test plans each (every job, its inputs and
+# params, on a dry run); the measured runs are in docs/benchmarks.md with their commands.
+PLANNED_BY = {
+    r"--configfile config/config\.yaml config/efficiency-edit\.yaml$": [
+        "tests/test_workflow.py::test_efficiency_edit_study_plans_on_the_default_preset"],
+    r"--configfile config/config\.yaml config/mask-designs\.yaml$": [
+        "tests/test_workflow.py::test_mask_design_study_plans_on_the_default_preset"],
 }
 
 
@@ -133,9 +145,10 @@ def _test_exists(node: str) -> bool:
 
 
 @pytest.mark.parametrize("code", [p for p in _blocks("bash") if not _coar_only(p.values[0])])
-def test_every_other_shell_command_is_run_by_a_named_test(code):
+def test_every_other_shell_command_is_run_or_planned_by_a_named_test(code):
     for cmd in _commands(code):
-        nodes = [n for pattern, ns in RUN_BY.items() if re.search(pattern, cmd) for n in ns]
+        nodes = [n for table in (RUN_BY, PLANNED_BY) for pattern, ns in table.items() if re.search(pattern, cmd)
+                 for n in ns]
         assert nodes, f"`{cmd}` is run by no test: run it in one and name the test in RUN_BY"
         missing = [n for n in nodes if not _test_exists(n)]
         assert not missing, f"`{cmd}`: {missing} do not exist"

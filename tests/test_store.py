@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from coar.errors import CoarError, ShapeError, StoreError, StoreMismatchError
-from coar.sampling import BLOCK_ROWS, iter_mask_chunks, n_ablated, sample_masks
+from coar.sampling import BLOCK_ROWS, balance_group, iter_mask_chunks, n_ablated, sample_masks
 from coar.store import COMPLETE_FILE, ShardStore, load_shards, run_shard, verify
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -85,7 +85,7 @@ def test_bernoulli_fraction_within_4_std():
     assert np.unique(ablated.sum(axis=1)).size > 5
 
 
-@pytest.mark.parametrize("scheme", ["exact", "bernoulli"])
+@pytest.mark.parametrize("scheme", ["exact", "bernoulli", "balanced"])
 def test_masks_deterministic_and_differ_across_shards_and_seeds(scheme):
     a = sample_masks(64, 100, 0.3, seed=1, shard=2, scheme=scheme)
     b = sample_masks(64, 100, 0.3, seed=1, shard=2, scheme=scheme)
@@ -98,7 +98,7 @@ def test_masks_deterministic_and_differ_across_shards_and_seeds(scheme):
     assert (a != other_shard).any(axis=1).mean() > 0.99
 
 
-@pytest.mark.parametrize("scheme", ["exact", "bernoulli"])
+@pytest.mark.parametrize("scheme", ["exact", "bernoulli", "balanced"])
 @pytest.mark.parametrize("chunk_rows", [1, 7, BLOCK_ROWS, BLOCK_ROWS + 1, 1000])
 def test_chunked_generation_equals_one_shot(scheme, chunk_rows):
     n = 3 * BLOCK_ROWS + 5  # crosses block boundaries
@@ -108,6 +108,58 @@ def test_chunked_generation_equals_one_shot(scheme, chunk_rows):
     assert np.array_equal(np.concatenate(chunks), full)
     # a prefix of a longer run equals the shorter run
     assert np.array_equal(sample_masks(30, n + 50, 0.2, seed=9, shard=1, scheme=scheme)[:n], full)
+
+
+# (C, alpha, group size r): r = min(round(1/alpha), C // k); the setups' designs, one that covers C exactly,
+# one where round(1/alpha) * k > C, one where 1/alpha is not an integer, and k = 0
+BALANCED = [(200, 0.05, 20), (104, 0.10, 10), (448, 0.05, 20), (104, 0.15, 6), (30, 0.3, 3), (10, 0.0, 1)]
+
+
+@pytest.mark.parametrize("n_components,alpha,r", BALANCED)
+def test_balanced_scheme_groups_ablate_disjoint_sets(n_components, alpha, r):
+    m = 5 * BLOCK_ROWS + 3  # several random streams, and a last group cut short
+    keep = sample_masks(n_components, m, alpha, seed=4, shard=1, scheme="balanced")
+    k = n_ablated(n_components, alpha)
+    assert balance_group(n_components, alpha) == r
+    assert keep.shape == (m, n_components) and np.all((~keep).sum(axis=1) == k)
+    for g in range(0, m, r):
+        counts = (~keep[g:g + r]).sum(axis=0)
+        assert counts.max() <= 1, f"a component is ablated twice in the group at row {g}"
+        if g + r <= m and r * k == n_components:
+            assert np.all(counts == 1)  # a full group covers every component once
+    if k:  # consecutive groups are not copies of one another
+        assert not np.array_equal(keep[:r], keep[r:2 * r])
+
+
+def test_balanced_scheme_ablates_every_component_equally_often():
+    c, alpha = 200, 0.05  # r * k = C: every component exactly once per group of 20
+    keep = sample_masks(c, 1000, alpha, seed=2, scheme="balanced")
+    assert np.all((~keep).sum(axis=0) == 1000 // 20)
+    exact = sample_masks(c, 1000, alpha, seed=2, scheme="exact")
+    assert np.unique((~exact).sum(axis=0)).size > 1  # the exact scheme does not balance
+
+
+def test_balanced_groups_restart_at_every_shard():
+    a = sample_masks(200, 30, 0.05, seed=3, shard=0, scheme="balanced")
+    b = sample_masks(200, 30, 0.05, seed=3, shard=1, scheme="balanced")
+    assert np.all((~a[:20]).sum(axis=0) == 1) and np.all((~b[:20]).sum(axis=0) == 1)
+    assert not np.array_equal(a, b)
+
+
+def test_store_resumes_balanced_shard(tmp_path):
+    meta = make_meta(scheme="balanced", n_components=40, alpha=0.1, m=50)
+    store = ShardStore.create_or_open(tmp_path / "s", meta)
+    assert np.array_equal(store.masks, sample_masks(40, 50, 0.1, seed=7, shard=0, scheme="balanced"))
+    ev = linear_eval(40, 6)
+    store.write(np.arange(13), ev(np.array(store.masks[:13])))
+    store.close()
+    again = ShardStore.create_or_open(tmp_path / "s", dict(meta))
+    assert again.pending_rows().tolist() == list(range(13, 50))
+    assert run_shard(again, ev, masks_per_call=8, progress=False) == 37
+    assert again.is_complete and np.array_equal(again.outputs, ev(np.array(again.masks)))
+    again.close()
+    with pytest.raises(StoreMismatchError, match="scheme"):
+        ShardStore.create_or_open(tmp_path / "s", make_meta(scheme="exact", n_components=40, alpha=0.1, m=50))
 
 
 @pytest.mark.parametrize(
@@ -121,6 +173,7 @@ def test_chunked_generation_equals_one_shot(scheme, chunk_rows):
         (dict(seed=-1), "seed"),
         (dict(shard=1.5), "shard"),
         (dict(scheme="uniform"), "scheme"),
+        (dict(scheme="antithetic"), "scheme"),
     ],
 )
 def test_sampling_validation_names_argument(kwargs, name):

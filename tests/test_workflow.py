@@ -112,6 +112,51 @@ def test_edit_granularity_study_plans_on_the_default_preset(tmp_path):
     assert [j["output"] for j in jobs if j["rule"] == "model"] == ["results/R/model.pt"]
 
 
+def test_efficiency_edit_study_plans_on_the_default_preset(tmp_path):
+    """config/efficiency-edit.yaml repeats fix_B with attributions shrunk toward leave-one-out on fewer masks:
+    the variants share B's model, examples and LOO attributions, sample only their own training masks, and
+    each fit shrinks toward B's LOO file."""
+    r = snakemake("-n", *[f"results/edits/{e}/summary.csv" for e in ("fix_B", "fix_B_q", "fix_B_t")],
+                  "--configfile", str(ROOT / "config/config.yaml"), str(ROOT / "config/efficiency-edit.yaml"),
+                  "--directory", str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["model"] == 1 and counts["edit_single"] == 3 and counts["fit"] == 3
+    assert counts["baseline"] == 1  # B's leave-one-out, computed once for both variants
+    jobs = _dry_run_jobs(out)
+    shards = sorted(j["output"] for j in jobs if j["rule"] == "sample_shard")
+    assert shards == [f"results/{s}/masks/train/shard-{i:03d}.json" for s in ("B", "B_q", "B_t") for i in (0, 1)]
+    fits = {j["output"]: j["input"] for j in jobs if j["rule"] == "fit"}
+    assert fits == {"results/B/attributions/coar.npz": "results/B/masks/train.json",
+                    "results/B_q/attributions/coar.npz": "results/B_q/masks/train.json, results/B/attributions/loo.npz",
+                    "results/B_t/attributions/coar.npz": "results/B_t/masks/train.json, results/B/attributions/loo.npz"}
+    edits = {j["output"].split(",")[0]: j["input"] for j in jobs if j["rule"] == "edit_single"}
+    for edit, setup in (("fix_B", "B"), ("fix_B_q", "B_q"), ("fix_B_t", "B_t")):
+        assert edits[f"results/edits/{edit}/sweep.csv"] == (f"results/B/model.pt, data/B/examples.npz, "
+                                                            f"results/{setup}/attributions/coar.npz, "
+                                                            f"data/B/heldout-1000.npz")
+
+
+def test_mask_design_study_plans_on_the_default_preset(tmp_path):
+    """config/mask-designs.yaml: A's model and examples trained and drawn once, every design's training masks
+    sampled apart (the scheme is part of the store), and every fit scored on A's own evaluation masks."""
+    variants = ("A", "A_exact_q", "A_bern", "A_bern_q", "A_bal", "A_bal_q")
+    targets = [f"results/{v}/evaluation/on-A/alpha-{a}.csv" for v in variants for a in ("0.1", "0.15")]
+    r = snakemake("-n", *targets, "--configfile", str(ROOT / "config/config.yaml"),
+                  str(ROOT / "config/mask-designs.yaml"), "--directory", str(tmp_path))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = job_counts(out)
+    assert counts["model"] == 1 and counts["fit"] == 6 and counts["evaluate_on"] == 12
+    jobs = _dry_run_jobs(out)
+    shards = {j["output"] for j in jobs if j["rule"] == "sample_shard"}
+    assert shards == ({f"results/{v}/masks/train/shard-{i:03d}.json" for v in variants for i in (0, 1)}
+                      | {f"results/A/masks/test-{a}/shard-000.json" for a in ("0.1", "0.15")})
+    tests = {j["input"].split(", ")[1] for j in jobs if j["rule"] == "evaluate_on"}
+    assert tests == {"results/A/masks/test-0.1.json", "results/A/masks/test-0.15.json"}
+
+
 def test_variant_shares_what_it_does_not_change(tmp_path):
     r = snakemake("-n", "figures/fig13.pdf", f"--configfile={ROOT / 'config/paper.yaml'}", "--directory", str(tmp_path))
     counts = job_counts(r.stdout + r.stderr)
@@ -320,6 +365,22 @@ def test_ci_preset_end_to_end(tmp_path):
     assert all(f"fig{n}.pdf" in html for n in (2, 3, 4, 5, 6, 8, 13, 14, 24, 25, 26, 27))
     again = snakemake("-n", *args)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # the efficiency study (not part of `all`): as a workflow target, then from its command line on the same
+    # stores; both give the same table
+    eff = snakemake("figures/efficiency.pdf", *args, timeout=900)
+    assert eff.returncode == 0, (eff.stdout + eff.stderr)[-4000:]
+    curves = pd.read_csv(tmp_path / "results/efficiency/curves.csv")
+    assert {"ols", "ridge", "prior-loo", "prior-gp", "lowrank", "lasso", "loo alone"} <= set(curves.estimator)
+    assert curves.query("estimator == 'ols' and label == 'm'").mean_correlation.iloc[0] > 0.3
+    assert (tmp_path / "figures/efficiency.pdf").read_bytes()[:4] == b"%PDF"
+    cli = subprocess.run([sys.executable, str(ROOT / "benchmarks/efficiency.py"), "--results", str(tmp_path / "results"),
+                          "--setups", "T", "--csv", str(tmp_path / "cli.csv")], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=900)
+    assert cli.returncode == 0, (cli.stdout + cli.stderr)[-3000:]
+    again_cli = pd.read_csv(tmp_path / "cli.csv")
+    key = ["estimator", "label"]
+    pd.testing.assert_frame_equal(curves.sort_values(key)[key + ["masks", "mean_correlation"]].reset_index(drop=True),
+                                  again_cli.sort_values(key)[key + ["masks", "mean_correlation"]].reset_index(drop=True))
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CoarError
+from .sampling import SCHEMES
 
 
 def _ints(text: str) -> list[int]:
@@ -449,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alpha", type=_alpha, required=True)
     s.add_argument("--seed", type=_nonnegative, default=0)
     s.add_argument("--shard", type=_nonnegative, default=0)
-    s.add_argument("--scheme", choices=["exact", "bernoulli"], default="exact")
+    s.add_argument("--scheme", choices=list(SCHEMES), default="exact")
     s.add_argument("--output", default="margin", help="margin | token_margin | logit:<class>")
     s.add_argument("--ablation", choices=["zero", "scale"], default="zero")
     s.add_argument("--gamma", type=float, help="kept fraction under --ablation scale (default 0.5)")

@@ -3,17 +3,27 @@
 A mask is a *keep* mask: ``keep[i, j] is True`` when component ``j`` is kept in
 ablation ``i`` and ``False`` when it is ablated.
 
-Two schemes are supported:
+Three schemes are supported:
 
 * ``"exact"`` (the paper): every mask ablates exactly ``round(alpha * C)``
   components, chosen uniformly at random without replacement.
 * ``"bernoulli"`` (the authors' released code): every component is ablated
   independently with probability ``alpha``; component ``j`` is kept iff
   ``u < 1 - alpha`` for a uniform draw ``u`` in [0, 1).
+* ``"balanced"``: every mask ablates exactly ``k = round(alpha * C)``
+  components, and each group of ``r = min(round(1 / alpha), C // k)``
+  consecutive masks ablates disjoint sets: the first ``r * k`` entries of one
+  random permutation of the components, cut into ``r`` sets. When ``r * k = C``
+  (e.g. C = 200, alpha = 0.05) every component is ablated exactly once per
+  group; otherwise at most once, the ``C - r * k`` left over drawn at random.
+  Each mask alone has the exact scheme's distribution; only the dependence
+  between masks differs (see :func:`balance_group`).
 
 Masks are a deterministic function of ``(seed, shard)`` (and of ``n_components``,
 ``alpha`` and ``scheme``). Rows are generated in fixed blocks of
-:data:`BLOCK_ROWS` rows; block ``b`` draws from its own stream
+:data:`BLOCK_ROWS` rows (for ``"balanced"``, the largest multiple of the group
+size ``r`` that is at most :data:`BLOCK_ROWS`, or ``r``, so that no group
+straddles two blocks; groups start again at row 0 of every shard); block ``b`` draws from its own stream
 ``SeedSequence([seed, shard], spawn_key=(b,))`` -- the ``b``-th child that
 ``SeedSequence([seed, shard]).spawn`` would hand out. The result therefore
 does not depend on how the caller chunks the generation, and memory use is
@@ -34,11 +44,12 @@ __all__ = [
     "BLOCK_ROWS",
     "SamplingArgumentError",
     "n_ablated",
+    "balance_group",
     "sample_masks",
     "iter_mask_chunks",
 ]
 
-SCHEMES = ("exact", "bernoulli")
+SCHEMES = ("exact", "bernoulli", "balanced")
 
 #: Rows generated from one random stream. Part of the definition of the masks:
 #: changing it changes every mask, so it is fixed.
@@ -83,6 +94,23 @@ def n_ablated(n_components: int, alpha: float) -> int:
     return int(round(alpha * n_components))
 
 
+def balance_group(n_components: int, alpha: float) -> int:
+    """Masks per group of the ``"balanced"`` scheme: ``min(round(1 / alpha), C // k)`` with
+    ``k = round(alpha * C)``, the most disjoint sets of ``k`` components there are; 1 when ``k = 0``."""
+    k = n_ablated(n_components, alpha)
+    if k == 0:
+        return 1
+    return max(1, min(int(round(1.0 / alpha)), n_components // k))
+
+
+def _block_rows(n_components: int, alpha: float, scheme: str) -> int:
+    """Rows drawn from one random stream: :data:`BLOCK_ROWS`, or for ``"balanced"`` whole groups."""
+    if scheme != "balanced":
+        return BLOCK_ROWS
+    r = balance_group(n_components, alpha)
+    return r * max(1, BLOCK_ROWS // r)
+
+
 def _block_rng(seed: int, shard: int, block: int) -> np.random.Generator:
     ss = np.random.SeedSequence([seed, shard], spawn_key=(block,))
     return np.random.Generator(np.random.PCG64(ss))
@@ -97,6 +125,15 @@ def _fill_block(out: np.ndarray, rng: np.random.Generator, alpha: float, scheme:
             return
         for i in range(rows):
             out[i, rng.choice(n_components, size=k, replace=False)] = False
+    elif scheme == "balanced":
+        out[...] = True
+        if k == 0:
+            return
+        r = balance_group(n_components, alpha)
+        for g in range(0, rows, r):  # the block holds whole groups, except at the end of the shard
+            perm = rng.permutation(n_components)
+            for j in range(min(r, rows - g)):
+                out[g + j, perm[j * k : (j + 1) * k]] = False
     else:  # bernoulli, as in the authors' code: kept iff rand < 1 - alpha
         # Row by row keeps the float64 scratch to one row (0.7 MB at C = 82,944);
         # Generator.random fills sequentially, so this equals one [rows, C] draw.
@@ -130,7 +167,8 @@ def iter_mask_chunks(
 
 
 def _generate(n_components, n_masks, alpha, seed, shard, scheme, chunk_rows, k) -> Iterator[np.ndarray]:
-    block_buf = np.empty((BLOCK_ROWS, n_components), dtype=bool)
+    block_rows = _block_rows(n_components, alpha, scheme)
+    block_buf = np.empty((block_rows, n_components), dtype=bool)
     block_idx = -1  # index of the block currently held in block_buf
     start = 0
     while start < n_masks:
@@ -138,13 +176,13 @@ def _generate(n_components, n_masks, alpha, seed, shard, scheme, chunk_rows, k) 
         chunk = np.empty((stop - start, n_components), dtype=bool)
         row = start
         while row < stop:
-            b = row // BLOCK_ROWS
+            b = row // block_rows
             if b != block_idx:
-                b_rows = min(BLOCK_ROWS, n_masks - b * BLOCK_ROWS)
+                b_rows = min(block_rows, n_masks - b * block_rows)
                 _fill_block(block_buf[:b_rows], _block_rng(seed, shard, b), alpha, scheme, k)
                 block_idx = b
-            b_start = b * BLOCK_ROWS
-            take = min(stop, b_start + BLOCK_ROWS) - row
+            b_start = b * block_rows
+            take = min(stop, b_start + block_rows) - row
             chunk[row - start : row - start + take] = block_buf[row - b_start : row - b_start + take]
             row += take
         yield chunk
