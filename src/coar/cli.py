@@ -236,18 +236,11 @@ def cmd_fit(a):
                     "only; the lasso always selects on held-out training masks)")
     if select is not None:
         options["select"] = select
-    ranks = _given(a.ranks, None, "--ranks", "" if m == "lowrank" else f"{not_for} (lowrank only)")
-    if ranks is not None:
-        options["ranks"] = ranks
-    couplings = _given(a.couplings, None, "--couplings", "" if m == "lowrank" else f"{not_for} (lowrank only)")
-    if couplings is not None:
-        options["couplings"] = couplings
-    ratios = _given(a.ratios, None, "--ratios", "" if m == "lasso" else f"{not_for} (lasso only)")
-    if ratios is not None:
-        options["ratios"] = ratios
-    l1 = _given(a.l1_ratio, None, "--l1-ratio", "" if m == "lasso" else f"{not_for} (lasso only)")
-    if l1 is not None:
-        options["l1_ratio"] = l1
+    for key, flag, method in (("ranks", "--ranks", "lowrank"), ("couplings", "--couplings", "lowrank"),
+                              ("ratios", "--ratios", "lasso"), ("l1_ratio", "--l1-ratio", "lasso")):
+        value = _given(getattr(a, key), None, flag, "" if m == method else f"{not_for} ({method} only)")
+        if value is not None:
+            options[key] = value
     uses_holdout = m in ("lowrank", "lasso") or select == "holdout"
     frac = _given(a.holdout_fraction, None, "--holdout-fraction",
                   "" if uses_holdout else f"{not_for} (only where held-out training masks choose the penalty)")

@@ -75,19 +75,9 @@ class _Holdout:
     def __init__(self, data, fac):
         self.fac = fac
         if isinstance(data, reg.GramAccumulator):
-            h = data.m
-            if h < 1:
-                raise CoarError("the held-out part of the training masks is empty")
-            xb, yb = fac.xbar, fac.ybar
-            sx = data.sum_x.astype(np.float64)
-            cxx = data.xtx.astype(np.float64) - np.outer(sx, xb) - np.outer(xb, sx) + h * np.outer(xb, xb)
-            cxy = data.xty - np.outer(sx, yb) - np.outer(xb, data.sum_y) + h * np.outer(xb, yb)
-            cyy = data.sum_yy - 2.0 * yb * data.sum_y + h * yb**2
-            if fac.dinv is not None:
-                cxx = cxx * fac.dinv[:, None] * fac.dinv[None, :]
-                cxy = cxy * fac.dinv[:, None]
+            h, cxx, cxy, cyy = fac.holdout_blocks(data)
             self.kind, self.h, self.cxx, self.cxy, self.cyy = "gram", h, cxx, cxy, cyy
-            self.var = np.maximum(cyy / h - ((data.sum_y - h * yb) / h) ** 2, 1e-300)
+            self.var = np.maximum(cyy / h - ((data.sum_y - h * fac.ybar) / h) ** 2, 1e-300)
         else:
             keep, y = data
             self.kind, self.h = "rows", keep.shape[0]

@@ -302,6 +302,28 @@ class Factorization:
             z *= self.dinv[None, :]
         return z
 
+    def holdout_blocks(self, holdout: "GramAccumulator"):
+        """(H, Cxx [C, C], Cxy [C, N], Cyy [N]) of held-out masks' statistics, centred on this factorisation's
+        training means and scaled like its standardised coordinates: the sums from which any coefficients'
+        held-out squared error follows without the held-out rows."""
+        if (holdout.n_components, holdout.n_examples) != (self.n_components, self.n_examples):
+            raise ShapeError(
+                f"held-out accumulator has (C, N)=({holdout.n_components}, {holdout.n_examples}), "
+                f"expected ({self.n_components}, {self.n_examples})"
+            )
+        h = holdout.m
+        if h < 1:
+            raise CoarError("the held-out part of the training masks is empty")
+        xb, yb = self.xbar, self.ybar
+        sx = holdout.sum_x.astype(np.float64)
+        cxx = holdout.xtx.astype(np.float64) - np.outer(sx, xb) - np.outer(xb, sx) + h * np.outer(xb, xb)
+        cxy = holdout.xty - np.outer(sx, yb) - np.outer(xb, holdout.sum_y) + h * np.outer(xb, yb)
+        cyy = holdout.sum_yy - 2.0 * yb * holdout.sum_y + h * yb**2
+        if self.dinv is not None:
+            cxx = cxx * self.dinv[:, None] * self.dinv[None, :]
+            cxy = cxy * self.dinv[:, None]
+        return h, cxx, cxy, cyy
+
     def holdout_mse(self, lambdas, holdout) -> np.ndarray:
         """Held-out mean squared error [L, N] for every lambda and example.
 
@@ -313,22 +335,7 @@ class Factorization:
         F = self.filters(lams)
         ops = self._ops()
         if isinstance(holdout, GramAccumulator):
-            if (holdout.n_components, holdout.n_examples) != (self.n_components, self.n_examples):
-                raise ShapeError(
-                    f"held-out accumulator has (C, N)=({holdout.n_components}, {holdout.n_examples}), "
-                    f"expected ({self.n_components}, {self.n_examples})"
-                )
-            h = holdout.m
-            if h < 1:
-                raise CoarError("held-out accumulator is empty")
-            xb, yb = self.xbar, self.ybar
-            sx = holdout.sum_x.astype(np.float64)
-            cxx = holdout.xtx.astype(np.float64) - np.outer(sx, xb) - np.outer(xb, sx) + h * np.outer(xb, xb)
-            cxy = holdout.xty - np.outer(sx, yb) - np.outer(xb, holdout.sum_y) + h * np.outer(xb, yb)
-            cyy = holdout.sum_yy - 2.0 * yb * holdout.sum_y + h * yb**2
-            if self.dinv is not None:
-                cxx = cxx * self.dinv[:, None] * self.dinv[None, :]
-                cxy = cxy * self.dinv[:, None]
+            h, cxx, cxy, cyy = self.holdout_blocks(holdout)
             V = self.evecs
             U = ops.mm(V.T, ops.mm(cxx, V))  # [r, r]
             T = ops.mm(V.T, cxy)  # [r, N]
