@@ -1,10 +1,12 @@
 """Attribution accuracy against the forward-pass budget (the study of coar.paper.efficiency) on the stores a
 workflow run left under results/:
 
-    python benchmarks/efficiency.py --results results --setups A B C [--csv out.csv] [--figure out.pdf]
+    python benchmarks/efficiency.py --results results --setups A B C [--alpha-test-factors 1 1.5]
+                                    [--csv out.csv] [--figure out.pdf]
 
-Each setup needs its training masks, its evaluation masks at alpha_train and, for the priors, its
-leave-one-out and gradient x parameter attributions (results/<setup>/attributions/{loo,gp}.npz).
+Each setup needs its training masks, its evaluation masks at each factor x alpha_train (default: alpha_train)
+and, for the priors, its leave-one-out and gradient x parameter attributions
+(results/<setup>/attributions/{loo,gp}.npz).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from coar.errors import CoarError
 from coar.paper.efficiency import goal, load_setup, markdown, run_setup
 from coar.paper.plots.efficiency import fig_efficiency
 from coar.paper.plots.style import save_figure
@@ -25,17 +28,19 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--setups", nargs="+", default=["A", "B", "C"])
     ap.add_argument("--estimators", nargs="+", help="only these (ols, ridge, prior-loo, prior-gp, lowrank, lasso)")
+    ap.add_argument("--alpha-test-factors", nargs="+", type=float, default=[1.0],
+                    help="evaluation alphas as multiples of alpha_train (default: 1)")
     ap.add_argument("--csv", type=Path, help="write every row here")
     ap.add_argument("--figure", type=Path, help="plot the curves here (e.g. efficiency.pdf)")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
     rows = []
     for setup in a.setups:
-        train, test, priors, alpha = load_setup(a.results, setup)
-        print(f"{setup}: {train[0].shape[0]} training masks x {train[0].shape[1]} components, "
-              f"{test[0].shape[0]} evaluation masks at alpha {alpha:g}, {train[1].shape[1]} examples; "
-              f"priors: {', '.join(priors) or 'none'}", flush=True)
-        rows += run_setup(setup, train, test, priors, a.estimators)
+        train, tests, priors, alpha = load_setup(a.results, setup, a.alpha_test_factors)
+        print(f"{setup}: {train[0].shape[0]} training masks x {train[0].shape[1]} components at alpha {alpha:g}, "
+              f"evaluation masks at alpha {', '.join(f'{t:g} ({len(k)})' for t, (k, _) in tests.items())}, "
+              f"{train[1].shape[1]} examples; priors: {', '.join(priors) or 'none'}", flush=True)
+        rows += run_setup(setup, train, tests, priors, a.estimators)
     df = pd.DataFrame(rows)
     if a.csv:
         df.to_csv(a.csv, index=False)
@@ -50,4 +55,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except CoarError as exc:
+        sys.exit(f"error: {exc}")

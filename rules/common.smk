@@ -72,6 +72,8 @@ edit_figure = _workflow_errors(PLAN.edit_figure)
 figure_edits = _workflow_errors(PLAN.figure_edits)
 forget_classes_shown = _workflow_errors(PLAN.forget_classes_shown)
 efficiency_setups = _workflow_errors(PLAN.efficiency_setups)
+efficiency_alphas = _workflow_errors(PLAN.efficiency_alphas)
+efficiency_test_receipts = _workflow_errors(PLAN.efficiency_test_receipts)
 
 
 @_workflow_errors

@@ -7,7 +7,7 @@
 rule efficiency:
     input:
         train=lambda w: [train_receipt(s) for s in efficiency_setups()],
-        test=lambda w: [test_receipt(s, SETUPS[s]["alpha_train"]) for s in efficiency_setups()],
+        test=lambda w: efficiency_test_receipts(),
         priors=lambda w: [attribution_file(s, p) for s in efficiency_setups() for p in ("loo", "gp")],
     output:
         figure=report(
@@ -19,6 +19,7 @@ rule efficiency:
         goal="results/efficiency/goal.csv",
     params:
         setups=lambda w: {s: setup_spec(s, "fig2") for s in efficiency_setups()},
+        alphas=lambda w: {s: efficiency_alphas(s) for s in efficiency_setups()},
         preset=config["preset"],
     log:
         "logs/efficiency.log",

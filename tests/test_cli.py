@@ -7,7 +7,8 @@ from coar.cli import main
 
 @pytest.mark.parametrize("model,total", [("resnet50", "22,720"), ("vit_b_16", "82,944"), ("gpt2", "64,512"),
                                          ("cifar_resnet", "2,304"), ("clip_vit_b_16", "82,944"),
-                                         ("resnet18_cifar", "3,904"), ("resnet18_w8", "488")])
+                                         ("resnet18_cifar", "3,904"), ("resnet18_w8", "488"),
+                                         ("resnet18_w32", "1,952")])
 def test_components_counts(model, total, capsys):
     assert main(["components", model]) == 0
     out = capsys.readouterr().out

@@ -73,13 +73,46 @@ def test_lambda_to_zero_is_least_squares():
     for a in (fit((X, Y), "prior", prior=junk, lambdas=[0.0], components=""),
               fit((X, Y), "prior", prior=junk, lambdas=[0.0], select="holdout", components=""),
               fit((X, Y), "lowrank", lambdas=[0.0], components=""),
-              fit((X, Y), "lasso", ratios=[0.0], tol=1e-10, max_sweeps=5000, components="")):
+              fit((X, Y), "lasso", ratios=[0.0], tol=1e-12, max_iter=5000, components="")):
         assert np.abs(a.weights - W_ls).max() < tol, a.method
         assert np.abs(a.bias - b_ls).max() < 1e-5 * max(1.0, np.abs(b_ls).max()), a.method
     # small penalties approach least squares continuously
     errs = [rel(fit((X, Y), "prior", prior=junk, lambdas=[lam * m], components="").weights, W_ls)
             for lam in (1e-1, 1e-3, 1e-5)]
     assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-4
+
+
+@pytest.mark.parametrize("l1_ratio,design", [(1.0, "bernoulli"), (0.5, "bernoulli"), (1.0, "exact")])
+def test_lasso_meets_its_optimality_conditions(l1_ratio, design):
+    """The lasso / elastic-net solution satisfies the KKT conditions of its objective in the standardized
+    coordinates, checked in float64 from the masks themselves: for u_j != 0, (Z^T (y_c - Z u))_j - l2 u_j =
+    l1 sign(u_j); for u_j = 0, |(Z^T (y_c - Z u))_j| <= l1. Also for exact-alpha masks, whose Gram is singular
+    (the kept count is constant)."""
+    rng = np.random.default_rng(11)
+    m, c, n = 400, 40, 8
+    if design == "exact":
+        X = np.ones((m, c), dtype=bool)
+        for row in X:
+            row[rng.choice(c, 6, replace=False)] = False
+    else:
+        X = rng.random((m, c)) < 0.85
+    W = rng.normal(size=(n, c)) * (rng.random((n, c)) < 0.3)
+    Y = X @ W.T + 0.3 * rng.normal(size=(m, n))
+    a = fit((X, Y), "lasso", l1_ratio=l1_ratio, ratios=np.logspace(0, -3, 7), tol=1e-10, max_iter=20000,
+            components="")
+    Z = (X - X.mean(0)) / X.std(0)
+    yc = Y - Y.mean(0)
+    u = a.weights.T * X.std(0)[:, None]
+    lam = np.asarray(a.meta["lambda"])
+    l1, l2 = lam * l1_ratio, lam * (1 - l1_ratio)
+    g = Z.T @ (yc - Z @ u) - l2 * u
+    scale = np.sqrt((yc ** 2).sum(0)) * np.sqrt(m)  # |Z^T y_c| is at most this
+    on = u != 0
+    assert on.any() and (~on).any()  # sparse but not empty: both conditions are tested
+    np.testing.assert_array_less(np.abs(g - l1 * np.sign(u))[on] / np.broadcast_to(scale, u.shape)[on], 1e-6)
+    np.testing.assert_array_less((np.abs(g) - l1)[~on] / np.broadcast_to(scale, u.shape)[~on], 1e-6)
+    # the intercept is the unpenalized one
+    np.testing.assert_allclose(a.bias, Y.mean(0) - X.mean(0) @ a.weights.T, atol=1e-5)  # stored in float32
 
 
 def test_prior_gcv_degrees_of_freedom_are_the_smoother_trace():
@@ -179,8 +212,8 @@ def test_benchmark_never_chooses_on_evaluation_masks():
     Yt = Xt @ W.T + 0.5 + 0.5 * rng.normal(size=(80, n))
     priors = {"gp": attr(W + rng.normal(size=W.shape), name="gp")}
     fits_a, fits_b = {}, {}
-    rows_a = run_setup("T", (X, Y), (Xt, Yt), priors, attributions=fits_a)
-    rows_b = run_setup("T", (X, Y), (Xt, -Yt), priors, attributions=fits_b)
+    rows_a = run_setup("T", (X, Y), {0.1: (Xt, Yt)}, priors, attributions=fits_a)
+    rows_b = run_setup("T", (X, Y), {0.1: (Xt, -Yt)}, priors, attributions=fits_b)
     assert fits_a.keys() == fits_b.keys() and len(fits_a) >= 6 * 5
     for key in fits_a:
         np.testing.assert_array_equal(fits_a[key].weights, fits_b[key].weights)
@@ -327,7 +360,7 @@ def test_workflow_fit_takes_the_estimator_from_the_setup(tmp_path):
     assert r.returncode != 0 and "config error at `setups.T_bad.estimator.prior`" in r.stdout + r.stderr
 
 
-def test_the_efficiency_figure_has_a_panel_per_setup_and_a_line_per_estimator(tmp_path):
+def test_the_efficiency_figure_has_a_panel_per_setup_and_alpha_and_a_line_per_estimator(tmp_path):
     from coar.paper.efficiency import run_setup
     from coar.paper.plots.efficiency import fig_efficiency
     from coar.paper.plots.style import save_figure
@@ -336,14 +369,25 @@ def test_the_efficiency_figure_has_a_panel_per_setup_and_a_line_per_estimator(tm
     rows = []
     for setup in ("S1", "S2"):
         X, Y, W = planted_lowrank(rng, 160, 24, 12, rank=2, noise=0.5)
-        Xt = rng.random((60, 24)) < 0.9
-        Yt = Xt @ W.T + 0.5 * rng.normal(size=(60, 12))
-        rows += run_setup(setup, (X, Y), (Xt, Yt), {"gp": attr(W + rng.normal(size=W.shape), name="gp")},
+        tests = {}
+        for alpha in (0.1, 0.15):
+            Xt = rng.random((60, 24)) < 1 - alpha
+            tests[alpha] = (Xt, Xt @ W.T + 0.5 * rng.normal(size=(60, 12)))
+        rows += run_setup(setup, (X, Y), tests, {"gp": attr(W + rng.normal(size=W.shape), name="gp")},
                           names=["ols", "ridge", "prior-gp"])
-    fig = fig_efficiency(pd.DataFrame(rows), "provenance text", {"S1": "first", "S2": "second"})
-    panels = [ax for ax in fig.axes if ax.get_xlabel()]
-    assert len(panels) == 2
-    labels = [t.get_text() for t in panels[-1].get_legend().get_texts()]
-    assert labels[:3] == ["least squares (COAR)", "ridge (GCV)", "shrunk to grad x param"] and "gp alone" in labels[3]
+    df = pd.DataFrame(rows)
+    assert sorted(set(df.alpha_test)) == [0.1, 0.15] and len(df) == 2 * 2 * (3 * 6 + 1)
+    # the same fits scored twice: the masks and budgets of each curve are the same at both alphas
+    a, b = (df[df.alpha_test == x].drop(columns=["alpha_test", "mean_correlation", "sem"]).reset_index(drop=True)
+            for x in (0.1, 0.15))
+    pd.testing.assert_frame_equal(a.drop(columns="fit_s"), b.drop(columns="fit_s"))
+    fig = fig_efficiency(df, "provenance text", {"S1": "first", "S2": "second"})
+    panels = [ax for ax in fig.axes if ax.has_data()]
+    assert len(panels) == 4 and sum(bool(ax.get_xlabel()) for ax in panels) == 2
+    assert any("alpha_test 0.15" in ax.get_title(loc="left") for ax in panels)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else \
+        [t.get_text() for ax in panels if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert labels == ["least squares (COAR)", "ridge (GCV)", "shrunk to grad x param",
+                      "grad x param alone, at its cost"]
     assert any("provenance text" in t.get_text() for t in fig.texts)
     assert save_figure(fig, tmp_path / "efficiency.pdf").read_bytes()[:5] == b"%PDF-"

@@ -382,3 +382,23 @@ def test_only_numbers_the_paper_does_not_have_are_unknown_figures(n, unknown):
     if unknown:
         with pytest.raises(ConfigError, match=rf"figures/fig{n}.pdf: the paper has figures 2 to 27 only"):
             plan.unknown_figure(n)
+
+
+# --- the efficiency study -----------------------------------------------------------------------------------------
+
+def test_efficiency_study_scores_at_alpha_train_and_one_and_a_half_times_it():
+    p = load("default")
+    assert p.efficiency_setups() == ["A", "B", "C", "R", "L"]
+    assert p.efficiency_alphas("A") == [0.1, 0.15] and p.efficiency_alphas("L") == [0.05, 0.075]
+    receipts = p.efficiency_test_receipts()
+    assert receipts[:2] == ["results/A/masks/test-0.1.json", "results/A/masks/test-0.15.json"]
+    assert len(receipts) == 10 and "results/R/masks/test-0.075.json" in receipts
+    assert p.component_count("L") == 1952  # the study's model with thousands of components
+    # without the key, alpha_train only
+    assert load("default", lambda c: c["efficiency"].pop("alpha_test_factors")).efficiency_alphas("B") == [0.05]
+
+
+def test_efficiency_study_refuses_unknown_setups_and_alphas_out_of_range():
+    fails(load("default", lambda c: c["efficiency"].update(setups=["A", "Q"])), "efficiency.setups", "'Q'")
+    fails(load("default", lambda c: c["efficiency"].update(alpha_test_factors=[1, 12])),
+          "efficiency.alpha_test_factors", "12 x setup A")

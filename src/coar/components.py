@@ -184,6 +184,7 @@ TABLES: dict[str, list[Rule]] = {
     "cifar_resnet": CONV_NOT_DOWNSAMPLE,
     "resnet18_cifar": CONV_NOT_DOWNSAMPLE,
     "resnet18_w8": CONV_NOT_DOWNSAMPLE,
+    "resnet18_w32": CONV_NOT_DOWNSAMPLE,
     "resnet_small": CONV_NOT_DOWNSAMPLE,
     "resnet_tiny": CONV_NOT_DOWNSAMPLE,
     "resnet_mini": CONV_NOT_DOWNSAMPLE,

@@ -21,8 +21,10 @@ from coar.paper.plots.style import save_figure  # noqa: E402
 setups = sm.params.setups
 t0 = time.perf_counter()
 rows = []
+tests = iter(sm.input.test)  # setup by setup, each setup's alphas in order (coar.paper.plan.efficiency_test_receipts)
 for i, setup in enumerate(setups):
-    train, test, priors = load_study(sm.input.train[i], sm.input.test[i], sm.input.priors[2 * i:2 * i + 2], Path("."))
+    receipts = [next(tests) for _ in sm.params.alphas[setup]]
+    train, test, priors = load_study(sm.input.train[i], receipts, sm.input.priors[2 * i:2 * i + 2], Path("."))
     rows += run_setup(setup, train, test, priors)
     print(f"{setup}: {len(rows)} rows after {time.perf_counter() - t0:.0f} s", flush=True)
 df = pd.DataFrame(rows)

@@ -7,10 +7,11 @@ parameter: a forward and a backward pass, counted as 3). Budgets are m/16, m/8, 
 the setup's number of training masks, plus the mask count that makes the total exactly m/3 for each
 estimator (the goal: OLS-at-m's mean correlation within a third of its budget). Penalties, scales and ranks
 are chosen on training masks only (GCV or a held-out part of them); the evaluation masks are used only to
-score.
+score. Every fit is scored on the evaluation masks of each alpha studied (alpha_train and, by default in the
+workflow, 1.5 x alpha_train): the table has one curve per (setup, alpha_test, estimator).
 
 `benchmarks/efficiency.py` runs it from the command line and the workflow's `efficiency` rule on its
-stores; both read results/<setup>/masks/train.json, the evaluation store at the training alpha
+stores; both read results/<setup>/masks/train.json, the evaluation stores
 (results/<setup>/masks/test-<alpha>.json) and, when present, results/<setup>/attributions/{loo,gp}.npz.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ import pandas as pd
 from ..attributions import Attributions
 from ..correlation import pearson_columns
 from ..errors import CoarError
+from .plan import scaled_alphas
 from ..regression import fit
 from ..store import load_shards, read_meta
 
@@ -73,14 +75,23 @@ def mask_counts(m: int, c: int, prior: str | None) -> list[tuple[str, int]]:
     return counts
 
 
-def run_setup(setup: str, train: tuple, test: tuple, priors: dict, names=None, attributions: dict | None = None):
-    """Rows (setup, estimator, label, masks, budget, ratio, mean, sem, chosen) for one setup.
+def _score(setup, alpha, attr, test):
+    r = np.nan_to_num(pearson_columns(test[1], attr.predict(test[0])), nan=0.0)
+    return {"setup": setup, "alpha_test": alpha, "mean_correlation": float(r.mean()),
+            "sem": float(r.std(ddof=1) / np.sqrt(len(r)))}
 
-    ``train`` and ``test`` are (keep, y) pairs; every fit sees the first masks of ``train`` only.
-    ``attributions`` (a dict) receives every fit, keyed by (estimator, masks).
+
+def run_setup(setup: str, train: tuple, tests: dict, priors: dict, names=None, attributions: dict | None = None):
+    """Rows (setup, alpha_test, estimator, label, masks, budget, ratio, mean, sem, chosen) for one setup.
+
+    ``train`` is a (keep, y) pair and ``tests`` maps each evaluation alpha to one; every fit sees the first
+    masks of ``train`` only and is scored on every evaluation set. ``attributions`` (a dict) receives every
+    fit, keyed by (estimator, masks).
     """
     keep, y = train
     m, c = keep.shape
+    if not isinstance(tests, dict) or not tests:
+        raise CoarError("tests must map each evaluation alpha to its (keep, y) pair")
     rows = []
     for name, (method, options, prior) in estimators(priors).items():
         if names and name not in names:
@@ -92,18 +103,16 @@ def run_setup(setup: str, train: tuple, test: tuple, priors: dict, names=None, a
             secs = time.perf_counter() - t0
             if attributions is not None:
                 attributions[(name, mb)] = attr
-            r = np.nan_to_num(pearson_columns(test[1], attr.predict(test[0])), nan=0.0)
-            rows.append({"setup": setup, "estimator": name, "label": label, "masks": mb, "budget": mb + cost,
-                         "ratio": (mb + cost) / m, "mean_correlation": float(r.mean()),
-                         "sem": float(r.std(ddof=1) / np.sqrt(len(r))), "chosen": chosen(attr), "fit_s": secs})
+            for alpha, test in tests.items():
+                rows.append({**_score(setup, alpha, attr, test), "estimator": name, "label": label, "masks": mb,
+                             "budget": mb + cost, "ratio": (mb + cost) / m, "chosen": chosen(attr), "fit_s": secs})
     for name, attr in priors.items():  # the prior alone, at its own cost
         if names and f"prior-{name}" not in names:
             continue
-        r = np.nan_to_num(pearson_columns(test[1], attr.predict(test[0])), nan=0.0)
         cost = PRIOR_COST[name](c)
-        rows.append({"setup": setup, "estimator": f"{name} alone", "label": "-", "masks": 0, "budget": cost,
-                     "ratio": cost / m, "mean_correlation": float(r.mean()),
-                     "sem": float(r.std(ddof=1) / np.sqrt(len(r))), "chosen": "", "fit_s": 0.0})
+        for alpha, test in tests.items():
+            rows.append({**_score(setup, alpha, attr, test), "estimator": f"{name} alone", "label": "-",
+                         "masks": 0, "budget": cost, "ratio": cost / m, "chosen": "", "fit_s": 0.0})
     return rows
 
 
@@ -113,37 +122,42 @@ def load_receipt(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.concatenate(parts) for parts in zip(*load_shards([root / s for s in stores], dtype=np.float64)))
 
 
-def load_study(train_receipt: Path, test_receipt: Path, prior_files, root: Path):
-    """(train, test, priors): the priors (name -> Attributions) checked against the stores' component set."""
-    train, test = load_receipt(train_receipt, root), load_receipt(test_receipt, root)
-    fp = read_meta(root / json.loads(Path(test_receipt).read_text())["stores"][0])["components_fingerprint"]
+def load_study(train_receipt: Path, test_receipts, prior_files, root: Path):
+    """(train, tests, priors): tests maps each evaluation receipt's alpha to its (keep, y); the priors (name ->
+    Attributions) are checked against the stores' component set."""
+    train = load_receipt(train_receipt, root)
+    tests = {float(json.loads(Path(t).read_text())["alpha"]): load_receipt(t, root) for t in test_receipts}
+    first = Path(test_receipts[0])
+    fp = read_meta(root / json.loads(first.read_text())["stores"][0])["components_fingerprint"]
     priors = {}
     for f in map(Path, prior_files):
         attr = Attributions.load(f)
         if attr.components != fp:
-            raise CoarError(f"{f} was computed on another component set than the masks of {test_receipt}")
+            raise CoarError(f"{f} was computed on another component set than the masks of {first}")
         priors[f.stem] = Attributions(attr.weights, attr.bias, f.stem, "", attr.meta)
-    return train, test, priors
+    return train, tests, priors
 
 
-def load_setup(results: Path, setup: str):
-    """A setup's stores and priors as the workflow leaves them under ``results``."""
+def load_setup(results: Path, setup: str, factors=(1.0,)):
+    """A setup's stores and priors as the workflow leaves them under ``results``; evaluation masks at
+    ``factors`` x alpha_train."""
     masks = results / setup / "masks"
     alpha = float(json.loads((masks / "train.json").read_text())["alpha"])
-    test_path = masks / f"test-{alpha:g}.json"
-    if not test_path.exists():
-        raise CoarError(f"{test_path} is missing: sample the evaluation masks at alpha_train first")
+    paths = [masks / f"test-{a:g}.json" for a in scaled_alphas(alpha, factors)]
+    for p in paths:
+        if not p.exists():
+            raise CoarError(f"{p} is missing: sample {setup}'s evaluation masks at that alpha first "
+                            f"(snakemake {p})")
     files = [results / setup / "attributions" / f"{name}.npz" for name in PRIOR_COST]
-    train, test, priors = load_study(masks / "train.json", test_path, [f for f in files if f.exists()],
-                                     results.parent)
-    return train, test, priors, alpha
+    train, tests, priors = load_study(masks / "train.json", paths, [f for f in files if f.exists()], results.parent)
+    return train, tests, priors, alpha
 
 
 def goal(df: pd.DataFrame) -> pd.DataFrame:
-    """Per setup: OLS at m, and for each estimator the smallest budget (linear interpolation along its curve of
-    budgets) at which it reaches that mean correlation, as a fraction of m."""
+    """Per setup and evaluation alpha: OLS at m, and for each estimator the smallest budget (linear
+    interpolation along its curve of budgets) at which it reaches that mean correlation, as a fraction of m."""
     out = []
-    for setup, d in df.groupby("setup"):
+    for (setup, alpha), d in df.groupby(["setup", "alpha_test"]):
         full = d[(d.estimator == "ols") & (d.label == "m")]
         target = float(full.mean_correlation.iloc[0])
         m = int(full.masks.iloc[0])
@@ -159,7 +173,7 @@ def goal(df: pd.DataFrame) -> pd.DataFrame:
                 i = hit[0]
                 reach = b[i - 1] + (target - r[i - 1]) * (b[i] - b[i - 1]) / (r[i] - r[i - 1])
             third = e[e.label == "m/3 total"]
-            out.append({"setup": setup, "estimator": name, "ols_at_m": target,
+            out.append({"setup": setup, "alpha_test": alpha, "estimator": name, "ols_at_m": target,
                         "at_third": float(third.mean_correlation.iloc[0]) if len(third) else np.nan,
                         "budget_ratio_to_reach": reach / m})
     return pd.DataFrame(out)
@@ -167,10 +181,10 @@ def goal(df: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(df: pd.DataFrame) -> str:
     lines = []
-    for setup, d in df.groupby("setup"):
+    for (setup, alpha), d in df.groupby(["setup", "alpha_test"]):
         m = int(d[(d.estimator == "ols") & (d.label == "m")].masks.iloc[0])
         labels = [lab for lab, _ in FRACTIONS] + ["m/3 total"]
-        lines += [f"\n**{setup}** (m = {m:,}; cell: mean correlation ± SEM, total budget / m)\n",
+        lines += [f"\n**{setup}**, alpha_test {alpha:g} (m = {m:,}; cell: mean correlation ± SEM, total budget / m)\n",
                   "| estimator | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
         for name, e in d.groupby("estimator", sort=False):
             if name.endswith("alone"):

@@ -213,6 +213,11 @@ def test_split(alpha) -> str:
     return f"test-{alpha:g}"
 
 
+def scaled_alphas(alpha_train: float, factors) -> list[float]:
+    """Ablation fractions ``factors`` x alpha_train, rounded (the efficiency study's evaluation alphas)."""
+    return sorted({round(f * alpha_train, 6) for f in factors})
+
+
 def split_alpha(split: str) -> float:
     """The alpha of an evaluation-mask split name (test-<alpha>)."""
     try:
@@ -348,6 +353,15 @@ class Plan:
                 for s in [spec[key]] if isinstance(spec.get(key), str) else spec.get(key, []):
                     if s not in self.setups:
                         self._error(f"figures.{fig}.{key}", f"unknown setup {s!r}; defined: {', '.join(self.setups)}")
+        study = self.config.get("efficiency") or {}
+        for s in study.get("setups") or []:
+            if s not in self.setups:
+                self._error("efficiency.setups", f"unknown setup {s!r}; defined: {', '.join(self.setups)}")
+        for s in self.efficiency_setups() if study.get("alpha_test_factors") else []:
+            for f in study["alpha_test_factors"]:
+                if not 0 < f * self.setups[s]["alpha_train"] < 1:
+                    self._error("efficiency.alpha_test_factors", f"{f:g} x setup {s}'s alpha_train "
+                                f"{self.setups[s]['alpha_train']:g} is not an ablation fraction in (0, 1)")
 
     def _check_edit(self, name):
         from coar.paper.data.corruptions import SYNTHETIC_NAMES
@@ -575,6 +589,14 @@ class Plan:
     def efficiency_setups(self):
         """Setups of the efficiency study: `efficiency.setups`, by default those of Fig. 2."""
         return (self.config.get("efficiency") or {}).get("setups") or self.figure_setups("fig2")
+
+    def efficiency_alphas(self, setup):
+        """The study's evaluation alphas for a setup: `efficiency.alpha_test_factors` x its alpha_train."""
+        factors = (self.config.get("efficiency") or {}).get("alpha_test_factors") or [1.0]
+        return scaled_alphas(self.setups[setup]["alpha_train"], factors)
+
+    def efficiency_test_receipts(self):
+        return [self.test_receipt(s, a) for s in self.efficiency_setups() for a in self.efficiency_alphas(s)]
 
     def attribution_file(self, setup, method):
         who = self.owner(setup, "fit" if method == "coar" else "baseline")

@@ -16,9 +16,9 @@ from torch import nn
 
 from ...errors import CoarError
 from ...attention import HookableMultiheadAttention, make_hookable
-from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet18_w8, resnet_mini, resnet_small, resnet_tiny, vit_small, vit_tiny
+from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet18_w8, resnet18_w32, resnet_mini, resnet_small, resnet_tiny, vit_small, vit_tiny
 
-IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet18_w8", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "mlp_small", "vit_small", "resnet50", "vit_b_16", "clip_zeroshot",
+IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet18_w8", "resnet18_w32", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "mlp_small", "vit_small", "resnet50", "vit_b_16", "clip_zeroshot",
                 "clip_vit_b_16"}
 TEXT_MODELS = {"gpt2", "gpt2_tiny", "gpt2_bytes", "phi2", "phi2_tiny"}
 MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
@@ -95,10 +95,10 @@ def architecture(model: nn.Module) -> dict:
 
 
 def _build(name, num_classes, in_channels, image_size, pretrained, config=None):
-    if name in ("cifar_resnet", "resnet18_cifar", "resnet18_w8", "resnet_small", "resnet_tiny", "resnet_mini", "vit_small", "vit_tiny"):
+    if name in ("cifar_resnet", "resnet18_cifar", "resnet18_w8", "resnet18_w32", "resnet_small", "resnet_tiny", "resnet_mini", "vit_small", "vit_tiny"):
         if pretrained:
             raise CoarError(f"{name} has no published weights: train it with the workflow's training rule")
-        builders = {"cifar_resnet": cifar_resnet, "resnet18_cifar": resnet18_cifar, "resnet18_w8": resnet18_w8,
+        builders = {"cifar_resnet": cifar_resnet, "resnet18_cifar": resnet18_cifar, "resnet18_w8": resnet18_w8, "resnet18_w32": resnet18_w32,
                     "resnet_small": resnet_small, "resnet_tiny": resnet_tiny, "resnet_mini": resnet_mini,
                     "vit_small": vit_small, "vit_tiny": vit_tiny}
         return builders[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size)

@@ -77,6 +77,13 @@ def resnet18_w8(num_classes=10, in_channels=3, image_size=32):
     return resnet18_cifar(num_classes, in_channels, image_size, width=8)
 
 
+def resnet18_w32(num_classes=10, in_channels=3, image_size=32):
+    """ResNet-18's layout at half its width: 32 + 2x(32+32) + 2x(64+64) + 2x(128+128) + 2x(256+256) = 1,952
+    filters. The default preset's model with thousands of components (the efficiency study), a quarter of
+    resnet18_cifar's forward cost."""
+    return resnet18_cifar(num_classes, in_channels, image_size, width=32)
+
+
 def resnet_small(num_classes=10, in_channels=3, image_size=32):
     """A CPU-sized ResNet: 16 + (16+16) + (32+32) + (64+64) = 240 filters."""
     return CifarResNet(16, [(16, 1, 1), (32, 1, 2), (64, 1, 2)], num_classes, in_channels, None, image_size)
