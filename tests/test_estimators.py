@@ -391,3 +391,36 @@ def test_the_efficiency_figure_has_a_panel_per_setup_and_alpha_and_a_line_per_es
                       "grad x param alone, at its cost"]
     assert any("provenance text" in t.get_text() for t in fig.texts)
     assert save_figure(fig, tmp_path / "efficiency.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+@pytest.mark.parametrize("standardize", [True, False])
+def test_dual_factorization_equals_the_primal_one_with_fewer_masks_than_components(standardize):
+    """With M < C, factorize_rows builds the Factorization from the M x M kernel: the same eigenvalues and
+    eigenspace as the C x C Gram's, and every estimator's fit from it equals the primal fit."""
+    from coar.gram import GramAccumulator, factorize, factorize_rows
+
+    rng = np.random.default_rng(12)
+    X, Y, W = planted_lowrank(rng, m=60, c=90, n=7, rank=2, noise=0.3)
+    dual = factorize_rows(X, Y, standardize=standardize)
+    primal = factorize(GramAccumulator.from_arrays(X, Y), standardize=standardize)
+    assert dual.solver == "dual-eigh" and primal.solver == "primal-eigh" and dual.evecs.shape == (90, dual.rank)
+    assert dual.rank == primal.rank == 59  # centring removes one dimension of the 60 masks
+    np.testing.assert_allclose(dual.evals, primal.evals, rtol=1e-9)
+    np.testing.assert_allclose(dual.evecs @ dual.evecs.T, primal.evecs @ primal.evecs.T, atol=1e-9)
+    np.testing.assert_allclose(dual.evecs @ dual.q, primal.evecs @ primal.q, rtol=1e-9, atol=1e-9)
+    for name in ("xbar", "ybar", "syy", "cutoff"):
+        np.testing.assert_allclose(getattr(dual, name), getattr(primal, name), rtol=1e-12)
+    prior = attr(W + rng.normal(size=W.shape))
+    for method, kw in (("prior", {"prior": prior}), ("prior", {"prior": prior, "select": "holdout"}),
+                       ("lowrank", {}), ("lasso", {"tol": 1e-8, "max_iter": 5000})):
+        kw = {**kw, "standardize": standardize, "components": ""}
+        a = fit((X, Y), method, **kw)  # (keep, y) with M < C: the dual form
+        assert a.meta["solver"] == "dual-eigh"
+        if kw.get("select") == "holdout" or method == "lasso":  # held-out selection factorises the fit part too
+            b = fit((GramAccumulator.from_arrays(X[:48], Y[:48]), GramAccumulator.from_arrays(X[48:], Y[48:])),
+                    method, **kw)
+        else:
+            b = fit(GramAccumulator.from_arrays(X, Y), method, **kw)
+        assert b.meta["solver"] == "primal-eigh"
+        assert a.meta.get("lambda") == pytest.approx(b.meta.get("lambda")), method
+        np.testing.assert_allclose(a.weights, b.weights, rtol=1e-4, atol=1e-5 * np.abs(b.weights).max())

@@ -135,9 +135,8 @@ def _factorize(data, standardize, rcond, device):
         acc = reg.GramAccumulator(data[0].n_components, data[0].n_examples, device=device)
         acc.merge(data[0]).merge(data[1])  # (fit part, held-out part): all of it
         return reg.factorize(acc, standardize=standardize, rcond=rcond, device=device)
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        acc = reg.GramAccumulator.from_arrays(data[0], data[1], device=device)
-        return reg.factorize(acc, standardize=standardize, rcond=rcond, device=device)
+    if isinstance(data, (tuple, list)) and len(data) == 2:  # fewer masks than components: the dual form
+        return reg.factorize_rows(data[0], data[1], standardize=standardize, rcond=rcond, device=device)
     raise CoarError("data must be a GramAccumulator, a Factorization or a (keep, y) pair")
 
 

@@ -254,6 +254,7 @@ class Factorization:
     rcond: float
     standardize: bool
     device: object = None
+    solver: str = "primal-eigh"  # "dual-eigh": built from the M x M kernel (factorize_rows with M < C)
 
     @property
     def rank(self) -> int:
@@ -421,6 +422,68 @@ def factorize(acc: GramAccumulator, standardize: bool = True, rcond: float | Non
     )
 
 
+def dual_kernel(keep: np.ndarray, standardize: bool, block: int, ops: _Ops):
+    """(K [M, M], xbar [C], dinv [C] or None, zblock) of binary masks ``keep`` [M, C]: K = Z Z^T for the centred
+    (and standardized) masks Z, formed ``block`` columns at a time; ``zblock(s)`` is Z[:, s : s + block] in
+    float64. The masks stay binary in memory."""
+    M, C = keep.shape
+    sx = keep.sum(axis=0, dtype=np.int64)
+    xbar = sx / M
+    dinv = None
+    scale = np.ones(C)
+    if standardize:
+        var = (M * sx - sx * sx) / (M * M)  # binary columns: sum x^2 = sum x
+        dinv = np.zeros(C)
+        nz = var > 0
+        dinv[nz] = 1.0 / np.sqrt(var[nz])
+        scale = dinv
+
+    def zblock(s):
+        return (keep[:, s : s + block].astype(np.float64) - xbar[None, s : s + block]) * scale[None, s : s + block]
+
+    K = np.zeros((M, M))
+    for s in range(0, C, block):
+        zb = zblock(s)
+        K += ops.mm(zb, zb.T)
+    return K, xbar, dinv, zblock
+
+
+def factorize_rows(keep, y, standardize: bool = True, rcond: float | None = None, device=None,
+                   block: int = 4096) -> Factorization:
+    """The Factorization of masks and outputs given as arrays: from the C x C Gram when M >= C, and from the
+    M x M kernel when M < C (dual: K = Z Z^T = U E U^T gives the Gram's nonzero eigenpairs, V = Z^T U E^-1/2,
+    so no C x C matrix is ever formed; the eigenvectors kept are C x r with r <= M). Both forms give the same
+    eigenvalues, eigenspace and cut-off, so every fit made from it is the same."""
+    keep = _to_numpy(keep, "keep")
+    y = _to_numpy(y, "y")
+    if keep.ndim != 2 or y.ndim != 2:
+        raise ShapeError(f"keep must be [M, C] and y [M, N], got shapes {keep.shape} and {y.shape}")
+    M, C = keep.shape
+    keep, y = _check_batch(keep, y, C, y.shape[1])
+    if M < 2:
+        raise CoarError(f"need at least 2 masks to fit, got M={M}")
+    if M >= C:
+        return factorize(GramAccumulator.from_arrays(keep, y, device=device), standardize, rcond, device)
+    ops = _Ops(device)
+    K, xbar, dinv, zblock = dual_kernel(keep, standardize, block, ops)
+    e, U = ops.eigh(K)
+    del K
+    rc = _default_rcond(M, C) if rcond is None else float(rcond)
+    cutoff = rc * (float(e.max()) if e.size else 0.0)
+    kept = e > max(cutoff, 0.0)
+    e, U = e[kept], np.ascontiguousarray(U[:, kept])
+    ybar = y.mean(axis=0)
+    yc = y - ybar[None, :]
+    V = np.empty((C, e.size))
+    Ue = U / np.sqrt(e)[None, :]
+    for s in range(0, C, block):
+        V[s : s + block] = ops.mm(zblock(s).T, Ue)
+    return Factorization(m=M, n_components=C, n_examples=y.shape[1], xbar=xbar, ybar=ybar,
+                         syy=np.einsum("mn,mn->n", yc, yc), dinv=dinv, evals=e, evecs=V,
+                         q=np.sqrt(e)[:, None] * ops.mm(U.T, yc), cutoff=cutoff, rcond=rc,
+                         standardize=bool(standardize), device=device, solver="dual-eigh")
+
+
 def _as_factorization(data, standardize, rcond, device) -> Factorization:
     if isinstance(data, Factorization):
         if data.standardize != bool(standardize):
@@ -434,5 +497,5 @@ def _as_factorization(data, standardize, rcond, device) -> Factorization:
 
 # ------------------------------------------------------------------------------- fits
 def _primal_meta(fac: Factorization) -> dict:
-    return {"solver": "primal-eigh", "standardize": fac.standardize, "n_masks": fac.m, "rank": fac.rank,
+    return {"solver": fac.solver, "standardize": fac.standardize, "n_masks": fac.m, "rank": fac.rank,
             "rcond": fac.rcond}

@@ -83,12 +83,13 @@ import numpy as np
 from .attributions import Attributions
 from .errors import CoarError, ShapeError
 from .gram import (Factorization, GramAccumulator, _as_factorization, _check_batch, _default_rcond, _Ops,
-                   _primal_meta, _to_numpy, factorize)
+                   _primal_meta, _to_numpy, dual_kernel, factorize, factorize_rows)
 
 __all__ = [
     "GramAccumulator",
     "Factorization",
     "factorize",
+    "factorize_rows",
     "fit_ols",
     "fit_ridge",
     "fit_dual",
@@ -192,23 +193,8 @@ def fit_dual(
     if not np.isfinite(lam) or lam < 0:
         raise CoarError(f"ridge penalty must be finite and >= 0, got {lam}")
     ops = _Ops(device)
-    sx = keep.sum(axis=0, dtype=np.int64)
-    xbar = sx / M
-    dinv = np.ones(C)
-    if standardize:
-        var = (M * sx - sx * sx) / (M * M)  # binary columns: sum x^2 = sum x
-        dinv = np.zeros(C)
-        nz = var > 0
-        dinv[nz] = 1.0 / np.sqrt(var[nz])
-
-    def zblock(s):
-        zb = keep[:, s : s + block].astype(np.float64) - xbar[None, s : s + block]
-        return zb * dinv[None, s : s + block]
-
-    K = np.zeros((M, M))
-    for s in range(0, C, block):
-        zb = zblock(s)
-        K += ops.mm(zb, zb.T)
+    K, xbar, dinv, zblock = dual_kernel(keep, standardize, block, ops)
+    dinv = np.ones(C) if dinv is None else dinv
     e, U = ops.eigh(K)
     del K
     rc = _default_rcond(M, C) if rcond is None else float(rcond)
@@ -273,7 +259,8 @@ def fit_chunks(
 ) -> Attributions:
     """Fit on the first ``m`` masks of a stream of ``(keep [k, C], y [k, N])`` chunks, read once.
 
-    OLS with fewer masks than components uses the dual form on the concatenated masks; otherwise one
+    OLS and the estimators with fewer masks than components use the dual form on the concatenated masks
+    (:func:`coar.gram.factorize_rows`); otherwise one
     :class:`GramAccumulator` pass (fed the chunks as they come: the float64 sums depend on the chunking, so
     the same chunks give bitwise the same fit) and one factorisation (ridge: the penalty per example by GCV
     over ``lambdas``). The estimators of :mod:`coar.estimators` (``method`` "prior", "lowrank", "lasso") take
@@ -286,12 +273,16 @@ def fit_chunks(
     if options and method in ("ols", "ridge"):
         raise CoarError(f"options {sorted(options)} do not apply to method {method!r}")
     m = int(m)
-    if method == "ols" and m >= 2 and memory_plan(m, n_components, n_examples)["chosen"] == "dual":
-        # fewer masks than components: the M x M kernel instead of the C x C Gram (the same minimum-norm fit)
+    if method != "ridge" and m >= 2 and memory_plan(m, n_components, n_examples)["chosen"] == "dual":
+        # fewer masks than components: the M x M kernel instead of the C x C Gram (the same fit)
         keep, y = (np.concatenate(parts)[:m] for parts in zip(*chunks))
         if len(keep) < m:
             raise CoarError(f"asked to fit on {m} masks, the stores hold only {len(keep)}")
-        return fit_dual(keep, y, standardize=standardize, components=components, device=device)
+        if method == "ols":
+            return fit_dual(keep, y, standardize=standardize, components=components, device=device)
+        if method != "lasso":
+            options["lambdas"] = lambdas
+        return fit((keep, y), method, standardize=standardize, components=components, device=device, **options)
     split = method == "lasso" or options.get("select") == "holdout"
     n_fit = m - int(round(float(options.get("holdout_fraction", 0.2)) * m)) if split else m
     accs = [GramAccumulator(n_components, n_examples, device=device)]
