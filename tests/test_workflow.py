@@ -138,11 +138,13 @@ def test_efficiency_edit_study_plans_on_the_default_preset(tmp_path):
                                                             f"data/B/heldout-1000.npz")
 
 
-def test_mask_design_study_plans_on_the_default_preset(tmp_path):
-    """config/mask-designs.yaml: A's model and examples trained and drawn once, every design's training masks
-    sampled apart (the scheme is part of the store), and every fit scored on A's own evaluation masks."""
-    variants = ("A", "A_exact_q", "A_bern", "A_bern_q", "A_bal", "A_bal_q")
-    targets = [f"results/{v}/evaluation/on-A/alpha-{a}.csv" for v in variants for a in ("0.1", "0.15")]
+@pytest.mark.parametrize("setup,alphas", [("A", ("0.1", "0.15")), ("C", ("0.05", "0.075"))])
+def test_mask_design_study_plans_on_the_default_preset(tmp_path, setup, alphas):
+    """config/mask-designs.yaml: the setup's model and examples trained and drawn once, every design's training
+    masks sampled apart (the scheme is part of the store), and every fit scored on the setup's own evaluation
+    masks."""
+    variants = (setup,) + tuple(f"{setup}_{d}" for d in ("exact_q", "bern", "bern_q", "bal", "bal_q"))
+    targets = [f"results/{v}/evaluation/on-{setup}/alpha-{a}.csv" for v in variants for a in alphas]
     r = snakemake("-n", *targets, "--configfile", str(ROOT / "config/config.yaml"),
                   str(ROOT / "config/mask-designs.yaml"), "--directory", str(tmp_path))
     out = r.stdout + r.stderr
@@ -152,9 +154,9 @@ def test_mask_design_study_plans_on_the_default_preset(tmp_path):
     jobs = _dry_run_jobs(out)
     shards = {j["output"] for j in jobs if j["rule"] == "sample_shard"}
     assert shards == ({f"results/{v}/masks/train/shard-{i:03d}.json" for v in variants for i in (0, 1)}
-                      | {f"results/A/masks/test-{a}/shard-000.json" for a in ("0.1", "0.15")})
+                      | {f"results/{setup}/masks/test-{a}/shard-000.json" for a in alphas})
     tests = {j["input"].split(", ")[1] for j in jobs if j["rule"] == "evaluate_on"}
-    assert tests == {"results/A/masks/test-0.1.json", "results/A/masks/test-0.15.json"}
+    assert tests == {f"results/{setup}/masks/test-{a}.json" for a in alphas}
 
 
 def test_variant_shares_what_it_does_not_change(tmp_path):

@@ -35,8 +35,9 @@ DATASETS = {name: {**s.norm, "channels": s.channels, "size": s.size, "classes": 
 # copy than these is still caught by the job that loads it)
 SPLIT_SIZES = {(name, split): n for name, s in SPECS.items() for split, n in (s.splits or {}).items()
                if n is not None}
-# text datasets and the output function each is scored with (coar.paper.data.hf_text, coar.paper.data.text)
-TEXT_DATASETS = {name: s.output for name, s in SPECS.items() if s.kind == "tokens" and s.source != "os-text"}
+# the paper's text datasets (coar.paper.data.hf_text; scored with published models, never trained here) and the
+# output function each is scored with
+TEXT_DATASETS = {name: s.output for name, s in SPECS.items() if s.kind == "tokens" and s.pretrained_only}
 FILE_DATASETS = tuple(name for name, s in SPECS.items() if s.storage == "files")  # decoded for the examples chosen
 GROUPED = tuple(name for name, s in SPECS.items() if s.grouped)  # every example has a group
 DECODED = tuple(name for name, s in SPECS.items() if s.decodable)  # can be decoded at any size

@@ -8,7 +8,7 @@ This module imports nothing but the standard library.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping
 
 IMAGENET_NORM = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -38,7 +38,6 @@ class DatasetSpec:
     pretrained_only: bool = False  # its models are used with published weights, never trained here
     zero_shot: bool = False  # classified zero-shot (class names as prompts), by the zero-shot CLIP model only
     manual: bool = False  # its source must be placed by hand (credentialed or licence-bound)
-    notes: str = field(default="", compare=False)
 
     @property
     def kind(self) -> str:
@@ -56,10 +55,6 @@ class DatasetSpec:
                 "std": list(self.std) if isinstance(self.std, tuple) else self.std}
 
 
-def _image(name, source, storage, **kw) -> DatasetSpec:
-    return DatasetSpec(name, source, storage, **kw)
-
-
 _FMNIST = dict(root="data", splits={"train": 60000, "test": 10000}, mean=0.2860, std=0.3530, channels=1, size=28,
                classes=10, corruptions="synthetic")
 _CIFAR = dict(splits={"train": 50000, "test": 10000}, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
@@ -67,31 +62,31 @@ _CIFAR = dict(splits={"train": 50000, "test": 10000}, mean=(0.4914, 0.4822, 0.44
 _IMAGENET = dict(size=224, classes=1000, **IMAGENET_NORM)
 
 SPECS: dict[str, DatasetSpec] = {s.name: s for s in (
-    _image("fashion-mnist", "fashion-mnist", "arrays", **_FMNIST,
-           notes="offline: Debian's package, COAR_FASHION_MNIST or torchvision's download"),
-    _image("fashion-mnist-backdoor", "fashion-mnist", "arrays", backdoor_of="fashion-mnist", attack="backdoor",
-           **_FMNIST),
-    _image("fashion-mnist-spurious", "fashion-mnist", "arrays", root="data", splits={"train": None, "test": None},
-           mean=0.40, std=0.30, channels=1, size=28, classes=2, grouped=True, corruptions="synthetic"),
+    # offline: Debian's package, COAR_FASHION_MNIST or torchvision's download
+    DatasetSpec("fashion-mnist", "fashion-mnist", "arrays", **_FMNIST),
+    DatasetSpec("fashion-mnist-backdoor", "fashion-mnist", "arrays", backdoor_of="fashion-mnist", attack="backdoor",
+                **_FMNIST),
+    DatasetSpec("fashion-mnist-spurious", "fashion-mnist", "arrays", root="data", splits={"train": None, "test": None},
+                mean=0.40, std=0.30, channels=1, size=28, classes=2, grouped=True, corruptions="synthetic"),
     DatasetSpec("os-text", "os-text", "tokens", root="data", splits={"train": None, "test": None},
-                output="token_margin", notes="offline stand-in for TinyStories: text files of the OS"),
-    _image("cifar10", "cifar10", "arrays", corruptions="published", **_CIFAR),
-    _image("cifar10-backdoor", "cifar10", "arrays", backdoor_of="cifar10", attack="backdoor",
-           corruptions="synthetic", **_CIFAR),
-    _image("imagenet", "imagenet", "files", root="imagenet", splits={"val": 50000}, pretrained_only=True,
-           manual=True, corruptions="synthetic", **_IMAGENET),
-    _image("imagenet-sketch", "imagenet-sketch", "files", splits={"test": None}, corruptions="synthetic",
-           **_IMAGENET),
-    _image("imagenet-star", "imagenet-star", "files", splits=None, manual=True, corruptions="synthetic",
-           **_IMAGENET),
-    _image("waterbirds", "waterbirds", "files", splits={"train": 4795, "val": 1199, "test": 5794}, grouped=True,
-           corruptions="synthetic", **{**_IMAGENET, "classes": 2}),
-    _image("celeba-blond", "celeba-blond", "files", splits={"train": 162770, "val": 19867, "test": 19962},
-           grouped=True, corruptions="synthetic", **{**_IMAGENET, "classes": 2}),
-    _image("mimic-cxr", "mimic-cxr", "files", splits={"train": None, "val": None, "test": None}, manual=True,
-           corruptions="synthetic", **{**_IMAGENET, "classes": 2}),
-    _image("typographic", "typographic", "folder", splits={"test": None}, size=224, classes=None,
-           attack="typographic", zero_shot=True, corruptions="synthetic", **CLIP_NORM),
+                output="token_margin"),  # the offline stand-in for TinyStories: the OS's text files
+    DatasetSpec("cifar10", "cifar10", "arrays", corruptions="published", **_CIFAR),
+    DatasetSpec("cifar10-backdoor", "cifar10", "arrays", backdoor_of="cifar10", attack="backdoor",
+                corruptions="synthetic", **_CIFAR),
+    DatasetSpec("imagenet", "imagenet", "files", root="imagenet", splits={"val": 50000}, pretrained_only=True,
+                manual=True, corruptions="synthetic", **_IMAGENET),
+    DatasetSpec("imagenet-sketch", "imagenet-sketch", "files", splits={"test": None}, corruptions="synthetic",
+                **_IMAGENET),
+    DatasetSpec("imagenet-star", "imagenet-star", "files", splits=None, manual=True, corruptions="synthetic",
+                **_IMAGENET),
+    DatasetSpec("waterbirds", "waterbirds", "files", splits={"train": 4795, "val": 1199, "test": 5794}, grouped=True,
+                corruptions="synthetic", **{**_IMAGENET, "classes": 2}),
+    DatasetSpec("celeba-blond", "celeba-blond", "files", splits={"train": 162770, "val": 19867, "test": 19962},
+                grouped=True, corruptions="synthetic", **{**_IMAGENET, "classes": 2}),
+    DatasetSpec("mimic-cxr", "mimic-cxr", "files", splits={"train": None, "val": None, "test": None}, manual=True,
+                corruptions="synthetic", **{**_IMAGENET, "classes": 2}),
+    DatasetSpec("typographic", "typographic", "folder", splits={"test": None}, size=224, classes=None,
+                attack="typographic", zero_shot=True, corruptions="synthetic", **CLIP_NORM),
     DatasetSpec("tinystories", "tinystories", "tokens", splits={"val": None}, output="token_margin",
                 pretrained_only=True),  # GPT-2 with its published weights (paper App. B)
     DatasetSpec("boolq", "boolq", "tokens", splits={"val": None}, output="answer_margin",
