@@ -115,8 +115,9 @@ RUN_BY = {
     r"^export SBATCH_ACCOUNT": ["tests/test_slurm.py::test_slurm_profile_runs_fig2_through_sbatch"],
     r"^snakemake --workflow-profile workflow/profiles/slurm": [
         "tests/test_slurm.py::test_slurm_profile_runs_fig2_through_sbatch"],
-    r"^(dvc|git) ": ["tests/test_dvc.py::test_dvc_round_trip"],
-    r"^cd ": ["tests/test_dvc.py::test_dvc_round_trip"],
+    # docs/sharing.md's DVC round trip, command by command (build and push, clone and pull; paper preset alike)
+    r"^(dvc repro default|git add dvc\.lock|git commit -m \"(paper )?results\"|dvc push( paper)?|git clone <repo>"
+    r"|cd <repo>|dvc pull (default|paper)|dvc commit paper)$": ["tests/test_dvc.py::test_dvc_round_trip"],
     r"^bash workflow/dvc-sync\.sh": ["tests/test_dvc.py::test_dvc_round_trip"],
     r"^snakemake -n$": ["tests/test_dvc.py::test_dvc_round_trip"],
     r"^bash benchmarks/gpu\.sh": ["tests/test_gpu_script.py::test_gpu_script_tiny_runs_every_section",
