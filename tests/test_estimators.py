@@ -385,10 +385,9 @@ def test_the_efficiency_figure_has_a_panel_per_setup_and_alpha_and_a_line_per_es
     panels = [ax for ax in fig.axes if ax.has_data()]
     assert len(panels) == 4 and sum(bool(ax.get_xlabel()) for ax in panels) == 2
     assert any("alpha_test 0.15" in ax.get_title(loc="left") for ax in panels)
-    labels = [t.get_text() for t in fig.legends[0].get_texts()] if fig.legends else \
-        [t.get_text() for ax in panels if ax.get_legend() for t in ax.get_legend().get_texts()]
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert labels == ["least squares (COAR)", "ridge (GCV)", "shrunk to grad x param",
-                      "grad x param alone, at its cost"]
+                      "grad x param alone, at its cost", "least squares at m (the target)", "a third of the budget"]
     assert any("provenance text" in t.get_text() for t in fig.texts)
     assert save_figure(fig, tmp_path / "efficiency.pdf").read_bytes()[:5] == b"%PDF-"
 

@@ -8,8 +8,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-from .style import (METHOD_COLORS, ROW_HEIGHT_IN, SMALL, WIDTH_IN, legend_below, numeric_columns, panel_title,
+from .style import (METHOD_COLORS, ROW_HEIGHT_IN, SMALL, WIDTH_IN, numeric_columns, panel_title,
                     rc_params, require_columns, start_figure)
 
 __all__ = ["EFFICIENCY_COLUMNS", "fig_efficiency"]
@@ -41,9 +42,12 @@ def fig_efficiency(table: pd.DataFrame, provenance: str, titles: Mapping[str, st
     width = WIDTH_IN if len(setups) > 1 else WIDTH_IN / 2
     panel_w = width / len(setups)
     with matplotlib.rc_context(rc_params()):
-        fig = start_figure(width, ROW_HEIGHT_IN * (0.8 if len(setups) > 3 else 1.0) * n_rows + 1.0, provenance,
+        fig = start_figure(width, ROW_HEIGHT_IN * (0.8 if len(setups) > 3 else 1.0) * n_rows + 0.9, provenance,
                            "Attribution accuracy against the forward-pass budget, priors counted")
-        axes = fig.subplots(n_rows, len(setups), squeeze=False)
+        grid = fig.add_gridspec(n_rows + 1, len(setups), height_ratios=[1.0] * n_rows + [0.22])
+        axes = np.array([[fig.add_subplot(grid[r, c]) for c in range(len(setups))] for r in range(n_rows)])
+        key = fig.add_subplot(grid[n_rows, :])  # the legend's own row, clear of the panels and the footer
+        key.set_axis_off()
         handles = {}
         for r in range(n_rows):
             for ax, setup in zip(axes[r], setups):
@@ -53,16 +57,26 @@ def fig_efficiency(table: pd.DataFrame, provenance: str, titles: Mapping[str, st
                     continue
                 _panel(ax, d, handles)
                 alpha = d.alpha_test.iloc[0]
-                title = (titles or {}).get(setup, setup) if r == 0 else setup
+                title = _short_title(setup, (titles or {}).get(setup)) if r == 0 else setup
                 if np.isfinite(alpha):
                     title = f"{title}\nalpha_test {alpha:g}"
                 panel_title(ax, title, panel_w)
                 if r == n_rows - 1:
                     ax.set_xlabel("forward passes / m\n(masks + prior)")
             axes[r][0].set_ylabel("mean correlation\non evaluation masks")
-        legend_below(axes[-1][len(setups) // 2], list(handles.values()), drop_in=0.55,
-                     ncol=min(4, len(handles)), fontsize=SMALL - 0.5)
+        guides = [Line2D([], [], ls="--", c="0.5", lw=0.8, label="least squares at m (the target)"),
+                  Line2D([], [], ls=":", c="0.5", lw=0.8, label="a third of the budget")]
+        key.legend(handles=list(handles.values()) + guides, loc="center", ncol=min(4, len(handles) + 2),
+                   fontsize=SMALL - 0.5)
     return fig
+
+
+def _short_title(setup: str, title: str | None) -> str:
+    """The setup and what its title says after the first colon (the model), for a narrow panel."""
+    if not title:
+        return setup
+    rest = title.split(":", 1)[1].strip() if ":" in title else title
+    return rest if rest.startswith(setup) else f"{setup}: {rest}"
 
 
 def _panel(ax, d: pd.DataFrame, handles: dict) -> None:
