@@ -385,6 +385,11 @@ def test_the_efficiency_figure_has_a_panel_per_setup_and_alpha_and_a_line_per_es
     panels = [ax for ax in fig.axes if ax.has_data()]
     assert len(panels) == 4 and sum(bool(ax.get_xlabel()) for ax in panels) == 2
     assert any("alpha_test 0.15" in ax.get_title(loc="left") for ax in panels)
+    from coar.paper.plots.efficiency import _short_title
+    assert _short_title("R", "R (stand-in for A's ResNet): ResNet-18 layout, 488 filters") == \
+        "R: ResNet-18 layout, 488 filters"
+    assert _short_title("B", "B (deeper): B-spline net") == "B: B-spline net"
+    assert _short_title("A", "A: ResNet") == "A: ResNet" and _short_title("A", None) == "A"
     labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert labels == ["least squares (COAR)", "ridge (GCV)", "shrunk to grad x param",
                       "grad x param alone, at its cost", "least squares at m (the target)", "a third of the budget"]

@@ -2,6 +2,7 @@
 one line per estimator (coar.paper.efficiency's table)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import matplotlib
@@ -76,7 +77,7 @@ def _short_title(setup: str, title: str | None) -> str:
     if not title:
         return setup
     rest = title.split(":", 1)[1].strip() if ":" in title else title
-    return rest if rest.startswith(setup) else f"{setup}: {rest}"
+    return rest if re.match(rf"{re.escape(setup)}[:\s(]", rest) else f"{setup}: {rest}"
 
 
 def _panel(ax, d: pd.DataFrame, handles: dict) -> None:
