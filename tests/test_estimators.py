@@ -428,3 +428,7 @@ def test_dual_factorization_equals_the_primal_one_with_fewer_masks_than_componen
         assert b.meta["solver"] == "primal-eigh"
         assert a.meta.get("lambda") == pytest.approx(b.meta.get("lambda")), method
         np.testing.assert_allclose(a.weights, b.weights, rtol=1e-4, atol=1e-5 * np.abs(b.weights).max())
+        # the streaming fit (CLI, workflow, API) takes the dual form too, and gives the same fit
+        c = fit_chunks(iter([(X[:25], Y[:25]), (X[25:], Y[25:])]), 60, 90, 7, method=method, lambdas=None, **kw)
+        assert c.meta["solver"] == "dual-eigh"
+        np.testing.assert_array_equal(c.weights, a.weights)

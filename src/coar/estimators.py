@@ -158,7 +158,7 @@ def _to_attributions(fac, u: np.ndarray, method: str, components: str, meta: dic
         const = fac.dinv == 0
         w[const] = w_const[const]
     b = fac.ybar - fac.xbar @ w
-    return Attributions(w.T, b, method, components, {**reg._primal_meta(fac), **meta})
+    return Attributions(w.T, b, method, components, {**reg._factorization_meta(fac), **meta})
 
 
 # ------------------------------------------------------------------ subspace shrinkage

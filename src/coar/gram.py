@@ -496,6 +496,6 @@ def _as_factorization(data, standardize, rcond, device) -> Factorization:
 
 
 # ------------------------------------------------------------------------------- fits
-def _primal_meta(fac: Factorization) -> dict:
+def _factorization_meta(fac: Factorization) -> dict:
     return {"solver": fac.solver, "standardize": fac.standardize, "n_masks": fac.m, "rank": fac.rank,
             "rcond": fac.rcond}

@@ -83,7 +83,7 @@ import numpy as np
 from .attributions import Attributions
 from .errors import CoarError, ShapeError
 from .gram import (Factorization, GramAccumulator, _as_factorization, _check_batch, _default_rcond, _Ops,
-                   _primal_meta, _to_numpy, dual_kernel, factorize, factorize_rows)
+                   _factorization_meta, _to_numpy, dual_kernel, factorize, factorize_rows)
 
 __all__ = [
     "GramAccumulator",
@@ -110,7 +110,7 @@ def fit_ols(
     """Least squares with intercept for all examples (minimum-norm when rank-deficient)."""
     fac = _as_factorization(acc, standardize, rcond, device)
     w, b = fac.coefficients(None)
-    meta = {**_primal_meta(fac), "lambda": [0.0] * fac.n_examples}
+    meta = {**_factorization_meta(fac), "lambda": [0.0] * fac.n_examples}
     return Attributions(w.T, b, "coar-ols", components, meta)
 
 
@@ -151,7 +151,7 @@ def fit_ridge(
     chosen = lams[chosen_idx]
     w, b = fac.coefficients(chosen)
     meta = {
-        **_primal_meta(fac),
+        **_factorization_meta(fac),
         "select": select if lams.size > 1 else "fixed",
         "lambdas": lams.tolist(),
         "lambda": chosen.tolist(),
@@ -273,6 +273,8 @@ def fit_chunks(
     if options and method in ("ols", "ridge"):
         raise CoarError(f"options {sorted(options)} do not apply to method {method!r}")
     m = int(m)
+    if method in ("prior", "lowrank"):
+        options["lambdas"] = lambdas
     if method != "ridge" and m >= 2 and memory_plan(m, n_components, n_examples)["chosen"] == "dual":
         # fewer masks than components: the M x M kernel instead of the C x C Gram (the same fit)
         keep, y = (np.concatenate(parts)[:m] for parts in zip(*chunks))
@@ -280,8 +282,6 @@ def fit_chunks(
             raise CoarError(f"asked to fit on {m} masks, the stores hold only {len(keep)}")
         if method == "ols":
             return fit_dual(keep, y, standardize=standardize, components=components, device=device)
-        if method != "lasso":
-            options["lambdas"] = lambdas
         return fit((keep, y), method, standardize=standardize, components=components, device=device, **options)
     split = method == "lasso" or options.get("select") == "holdout"
     n_fit = m - int(round(float(options.get("holdout_fraction", 0.2)) * m)) if split else m
@@ -306,8 +306,6 @@ def fit_chunks(
     if method == "ridge":
         return fit_ridge(accs[0], list(lambdas), select="gcv", standardize=standardize, components=components,
                          device=device)
-    if method != "lasso":
-        options["lambdas"] = lambdas
     return fit(tuple(accs) if split else accs[0], method, standardize=standardize, components=components,
                device=device, **options)
 

@@ -26,9 +26,9 @@ import pandas as pd
 from ..attributions import Attributions
 from ..correlation import pearson_columns
 from ..errors import CoarError
-from .plan import scaled_alphas
 from ..regression import fit
 from ..store import load_shards, read_meta
+from .plan import scaled_alphas
 
 PRIOR_COST = {"loo": lambda c: c + 1, "gp": lambda c: 3}
 LASSO_RATIOS = list(np.logspace(0, -3, 7))  # a shorter path than the library's default: the lasso is slow at C = 448

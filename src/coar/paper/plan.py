@@ -290,6 +290,7 @@ class Plan:
         for name in self.setups:
             self._check_setup(name)
         self._check_figure_setups()
+        self._check_efficiency()
         for name in self.config["edits"]:
             self._check_edit(name)
         self._check_figures()
@@ -353,12 +354,15 @@ class Plan:
                 for s in [spec[key]] if isinstance(spec.get(key), str) else spec.get(key, []):
                     if s not in self.setups:
                         self._error(f"figures.{fig}.{key}", f"unknown setup {s!r}; defined: {', '.join(self.setups)}")
+
+    def _check_efficiency(self):
         study = self.config.get("efficiency") or {}
         for s in study.get("setups") or []:
             if s not in self.setups:
                 self._error("efficiency.setups", f"unknown setup {s!r}; defined: {', '.join(self.setups)}")
-        for s in self.efficiency_setups() if study.get("alpha_test_factors") else []:
-            for f in study["alpha_test_factors"]:
+        factors = study.get("alpha_test_factors")  # without it, alpha_train (and a preset need not have fig2)
+        for s in self.efficiency_setups() if factors else []:
+            for f in factors:
                 if not 0 < f * self.setups[s]["alpha_train"] < 1:
                     self._error("efficiency.alpha_test_factors", f"{f:g} x setup {s}'s alpha_train "
                                 f"{self.setups[s]['alpha_train']:g} is not an ablation fraction in (0, 1)")

@@ -16,7 +16,7 @@ from .style import (METHOD_COLORS, ROW_HEIGHT_IN, SMALL, WIDTH_IN, numeric_colum
 
 __all__ = ["EFFICIENCY_COLUMNS", "fig_efficiency"]
 
-EFFICIENCY_COLUMNS = ("setup", "estimator", "label", "masks", "ratio", "mean_correlation", "sem")
+EFFICIENCY_COLUMNS = ("setup", "alpha_test", "estimator", "label", "masks", "ratio", "mean_correlation", "sem")
 # least squares in COAR's colour; the priors in their baseline's colour; the rest from the Okabe-Ito palette
 _COLORS = {"ols": METHOD_COLORS["coar"], "ridge": METHOD_COLORS["coar-ridge"], "prior-loo": METHOD_COLORS["loo"],
            "loo alone": METHOD_COLORS["loo"], "prior-gp": METHOD_COLORS["gp"], "gp alone": METHOD_COLORS["gp"],
@@ -32,12 +32,10 @@ def fig_efficiency(table: pd.DataFrame, provenance: str, titles: Mapping[str, st
     its budget dotted; a prior alone is a cross at its cost (at the left edge, as a left-pointing triangle,
     when its cost is below the axis)."""
     require_columns(table, EFFICIENCY_COLUMNS, "efficiency")
-    table = numeric_columns(table, ("masks", "ratio", "mean_correlation", "sem"), "efficiency")
-    if "alpha_test" not in table:
-        table = table.assign(alpha_test=np.nan)
+    table = numeric_columns(table, ("alpha_test", "masks", "ratio", "mean_correlation", "sem"), "efficiency")
     setups = list(dict.fromkeys(table.setup))
     # rows: the first, second, ... evaluation alpha of each setup (setups have different alpha_train)
-    rank = table.groupby("setup").alpha_test.rank(method="dense").fillna(1).astype(int)
+    rank = table.groupby("setup").alpha_test.rank(method="dense").astype(int)
     table = table.assign(row=rank)
     n_rows = int(table.row.max())
     width = WIDTH_IN if len(setups) > 1 else WIDTH_IN / 2
@@ -57,11 +55,8 @@ def fig_efficiency(table: pd.DataFrame, provenance: str, titles: Mapping[str, st
                     ax.set_axis_off()
                     continue
                 _panel(ax, d, handles)
-                alpha = d.alpha_test.iloc[0]
                 title = _short_title(setup, (titles or {}).get(setup)) if r == 0 else setup
-                if np.isfinite(alpha):
-                    title = f"{title}\nalpha_test {alpha:g}"
-                panel_title(ax, title, panel_w)
+                panel_title(ax, f"{title}\nalpha_test {d.alpha_test.iloc[0]:g}", panel_w)
                 if r == n_rows - 1:
                     ax.set_xlabel("forward passes / m\n(masks + prior)")
             axes[r][0].set_ylabel("mean correlation\non evaluation masks")
