@@ -15,12 +15,22 @@ FLOP/s (the model's forward FLOPs per example, counted by torch's FlopCounterMod
 of --peak-tflops when given, the speedup over the authors' loop, and how closely the two loops' margins
 agree (in float32 they must match to rounding). Random weights: speed does not depend on them.
 
-    python benchmarks/bench_sampling.py --device cuda --peak-tflops 989         # the issue's table
+    python benchmarks/bench_sampling.py --device cuda --peak-tflops 989         # the GPU table
     python benchmarks/bench_sampling.py --quick                                 # CPU smoke run (CI)
+
+--preset CONFIG measures the engine against the plain forward pass instead, for every model of a workflow
+preset (default config/config.yaml) at its own number of examples: rows/s of the plain forward pass of the
+model without any ablation, in its best memory format and batch size, against rows/s of the engine's own choice
+(coar.engine.plan), and their ratio; --variants adds every mechanism x memory format the rule chose among.
+Repetitions are interleaved and the median is reported, so a slow spell of a shared machine hits every row.
+
+    python benchmarks/bench_sampling.py --preset config/config.yaml --threads 1 2
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import sys
 import time
 
 import numpy as np
@@ -84,8 +94,124 @@ def forward_flops(model, image_size, device, dtype) -> int:
     return int(counter.get_total_flops())
 
 
+def preset_models(config_path: str) -> list[dict]:
+    """One entry per distinct (model, classes, channels, image size, examples) of a workflow preset's setups."""
+    import yaml
+
+    from coar.paper.plan import resolve_parents
+
+    with open(config_path) as fh:
+        config = yaml.safe_load(fh)
+    resolve_parents(config)
+    seen, out = set(), []
+    for name, s in config["setups"].items():
+        ex = s.get("examples") or {}
+        n = int(ex.get("n") or 200) * (2 if ex.get("trigger") == "paired" else 1)
+        text = s.get("output") == "token_margin"
+        key = (s["model"], s.get("num_classes", 10), s.get("in_channels", 3), s.get("image_size", 32), n,
+               ex.get("length", 32) if text else None)
+        if key in seen or s.get("pretrained"):
+            continue
+        seen.add(key)
+        out.append(dict(setup=name, model=key[0], num_classes=key[1], in_channels=key[2], image_size=key[3], n=n,
+                        length=key[5]))
+    return out
+
+
+def _median_rates(fns: dict, rows: dict, reps: int) -> dict:
+    """Median rows/s of every callable, repetitions interleaved (one warm-up call each first)."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: rows[k] / float(np.median(v)) for k, v in times.items()}
+
+
+@torch.no_grad()
+def preset_table(config_path: str, threads: list[int], masks: int, reps: int, variants: bool,
+                 only: list[str] | None = None, report=None) -> list[dict]:
+    """Rows/s of the plain forward pass (best format and batch) and of the engine, per model and thread count;
+    `report(row)` is called on each row as soon as it is measured."""
+    from coar.engine import Engine, as_format
+    from coar.outputs import get_output_fn
+
+    results = []
+    for threads_n in threads:
+        torch.set_num_threads(threads_n)
+        for spec in preset_models(config_path):
+            if only and spec["setup"] not in only:
+                continue
+            torch.manual_seed(0)
+            text = spec["length"] is not None
+            if text:
+                model = build_model(spec["model"]).eval()
+                x = torch.randint(0, 256, (spec["n"], spec["length"]))
+                y, fn = x.clone(), get_output_fn("token_margin")
+            else:
+                model = build_model(spec["model"], spec["num_classes"], spec["in_channels"], spec["image_size"]).eval()
+                x = torch.randn(spec["n"], spec["in_channels"], spec["image_size"], spec["image_size"])
+                y, fn = torch.randint(0, spec["num_classes"], (spec["n"],)), margin
+            cset = component_set(model, spec["model"])
+            keep = sample_masks(cset.size, masks, 0.05, seed=1)
+            fns, rows = {}, {}
+            formats = ["contiguous"] + ([] if text else ["channels_last"])
+            for fmt in formats:
+                m = model if fmt == "contiguous" else copy.deepcopy(model).to(memory_format=torch.channels_last)
+                for b in sorted({min(spec["n"], 256), 256}):
+                    xb = as_format(x.repeat(-(-b // len(x)), *([1] * (x.dim() - 1)))[:b].clone(), fmt)
+
+                    def plain(m=m, xb=xb, times=max(1, masks * spec["n"] // b)):
+                        for _ in range(times):
+                            m(xb)
+
+                    fns[f"forward {fmt} b{b}"] = plain
+                    rows[f"forward {fmt} b{b}"] = max(1, masks * spec["n"] // b) * b
+            engines = {"engine": Engine(model, cset, x, y, fn)}
+            if variants:
+                for mech in ("weights", "hooks"):
+                    for fmt in formats:
+                        engines[f"{mech} {fmt}"] = Engine(model, cset, x, y, fn, mechanism=mech, memory_format=fmt)
+            for k, e in engines.items():
+                fns[k] = lambda e=e: e(keep)
+                rows[k] = masks * spec["n"]
+            rates = _median_rates(fns, rows, reps)
+            best = max((k for k in rates if k.startswith("forward")), key=rates.get)
+            results.append(dict(spec, threads=threads_n, components=cset.size, forward=rates[best],
+                                forward_how=best[len("forward "):], engine=rates["engine"],
+                                plan=engines["engine"].plan,
+                                variants={k: v for k, v in rates.items() if k != "engine"}))
+            if report is not None:
+                report(results[-1])
+    return results
+
+
+PRESET_HEADER = (f"{'setup':<6}{'model':<14}{'C':>6}{'n':>5}{'thr':>4}  {'plain forward, rows/s (best)':<36}"
+                 f"{'engine, rows/s':>15}{'ratio':>7}  engine's plan")
+
+
+def print_preset_rows(results: list[dict], variants: bool) -> None:
+    for r in results:
+        p = r["plan"]
+        print(f"{r['setup']:<6}{r['model']:<14}{r['components']:>6}{r['n']:>5}{r['threads']:>4}  "
+              f"{r['forward']:>10,.0f} ({r['forward_how']:<22}){r['engine']:>15,.0f}{r['engine'] / r['forward']:>7.2f}"
+              f"  {p.mechanism}, K={p.masks_per_pass} x {p.batch_size}, {p.memory_format}")
+        if variants:
+            for k, v in sorted(r["variants"].items()):
+                print(f"{'':<10}{k:<30}{v:>12,.0f}{v / r['forward']:>7.2f}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", nargs="?", const="config/config.yaml", default=None, metavar="CONFIG",
+                   help="engine vs plain forward pass on every model of a workflow preset (see above)")
+    p.add_argument("--threads", type=int, nargs="+", default=None, help="--preset: torch threads (default: 1 2)")
+    p.add_argument("--setups", nargs="+", default=None, help="--preset: only these setups")
+    p.add_argument("--reps", type=int, default=5, help="--preset: interleaved repetitions (median reported)")
+    p.add_argument("--variants", action="store_true", help="--preset: every mechanism x memory format too")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--n", type=int, nargs="+", default=[10000, 64], help="examples per mask")
     p.add_argument("--masks", type=int, default=16, help="masks timed for our loop (per K)")
@@ -102,6 +228,17 @@ def main(argv=None) -> None:
     p.add_argument("--channels-last", action="store_true", help="our loop: NHWC memory format (convnets)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU smoke run")
     a = p.parse_args(argv)
+    if a.preset is not None:
+        threads = a.threads or [1, 2]
+        masks = 4 if a.quick else a.masks if a.masks != 16 else 32
+        print(f"{device_name(torch.device('cpu'))} | torch {torch.__version__} | preset {a.preset} | {masks} masks, "
+              f"median of {a.reps} interleaved repetitions | random weights")
+        print(PRESET_HEADER, flush=True)
+        preset_table(a.preset, threads, masks, a.reps, a.variants, a.setups,
+                     report=lambda row: print_preset_rows([row], a.variants) or sys.stdout.flush())
+        print("plain forward: the model without ablation on batches of the examples, best of both memory formats "
+              "and of (all examples, 256) per batch; engine: coar.engine's plan, the masks' counterfactual outputs")
+        return
     if a.quick:
         a.n, a.masks, a.masks_authors, a.masks_per_pass = [4], 2, 2, [2]
     device = torch.device(a.device)

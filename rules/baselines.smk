@@ -14,8 +14,8 @@ rule baseline:
         method="loo|gp|nc|ii",
     resources:
         gpu=1,
-        batch_size=32,
-        masks_per_pass=8,
+        batch_size=0,  # examples per pass; 0: the sampling engine's choice (coar.engine.plan)
+        masks_per_pass=0,  # masks per pass; 0: the engine's choice (1 = weights in place, > 1 = hooks)
     log:
         "logs/{setup}/baseline-{method}.log",
     conda:

@@ -21,8 +21,8 @@ rule edit_single:
         edit=edits_of_kind("fix", "induce", "subpop"),
     resources:
         gpu=1,
-        batch_size=32,
-        masks_per_pass=8,
+        batch_size=0,  # examples per pass; 0: the sampling engine's choice (coar.engine.plan)
+        masks_per_pass=0,  # masks per pass; 0: the engine's choice (1 = weights in place, > 1 = hooks)
     log:
         "logs/edits/{edit}.log",
     conda:
@@ -54,8 +54,8 @@ rule edit_forget:
         cls=r"\d+",
     resources:
         gpu=1,
-        batch_size=32,
-        masks_per_pass=8,
+        batch_size=0,  # examples per pass; 0: the sampling engine's choice (coar.engine.plan)
+        masks_per_pass=0,  # masks per pass; 0: the engine's choice (1 = weights in place, > 1 = hooks)
     log:
         "logs/edits/{edit}-class-{cls}.log",
     conda:
@@ -89,8 +89,8 @@ rule edit_backdoor:
         edit=edits_of_kind("backdoor", "typographic"),
     resources:
         gpu=1,
-        batch_size=32,
-        masks_per_pass=8,
+        batch_size=0,  # examples per pass; 0: the sampling engine's choice (coar.engine.plan)
+        masks_per_pass=0,  # masks per pass; 0: the engine's choice (1 = weights in place, > 1 = hooks)
     log:
         "logs/edits/{edit}.log",
     conda:

@@ -19,8 +19,8 @@ rule sample_shard:
         shard=r"\d+",
     resources:
         gpu=1,
-        batch_size=32,
-        masks_per_pass=8,
+        batch_size=0,  # examples per pass; 0: the sampling engine's choice (coar.engine.plan)
+        masks_per_pass=0,  # masks per pass; 0: the engine's choice (1 = weights in place, > 1 = hooks)
     log:
         "logs/{setup}/masks/{split}/shard-{shard}.log",
     conda:

@@ -23,6 +23,33 @@ def random_keep(C, K, seed, alpha=0.3):
     return rng.random((K, C)) >= alpha
 
 
+ENGINE_VARIANTS = [("weights", "contiguous"), ("weights", "channels_last"), ("hooks", "contiguous"),
+                   ("hooks", "channels_last")]
+
+
+def assert_engine_equals_surgery(model, cset, x, y, output_fn=margin, mode="zero", gamma=0.5, ref_model=None, M=4):
+    """Every engine mechanism x memory format (channels_last only for image inputs) gives the outputs of the
+    weight-surgered copies; the weights mechanism in the model's own format gives them bitwise; the model is
+    left bitwise unchanged."""
+    keep = random_keep(cset.size, M, 7, alpha=0.2)
+    ref = surgery_outputs(ref_model if ref_model is not None else model, cset, x, y, keep, output_fn, mode, gamma)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    image = x.dim() == 4 and x.is_floating_point()
+    for mechanism, fmt in ENGINE_VARIANTS:
+        if fmt == "channels_last" and not image:
+            continue
+        out = counterfactual_outputs(model, cset, x, y, keep, output_fn, mode, gamma,
+                                     masks_per_pass=1 if mechanism == "weights" else 2, mechanism=mechanism,
+                                     memory_format=fmt)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=f"{mechanism}, {fmt}")
+        if mechanism == "weights" and fmt == "contiguous" and ref_model is None:
+            assert np.array_equal(out, ref), "weights in place must give the reference's outputs bitwise"
+    after = model.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k].contiguous().view(-1).view(torch.uint8), v.contiguous().view(-1).view(torch.uint8)), k
+    assert_no_hooks(model)
+
+
 def assert_hooks_equal_surgery(model, cset, x, K=3, mode="zero", gamma=0.5, seed=0, ref_model=None):
     """Rows of one hooked pass over K masks == K separate forwards of weight-surgered copies."""
     keep = random_keep(cset.size, K, seed)
@@ -46,6 +73,7 @@ def test_conv_bn_resnet(name, mode):
     model = randomize_bn(build_model(name, in_channels=1, image_size=28))
     cset = component_set(model, name)
     assert_hooks_equal_surgery(model, cset, torch.randn(4, 1, 28, 28), mode=mode)
+    assert_engine_equals_surgery(model, cset, torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)), mode=mode)
 
 
 def test_conv_with_bias_and_authors_architecture():
@@ -56,6 +84,7 @@ def test_conv_with_bias_and_authors_architecture():
     cset = component_set(model, "cifar_resnet")
     assert cset.size == 2304
     assert_hooks_equal_surgery(model, cset, torch.randn(2, 3, 32, 32), K=2)
+    assert_engine_equals_surgery(model, cset, torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)), M=2)
 
 
 @pytest.mark.parametrize("mode", ["zero", "scale"])
@@ -66,6 +95,7 @@ def test_linear_with_bias(mode):
         model.fc1.bias.normal_()
     cset = component_set(model, "mlp")
     assert_hooks_equal_surgery(model, cset, torch.randn(5, 1, 8, 8), K=4, mode=mode)
+    assert_engine_equals_surgery(model, cset, torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,)), mode=mode)
 
 
 def test_vit_attention_rows_against_original_fused_module():
@@ -83,6 +113,9 @@ def test_vit_attention_rows_against_original_fused_module():
     assert {"mha_in_proj", "linear"} <= kinds
     # reference = weight surgery on torchvision's own nn.MultiheadAttention (fused fast path in eval/no_grad)
     assert_hooks_equal_surgery(hooked, cset, torch.randn(3, 1, 28, 28), K=2, ref_model=original)
+    assert_engine_equals_surgery(hooked, cset, torch.randn(3, 1, 28, 28), torch.randint(0, 10, (3,)),
+                                 ref_model=original)
+    assert_engine_equals_surgery(hooked, cset, torch.randn(3, 1, 28, 28), torch.randint(0, 10, (3,)))
 
 
 def test_gpt2_conv1d_input_rows():
@@ -92,6 +125,9 @@ def test_gpt2_conv1d_input_rows():
     assert all(g.site == "input" and g.kind == "conv1d" for g in cset.groups)
     assert_hooks_equal_surgery(model, cset, torch.randint(0, 512, (3, 16)), K=3)
     assert_hooks_equal_surgery(model, cset, torch.randint(0, 512, (3, 16)), K=2, mode="scale", gamma=0.3)
+    ids = torch.randint(0, 512, (3, 16))
+    assert_engine_equals_surgery(model, cset, ids, ids.clone(), token_margin)
+    assert_engine_equals_surgery(model, cset, ids, ids.clone(), token_margin, mode="scale", gamma=0.3)
 
 
 def test_phi_blocks_of_ten():
@@ -100,6 +136,8 @@ def test_phi_blocks_of_ten():
     cset = component_set(model, "phi2_tiny")
     assert {g.block for g in cset.groups} == {10}
     assert_hooks_equal_surgery(model, cset, torch.randint(0, 512, (2, 12)), K=2)
+    ids = torch.randint(0, 512, (2, 12))
+    assert_engine_equals_surgery(model, cset, ids, ids.clone(), token_margin, M=2)
 
 
 def test_clip_vision_rows():
@@ -118,6 +156,8 @@ def test_clip_vision_rows():
         for r in range(2):
             ref = ablate_weights(model, cset, keep[r])(pixel_values=x).pooler_output
             torch.testing.assert_close(hooked[r], ref, rtol=1e-5, atol=1e-5)
+    pooled = lambda out, _: out.pooler_output.sum(-1)  # noqa: E731  (one value per image)
+    assert_engine_equals_surgery(model, cset, x, torch.zeros(2), pooled, M=3)
 
 
 def test_surgery_zeroes_exactly_the_named_slice():
@@ -250,3 +290,4 @@ def test_input_site_hook_leaves_a_shared_input_untouched():
     model = Shared().eval()
     cset = component_set(model, [Rule("a", ("Linear",), site="input")])
     assert_hooks_equal_surgery(model, cset, torch.randn(4, 6), K=3)
+    assert_engine_equals_surgery(model, cset, torch.randn(4, 6), torch.randint(0, 3, (4,)))

@@ -240,6 +240,9 @@ BAD_ATTRIBUTE = [
     ("method", dict(method="lasso")),
     ("batch_size", dict(batch_size=0)),
     ("masks_per_pass", dict(masks_per_pass=0)),
+    ("mechanism", dict(mechanism="surgery")),
+    ("mechanism", dict(mechanism="weights", masks_per_pass=3)),
+    ("memory_format", dict(memory_format="nhwc")),
     ("masks_per_shard", dict(masks_per_shard=0)),
     ("ablation", dict(ablation="mean")),
     ("scheme", dict(scheme="poisson")),
@@ -302,14 +305,32 @@ def test_evaluate_refuses_bad_arguments_naming_them(tiny_attr, argument, change)
 
 
 def test_default_batching_per_device_and_overrides():
-    assert coar.api.default_batching("cpu", 784, 500) == (32, 8)  # 256 rows a pass
-    assert coar.api.default_batching("cpu", 784, 5) == (5, 51)
-    b, k = coar.api.default_batching("cuda", 3 * 224 * 224, 50_000)
-    assert b == 64 and 32 <= b * k <= 1024 and b * k < coar.api.default_batching("cuda", 3 * 32 * 32, 50_000)[1] * 64
-    x = torch.zeros(100, 1, 28, 28)
-    assert coar.api._batching(None, None, torch.device("cpu"), x) == (32, 8)
-    assert coar.api._batching(16, None, torch.device("cpu"), x) == (16, 16)  # rows per pass kept
-    assert coar.api._batching(16, 3, torch.device("cpu"), x) == (16, 3)
+    assert coar.api.default_batching("cpu", 784, 500) == (250, 1)  # one mask a pass, two equal batches
+    assert coar.api.default_batching("cpu", 784, 200) == (200, 1)
+    assert coar.api.default_batching("cpu", 784, 5) == (5, 51)  # 255 rows: 51 masks a pass
+    assert coar.api.default_batching("cuda", 3 * 224 * 224, 50_000) == (443, 1)  # 113 batches of at most 445
+    assert coar.api.default_batching("cuda", 3 * 32 * 32, 64) == (64, 16)
+    model, (x, y) = tiny_model(), tiny_data()
+    for kw, want in ((dict(), ("hooks", 12, 21)), (dict(batch_size=4), ("hooks", 4, 64)),
+                     (dict(batch_size=4, masks_per_pass=3), ("hooks", 4, 3)), (dict(masks_per_pass=1), ("weights", 12, 1)),
+                     (dict(mechanism="weights"), ("weights", 12, 1))):
+        s = coar.api._Setup(model, x, y, TINY_RULES, 0.25, "margin", "zero", 0.5, "exact", None,
+                            kw.get("batch_size"), kw.get("masks_per_pass"), kw.get("mechanism", "auto"))
+        p = s.engine.plan
+        assert (p.mechanism, p.batch_size, p.masks_per_pass) == want, kw
+        assert s.block == p.masks_per_call
+
+
+def test_every_mechanism_gives_the_same_attributions():
+    model, (x, y) = tiny_model(), tiny_data()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    auto = coar.attribute(model, x, y, **{**TINY, "batch_size": None, "masks_per_pass": None})
+    for mechanism, fmt in (("weights", "contiguous"), ("weights", "channels_last"), ("hooks", "channels_last")):
+        other = coar.attribute(model, x, y, **{**TINY, "batch_size": None, "masks_per_pass": None,
+                                               "mechanism": mechanism, "memory_format": fmt})
+        np.testing.assert_allclose(other.weights, auto.weights, atol=1e-4)
+        assert other.meta["provenance"] == auto.meta["provenance"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
 # ------------------------------------------------------------------------ acceptance on Fashion-MNIST

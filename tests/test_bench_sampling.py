@@ -54,3 +54,26 @@ def test_quick_run_prints_every_model_and_loop():
         assert len(rows) == 2 and "authors" in rows[0] and "ours" in rows[1], r.stdout
         diff = float(rows[1].split("max|d|")[1].split(",")[0])
         assert diff < 1e-3, rows[1]  # float32 on the CPU: the two loops agree to rounding
+
+
+def test_preset_models_are_the_default_presets_distinct_models():
+    specs = bench_sampling.preset_models(str(BENCH.parent / "config" / "config.yaml"))
+    by_setup = {s["setup"]: s for s in specs}
+    assert {"A", "B", "C", "M", "G", "R", "L"} <= set(by_setup)
+    assert "A_train" not in by_setup and "B_a10" not in by_setup  # the same model on the same number of examples
+    assert (by_setup["C"]["model"], by_setup["C"]["n"]) == ("vit_tiny", 200)
+    assert by_setup["G"]["length"] == 32 and by_setup["L"]["n"] == 100
+    assert by_setup["Bd"]["n"] == 100  # 50 images, clean and triggered
+
+
+def test_preset_run_prints_the_engine_against_the_plain_forward_pass():
+    r = subprocess.run([sys.executable, str(BENCH / "bench_sampling.py"), "--preset", "--quick", "--setups", "A", "G",
+                        "--threads", "1", "--reps", "1", "--variants"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["A"], ["G"])}
+    assert set(rows) == {"A", "G"}, r.stdout
+    for row in rows.values():
+        forward, engine, ratio = (float(v.replace(",", "").strip("(")) for v in (row[5], row[-7], row[-6]))
+        assert forward > 0 and engine > 0 and abs(ratio - engine / forward) < 0.01 * ratio + 0.01
+    assert "weights, K=1 x 200, channels_last" in " ".join(rows["A"])
+    assert "hooks channels_last" in r.stdout and "weights contiguous" in r.stdout

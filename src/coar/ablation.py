@@ -4,10 +4,13 @@ Semantics are those of the authors' released code: ablating a component multipli
 gamma (mode "zero": gamma = 0; mode "scale": gamma in [0, 1]). Biases and BatchNorm are untouched, so an
 ablated output unit becomes  bias + gamma * (y - bias)  and an ablated input feature is scaled by gamma.
 
-Two mechanisms give the same numbers (tests prove it to 1e-5 in fp32 for every component type):
+Three mechanisms give the same numbers (tests prove it to 1e-5 in fp32 for every component type):
   (a) ablate_weights(): weight surgery on a copy of the model, one mask per forward pass (the reference);
   (b) ablation_hooks(): forward hooks with per-sample keep-masks. A batch of K*B rows is K blocks of B
-      rows (mask-major); block r runs with keep-mask r, so K masks run in one forward pass.
+      rows (mask-major); block r runs with keep-mask r, so K masks run in one forward pass;
+  (c) the engine's "weights" mechanism (coar.engine): (a) in place on the model itself, mask after mask, its
+      weights restored bitwise afterwards; bitwise equal to (a).
+counterfactual_outputs() runs whichever the engine picks for the model, device and size.
 Shapes: K masks, B examples, C components.
 """
 from __future__ import annotations
@@ -107,21 +110,21 @@ def _scaler(t: torch.Tensor, s: torch.Tensor, bterm: torch.Tensor | None, chan_d
         raise ShapeError(f"hooked tensor of shape {tuple(t.shape)} has {t.shape[chan_dim]} features at dim "
                          f"{chan_dim}, component group expects {W}")
     s = s.to(t.dtype)
-    conv = chan_dim == 1 and t.dim() > 2
-    shape = (K, t.shape[0] // K, W, -1) if conv else (K, -1, W)
-    s_ = s[:, None, :, None] if conv else s[:, None, :]
-    b_ = None
-    if bterm is not None:
-        b_ = (bterm[:, None, :, None] if conv else bterm[:, None, :]).to(t.dtype)
-    if inplace and not (t.requires_grad and torch.is_grad_enabled()) and t.is_contiguous():
-        v = t.view(shape)  # in place: no extra activation-sized allocation per hooked layer
-        v.mul_(s_)
+    # [K*B, ...] -> [K, B, ...] is a view for any strides (channels_last too); the factors broadcast over
+    # every dim but the block and the feature dim, so no copy changes the tensor's memory format
+    nd = t.dim()
+    shape = [K] + [1] * nd
+    shape[chan_dim % nd + 1] = W
+    s_ = s.view(shape)
+    b_ = None if bterm is None else bterm.to(t.dtype).view(shape)
+    v = t.unflatten(0, (K, -1))
+    if inplace and not (t.requires_grad and torch.is_grad_enabled()):
+        v.mul_(s_)  # in place: no extra activation-sized allocation per hooked layer
         if b_ is not None:
             v.add_(b_)
         return t
-    v = t.reshape(shape)
     out = torch.addcmul(b_, v, s_) if b_ is not None else v * s_
-    return out.reshape(t.shape)
+    return out.flatten(0, 1)
 
 
 def _check_eval(model: nn.Module) -> None:
@@ -183,40 +186,21 @@ def logits_of(out) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def _repeat(t: torch.Tensor, K: int) -> torch.Tensor:
-    return t.repeat(K, *([1] * (t.dim() - 1)))
-
-
-@torch.no_grad()
 def counterfactual_outputs(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                            keep, output_fn: Callable, mode: str = "zero", gamma: float = 0.5,
-                           batch_size: int = 32, masks_per_pass: int = 8, progress: bool = False) -> np.ndarray:
+                           batch_size: int | None = None, masks_per_pass: int | None = None, progress: bool = False,
+                           *, mechanism: str = "auto", memory_format: str = "auto") -> np.ndarray:
     """f_M(z, C_i) for every mask i and example z: returns float32 [M, N].
 
-    Each forward pass runs `masks_per_pass` masks on a batch of `batch_size` examples, i.e.
-    masks_per_pass * batch_size rows. On a CPU keep that product near 256: passes of a few thousand rows
-    make glibc return the activation buffers to the OS after every pass (mmap/munmap and page faults),
-    which measured 3x slower (docs/benchmarks.md). On a GPU, raise both.
+    Each forward pass runs `masks_per_pass` masks on `batch_size` examples. Every choice left as None or
+    "auto" is the engine's (coar.engine: the mechanism, the memory format and the batch shape for this model,
+    device and size); to run many mask sets on the same model and examples, build one coar.engine.Engine.
     """
-    keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
-    if keep.dim() != 2 or keep.shape[1] != cset.size:
-        raise ShapeError(f"keep masks must have shape [M, {cset.size}], got {tuple(keep.shape)}")
-    if len(inputs) != len(targets):
-        raise ShapeError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    M, N = keep.shape[0], len(inputs)
-    out = np.empty((M, N), dtype=np.float32)
-    steps = [(i, j) for i in range(0, M, masks_per_pass) for j in range(0, N, batch_size)]
-    for i, j in tqdm(steps, desc="counterfactuals", disable=not progress, leave=False):
-        k = keep[i: i + masks_per_pass]
-        x = inputs[j: j + batch_size].to(device, non_blocking=True)
-        y = targets[j: j + batch_size].to(device, non_blocking=True)
-        K = k.shape[0]
-        with ablation_hooks(model, cset, k, mode, gamma):
-            logits = logits_of(model(_repeat(x, K)))
-        vals = output_fn(logits, _repeat(y, K)).float().view(K, len(x))
-        out[i: i + K, j: j + len(x)] = vals.cpu().numpy()
-    return out
+    from .engine import Engine
+
+    engine = Engine(model, cset, inputs, targets, output_fn, mode, gamma, batch_size=batch_size,
+                    masks_per_pass=masks_per_pass, mechanism=mechanism, memory_format=memory_format)
+    return engine(keep, progress=progress)
 
 
 @torch.no_grad()

@@ -38,9 +38,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import editing, provenance, regression
-from .ablation import counterfactual_outputs, logits_of, unit_factors
+from .ablation import logits_of, unit_factors
 from .attributions import Attributions
 from .components import ComponentSet, Rule, component_set, model_fingerprint
+from .engine import MECHANISMS, MEMORY_FORMATS, Engine
 from .errors import ArgumentError, CoarError, ComponentError
 from .sampling import SCHEMES, n_ablated, sample_masks
 from .store import normalize_meta
@@ -63,8 +64,6 @@ MASKS_PER_SHARD = 1000
 FIT_CHUNK_ROWS = 4096
 #: Store dtype of the API's shards: float32, the dtype the in-memory path records outputs in.
 STORE_DTYPE = "float32"
-#: Masks per call of the evaluation function, in masks per pass: the blocks ``pipeline.sample_store`` uses.
-PASSES_PER_CALL = 4
 
 
 # ------------------------------------------------------------------------------------------------- checks
@@ -140,7 +139,8 @@ def _check_alpha(alpha, n_components: int) -> float:
 
 def _run_model(model: nn.Module, device) -> tuple[nn.Module, torch.device]:
     """The module the forward passes run on: the caller's own, or a copy where it must change (another device,
-    nn.MultiheadAttention made hookable). The caller's model is never moved or modified."""
+    nn.MultiheadAttention made hookable). The caller's model is never moved or converted; the engine's "weights"
+    mechanism masks its weights in place during a call and restores them bitwise."""
     own = next(model.parameters()).device
     dev = own if device is None else torch.device(device)
     run = model
@@ -208,28 +208,16 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable,
 
 
 def default_batching(device: str | torch.device, example_numel: int, n_examples: int) -> tuple[int, int]:
-    """(batch_size, masks_per_pass) for a device: each forward pass runs batch_size * masks_per_pass rows.
+    """(batch_size, masks_per_pass) the engine picks for `n_examples` on a device (coar.engine.plan): about 256
+    rows a pass on a CPU, up to 1,024 on a GPU (fewer for large inputs, about 2^26 input values a pass). When one
+    mask's examples fill more than half a pass, one mask a pass in equal batches (weights masked in place);
+    otherwise all examples and rows // n masks a pass (hooks)."""
+    from .engine import rows_per_pass
 
-    CPU: about 256 rows a pass (larger passes make the allocator return activation buffers to the OS after
-    every pass, measured 3x slower; BENCHMARKS.md). GPU: up to 1,024 rows, fewer for large inputs
-    (about 2^26 input values a pass, e.g. 445 rows of 3 x 224 x 224 images).
-    """
-    dev = torch.device(device)
-    if dev.type == "cpu":
-        rows, batch = 256, 32
-    else:
-        rows, batch = int(min(1024, max(32, 2 ** 26 // max(int(example_numel), 1)))), 64
-    batch = max(1, min(batch, int(n_examples), rows))
-    return batch, max(1, rows // batch)
-
-
-def _batching(batch_size, masks_per_pass, dev, x: torch.Tensor) -> tuple[int, int]:
-    """The caller's batch_size / masks_per_pass where given; otherwise the device default, keeping its rows per
-    pass when only batch_size is given."""
-    b0, k0 = default_batching(dev, x[0].numel(), len(x))
-    b = b0 if batch_size is None else _check_int("batch_size", batch_size, 1)
-    k = max(1, (b0 * k0) // b) if masks_per_pass is None else _check_int("masks_per_pass", masks_per_pass, 1)
-    return b, k
+    rows, n = rows_per_pass(device, example_numel), max(1, int(n_examples))
+    if 2 * n > rows:
+        return -(-n // -(-n // rows)), 1
+    return n, rows // n
 
 
 def _examples_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
@@ -263,7 +251,7 @@ class _Setup:
     """Everything one attribution or evaluation run shares: validated arguments and the evaluation closure."""
 
     def __init__(self, model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device,
-                 batch_size, masks_per_pass):
+                 batch_size, masks_per_pass, mechanism="auto", memory_format="auto"):
         self.model = _check_model(model)
         self.x, self.y = _check_data(inputs, targets)
         self.run, self.dev = _run_model(self.model, device)
@@ -279,13 +267,23 @@ class _Setup:
         self.ablation, self.gamma = ablation, float(gamma)
         self.fn, self.output = _output(output)
         _check_fit(self.run, self.x, self.y, self.fn, self.output, self.dev)
-        self.batch_size, self.masks_per_pass = _batching(batch_size, masks_per_pass, self.dev, self.x)
-        self.block = self.masks_per_pass * PASSES_PER_CALL
+        b = None if batch_size is None else _check_int("batch_size", batch_size, 1)
+        k = None if masks_per_pass is None else _check_int("masks_per_pass", masks_per_pass, 1)
+        for name, value, allowed in (("mechanism", mechanism, MECHANISMS), ("memory_format", memory_format,
+                                                                             MEMORY_FORMATS)):
+            if value not in allowed:
+                raise ArgumentError(name, f"must be one of {allowed}, got {value!r}")
+        try:
+            self.engine = Engine(self.run, self.cset, self.x, self.y, self.fn, self.ablation, self.gamma,
+                                 batch_size=b, masks_per_pass=k, mechanism=mechanism, memory_format=memory_format)
+        except CoarError as e:
+            raise ArgumentError(mechanism != "auto" and "mechanism" or memory_format != "auto" and "memory_format"
+                                or "masks_per_pass", str(e)) from None
+        self.block = self.engine.plan.masks_per_call
 
     def outputs(self, keep: np.ndarray) -> np.ndarray:
         """f_M(z, C_i) float32 [len(keep), N]: the function every mask block goes through, in memory or in a store."""
-        return counterfactual_outputs(self.run, self.cset, self.x, self.y, torch.from_numpy(np.asarray(keep)),
-                                      self.fn, self.ablation, self.gamma, self.batch_size, self.masks_per_pass)
+        return self.engine(np.asarray(keep))
 
     def outputs_in_blocks(self, keep: np.ndarray, bar=None) -> np.ndarray:
         """`outputs` over aligned blocks of `block` masks: the blocks run_shard evaluates a shard in."""
@@ -315,14 +313,17 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
               output: Output = "margin", ablation: str = "zero", gamma: float = 0.5, seed: int = 0,
               device: str | torch.device | None = None, store: str | Path | None = None, method: str = "ols",
               scheme: str = "exact", masks_per_shard: int = MASKS_PER_SHARD, batch_size: int | None = None,
-              masks_per_pass: int | None = None, progress: bool = True) -> Attributions:
+              masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto",
+              progress: bool = True) -> Attributions:
     """COAR component attributions of `model` on the examples (paper eq. 3): ablate random subsets of an
     `alpha` fraction of the components on `masks` masks, record the output of every example, fit one linear
     model per example by least squares.
 
     Args:
         model: any torch.nn.Module in eval mode (BatchNorm/Dropout in training mode are refused). It is never
-            changed: a copy runs where the device differs or nn.MultiheadAttention needs explicit hook sites.
+            left changed: a copy runs where the device or memory format differs or nn.MultiheadAttention needs
+            explicit hook sites, and the "weights" mechanism restores the weights it masks in place bitwise, also
+            when the call is interrupted (do not use the model from another thread during the call).
         inputs: tensor [n, ...] of model inputs (already preprocessed), or a DataLoader of (x, y) batches, which
             is iterated once (keep shuffle off so that `evaluate` sees the same order).
         targets: tensor [n] of class labels (or [n, T] token labels for "token_margin"); None with a DataLoader.
@@ -339,7 +340,11 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
             format); an interrupted call resumes where it stopped. None: everything stays in memory.
         method: "ols" (the paper's least squares; minimum-norm when masks < components) or "ridge" (penalty
             per example by generalized cross-validation).
-        batch_size, masks_per_pass: examples per forward pass and masks per pass (default: default_batching).
+        batch_size, masks_per_pass, mechanism, memory_format: how the masked forward passes run (default: the
+            engine's choice for the model, device and number of examples, coar.engine.plan): examples and masks
+            per pass, "weights" (one mask a pass, weight slices zeroed in place and restored bitwise) or "hooks"
+            (several masks a pass), "channels_last" or "contiguous". Every choice gives the reference weight
+            zeroing's outputs (to float rounding).
         progress: tqdm progress bars.
 
     Returns:
@@ -365,7 +370,7 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
     if method not in ("ols", "ridge"):
         raise ArgumentError("method", f"must be 'ols' or 'ridge', got {method!r}")
     s = _Setup(model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device, batch_size,
-               masks_per_pass)
+               masks_per_pass, mechanism, memory_format)
     sizes = _shard_sizes(masks, per)
     base = s.meta(_examples_fingerprint(s.x, s.y), sizes[0], seed, 0)  # fingerprints hashed once, not per shard
     metas = [normalize_meta({**base, "m": m, "shard": shard}) for shard, m in enumerate(sizes)]
@@ -401,7 +406,8 @@ def _attribute_store(s: _Setup, root: Path, metas: list[dict], method: str, prog
 def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoader,
              targets: torch.Tensor | None = None, *, components: Components, masks: int, alpha: float, seed: int = 1,
              output: Output | None = None, device: str | torch.device | None = None, batch_size: int | None = None,
-             masks_per_pass: int | None = None, progress: bool = True) -> pd.DataFrame:
+             masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto",
+             progress: bool = True) -> pd.DataFrame:
     """Per-example correlation between true and attribution-predicted outputs on fresh masks (paper eq. 6).
 
     `masks` masks at `alpha` are drawn from (seed, shard 0); a seed that drew the training masks is refused.
@@ -426,7 +432,7 @@ def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor 
     seed = _check_int("seed", seed, 0)
     s = _Setup(model, inputs, targets, components, alpha, output, prov.get("ablation") or "zero",
                prov.get("gamma") if prov.get("gamma") is not None else 0.5, prov.get("scheme") or "exact", device,
-               batch_size, masks_per_pass)
+               batch_size, masks_per_pass, mechanism, memory_format)
     _check_provenance(attributions, s.model, s.cset, _examples_fingerprint(s.x, s.y), len(s.x))
     if recorded is not None and s.output != recorded:
         raise ArgumentError("output", f"the attributions were computed with output {recorded!r}, not {s.output!r}")

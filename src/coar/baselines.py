@@ -95,7 +95,7 @@ def _result(weights: np.ndarray, method: str, cset: ComponentSet, meta: dict) ->
 # --------------------------------------------------------------------------------------------------
 # LOO
 def loo(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor, output_fn: Callable,
-        mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8,
+        mode: str = "zero", gamma: float = 0.5, batch_size: int | None = None, masks_per_pass: int | None = None,
         progress: bool = True, chunk: int | None = None, n_components: int | None = None,
         seed: int = 0) -> Attributions:
     """Leave-one-out: w_j = f(z, {}) - f(z, {c_j}) for every component j and example z.
@@ -106,26 +106,29 @@ def loo(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: tor
 
     This is the NEGATIVE of the paper's ablation effect f(z, {c_j}) - f(z, {}) (App. A.3), because the
     weights are coefficients on the keep indicator (see the module docstring). Uses C + 1 masked forwards
-    per example through `counterfactual_outputs` (hooks; `masks_per_pass` masks per pass); the C
+    per example through one coar.engine.Engine (batch_size, masks_per_pass: the engine's unless given); the C
     single-ablation masks are built `chunk` at a time so memory stays O(chunk * C).
     """
+    from .engine import Engine
+
     _check_inputs(cset, inputs, targets)
     _gamma_eff(mode, gamma)
     C, N = cset.size, len(inputs)
-    chunk = int(chunk) if chunk else max(int(masks_per_pass), 256)
-    kw = dict(output_fn=output_fn, mode=mode, gamma=gamma, batch_size=batch_size, masks_per_pass=masks_per_pass)
     if n_components is not None and not 1 <= int(n_components):
         raise CoarError(f"n_components must be at least 1, got {n_components}")
+    engine = Engine(model, cset, inputs, targets, output_fn, mode, gamma, batch_size=batch_size,
+                    masks_per_pass=masks_per_pass)
+    chunk = int(chunk) if chunk else max(engine.plan.masks_per_pass, 256)
     measured = np.arange(C) if n_components is None or n_components >= C else np.sort(
         np.random.default_rng(seed).choice(C, int(n_components), replace=False))
-    full = counterfactual_outputs(model, cset, inputs, targets, np.ones((1, C), dtype=bool), **kw)[0]  # [N]
+    full = engine(np.ones((1, C), dtype=bool))[0]  # [N]
     weights = np.zeros((N, C), dtype=np.float32)
     with tqdm(total=len(measured), desc="leave-one-out", disable=not progress, leave=False) as bar:
         for start in range(0, len(measured), chunk):
             idx = measured[start:start + chunk]
             keep = np.ones((len(idx), C), dtype=bool)
             keep[np.arange(len(idx)), idx] = False
-            out = counterfactual_outputs(model, cset, inputs, targets, keep, **kw)  # [len(idx), N]
+            out = engine(keep)  # [len(idx), N]
             weights[:, idx] = (full[None, :] - out).T
             bar.update(len(idx))
     meta = {"mode": mode, "gamma": gamma if mode == "scale" else 0.0}

@@ -217,8 +217,9 @@ def cmd_sample(a):
     get_output_fn(a.output)  # fail on a bad output name before creating anything
     store = sample_store(a.out, model, cset, Examples.load(a.examples), m=a.masks, alpha=a.alpha, seed=a.seed,
                          shard=a.shard, output=a.output, scheme=a.scheme, ablation=a.ablation, gamma=gamma,
-                         dtype=a.dtype, precision=a.precision, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass, device=device,
-                         progress=not a.quiet)
+                         dtype=a.dtype, precision=a.precision, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass,
+                         mechanism=a.mechanism, memory_format=a.memory_format, device=device, progress=not a.quiet,
+                         log=None if a.quiet else print)
     print(f"shard {a.out}: complete={store.is_complete} ({store.n_rows} masks x {store.n_examples} examples)")
 
 
@@ -283,7 +284,9 @@ def cmd_baseline(a):
     check_examples_fit(model, x, y, a.output, fn)
     kw = {"mode": ablation, "gamma": gamma} if ablates else {}  # NC, II: no ablation
     prov = for_baseline(model, cset, ex, a.output, ablation if kw else None, gamma)
-    attr = compute_baseline(a.method, model, cset, x, y, fn, batch_size=a.batch_size, **kw)
+    if a.batch_size:
+        kw["batch_size"] = a.batch_size
+    attr = compute_baseline(a.method, model, cset, x, y, fn, **kw)
     attr.meta["provenance"] = prov
     attr.save(a.out)
     print(f"{a.method} attributions [{attr.n_examples} x {attr.n_components}] written to {a.out}")
@@ -450,8 +453,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     s.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                    help="compute precision of the forward passes (bfloat16: for GPUs; stored in the shard)")
-    s.add_argument("--batch-size", type=_positive, default=32)
-    s.add_argument("--masks-per-pass", type=_positive, default=8)
+    s.add_argument("--batch-size", type=_positive, help="examples per forward pass (default: the engine's choice)")
+    s.add_argument("--masks-per-pass", type=_positive,
+                   help="masks per forward pass (default: the engine's choice; 1 masks weights in place, > 1 hooks)")
+    s.add_argument("--mechanism", choices=["auto", "weights", "hooks"], default="auto",
+                   help="weights: one mask a pass, weight slices zeroed in place; hooks: several masks a pass")
+    s.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
+                   help="auto: channels_last when convolutions carry most of the model's FLOPs")
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--out", required=True)
@@ -490,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", default="margin")
     s.add_argument("--ablation", choices=["zero", "scale"], help="loo and gp only (default zero)")
     s.add_argument("--gamma", type=float, help="kept fraction under --ablation scale (default 0.5)")
-    s.add_argument("--batch-size", type=_positive, default=32)
+    s.add_argument("--batch-size", type=_positive,
+                   help="examples per pass (default: loo the sampling engine's choice, gp 256, nc and ii 64)")
     s.add_argument("--device", default="auto")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_baseline)

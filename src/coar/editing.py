@@ -129,7 +129,7 @@ def apply_edit(model: nn.Module, cset: ComponentSet, ablate: Sequence[int], mode
 
 def sweep_outputs(model: nn.Module, cset: ComponentSet, order: np.ndarray, ks: Sequence[int], inputs: torch.Tensor,
                   targets: torch.Tensor, output_fn: Callable, mode: str = "zero", gamma: float = 0.5,
-                  batch_size: int = 32, masks_per_pass: int = 8) -> np.ndarray:
+                  batch_size: int | None = None, masks_per_pass: int | None = None) -> np.ndarray:
     """Outputs [len(ks), N] after ablating the first k components of `order`, for every k, in batched passes."""
     keep = np.stack([keep_mask(cset.size, order[:k]) for k in ks])
     return counterfactual_outputs(model, cset, inputs, targets, keep, output_fn, mode, gamma, batch_size,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,16 +75,19 @@ def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, outpu
 def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, examples: Examples, *, m: int,
                  alpha: float, seed: int, shard: int, output: str = "margin", scheme: str = "exact",
                  ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", precision: str = "float32",
-                 batch_size: int = 32, masks_per_pass: int = 8, device: str | torch.device = "cpu",
-                 progress: bool = True) -> ShardStore:
+                 batch_size: int | None = None, masks_per_pass: int | None = None, mechanism: str = "auto",
+                 memory_format: str = "auto", device: str | torch.device = "cpu", progress: bool = True,
+                 log: Callable[[str], None] | None = None) -> ShardStore:
     """Create or resume the shard at `path` and evaluate every pending mask. Returns the complete store.
 
     precision: "float32", or "bfloat16" to run the forward passes on a bf16 copy of the model with bf16
     inputs (outputs are still computed from float32 logits). It is part of the store's metadata: a store is
-    never resumed in another precision."""
+    never resumed in another precision. batch_size, masks_per_pass, mechanism, memory_format: the engine's
+    choices (coar.engine.plan) unless given; `log` gets the plan in words."""
     import torch
 
-    from .ablation import counterfactual_outputs, unit_factors
+    from .ablation import unit_factors
+    from .engine import Engine
     from .outputs import get_output_fn
 
     if precision not in PRECISIONS:
@@ -101,13 +104,11 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
             x = x.to(torch.bfloat16)
     check_examples_fit(run_model, x, y, output, fn)
     store = ShardStore.create_or_open(path, meta)
-
-    def evaluate(keep: np.ndarray) -> np.ndarray:
-        return counterfactual_outputs(run_model, cset, x, y, torch.from_numpy(keep), fn, ablation, gamma, batch_size,
-                                      masks_per_pass)
-
-    # a few passes per call keep the done-flag granularity fine without per-mask I/O
-    run_shard(store, evaluate, masks_per_call=masks_per_pass * 4, progress=progress)
+    engine = Engine(run_model, cset, x, y, fn, ablation, gamma, batch_size=batch_size, masks_per_pass=masks_per_pass,
+                    mechanism=mechanism, memory_format=memory_format)
+    if log is not None:
+        log(f"engine: {engine.plan.describe()}")
+    run_shard(store, engine, masks_per_call=engine.plan.masks_per_call, progress=progress)
     return store
 
 

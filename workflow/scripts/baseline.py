@@ -16,12 +16,12 @@ spec, method, res = sm.params.spec, sm.wildcards.method, sm.resources
 model, cset = model_and_components(sm.input.model, spec, device)
 examples = Examples.load(sm.input.examples)
 x, y = examples.tensors(device)
-kw = {"batch_size": res.get("batch_size", 32)}
+kw = {"batch_size": res["batch_size"]} if res.get("batch_size") else {}  # 0 or unset: each method's own choice
 if method in ("loo", "gp"):
     kw.update(mode=spec["ablation"], gamma=spec["gamma"])
 options = spec.get("baseline_options") or {}  # cost bounds (null: the paper's full baselines)
 if method == "loo":
-    kw["masks_per_pass"] = res.get("masks_per_pass", 8)
+    kw["masks_per_pass"] = res.get("masks_per_pass") or None  # None: the engine's choice
     kw["n_components"] = options.get("loo_components")
 if method in ("nc", "ii") and options.get("n_steps"):
     kw["n_steps"] = options["n_steps"]

@@ -53,7 +53,7 @@ validation, heldout = (xc[0::2], xt[0::2], y[0::2]), (xc[1::2], xt[1::2], y[1::2
 sweep, summary, comps, outputs, k = edit_backdoor(
     model, cset, attr, pairs, validation, heldout, e["ks"], e["targets"],
     e["max_drop"], e["seed"], name, extra, mode=spec["ablation"], gamma=spec["gamma"],
-    batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8))
+    batch_size=res.get("batch_size") or None, masks_per_pass=res.get("masks_per_pass") or None)
 for table, path in ((sweep, sm.output.sweep), (summary, sm.output.summary), (comps, sm.output.components),
                     (outputs, sm.output.outputs)):
     atomic_write_csv(table, path)

@@ -36,7 +36,7 @@ names = class_names(sm.params.dataset)
 sweep, classwise, k, shift_table = forget_class(
     model, cset, attr, ex.targets, cls, validation, heldout, e["ks"], e["targets"],
     e["references"], e["max_drop"], e["seed"], names, mode=spec["ablation"], gamma=spec["gamma"],
-    batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8), shifted=shifted)
+    batch_size=res.get("batch_size") or None, masks_per_pass=res.get("masks_per_pass") or None, shifted=shifted)
 atomic_write_csv(sweep, sm.output.sweep)
 atomic_write_csv(classwise, sm.output.classwise)
 atomic_write_csv(shift_table, sm.output.shifted)

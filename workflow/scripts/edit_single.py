@@ -27,8 +27,8 @@ heldout = Examples.load(sm.input.heldout).tensors(device)
 attr = Attributions.load(sm.input.attributions)
 check_edit(attr, sm.input.attributions, model, f"the model {sm.input.model}", examples,
            f"the examples {sm.input.examples}")
-kw = dict(mode=spec["ablation"], gamma=spec["gamma"], batch_size=res.get("batch_size", 32),
-          masks_per_pass=res.get("masks_per_pass", 8))
+kw = dict(mode=spec["ablation"], gamma=spec["gamma"], batch_size=res.get("batch_size") or None,
+          masks_per_pass=res.get("masks_per_pass") or None)
 if e["kind"] == "subpop":  # Sec. 5.3: the worst group against the others; k chosen on a validation half
     from coar.paper.data.registry import group_names
     from coar.paper.experiments import edit_subpopulation

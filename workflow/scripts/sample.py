@@ -22,9 +22,9 @@ examples = Examples.load(sm.input.examples)
 kw = dict(m=st["m"], alpha=st["alpha"], seed=st["seed"], shard=st["shard"], output=spec["output"],
           scheme=spec["scheme"], ablation=spec["ablation"], gamma=spec["gamma"], dtype=spec["dtype"],
           precision=spec.get("precision") or "float32",
-          batch_size=res.get("batch_size", 32), masks_per_pass=res.get("masks_per_pass", 8), device=device)
-print(f"sampling on {device}: {kw['batch_size']} examples x {kw['masks_per_pass']} masks per pass, "
-      f"{kw['precision']}")
+          batch_size=res.get("batch_size") or None, masks_per_pass=res.get("masks_per_pass") or None,
+          device=device, log=print)  # 0 or unset: the engine's choice (coar.engine.plan)
+print(f"sampling on {device} in {kw['precision']}")
 if os.path.isdir(sm.params.store):  # a killed or failed earlier attempt: its finished rows are kept
     try:
         with ShardStore.open(sm.params.store, readonly=True) as old:

@@ -47,7 +47,7 @@ def _check_ks(ks: Sequence[int], n_components: int) -> list[int]:
 
 
 def sweep_margins(model: nn.Module, cset: ComponentSet, order: np.ndarray, ks: Sequence[int], sets: EvalSets,
-                  mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
+                  mode: str = "zero", gamma: float = 0.5, batch_size: int | None = None, masks_per_pass: int | None = None
                   ) -> dict[str, np.ndarray]:
     """Correct-class margins [len(ks), N] of every set after ablating the first k components of `order`."""
     return {name: sweep_outputs(model, cset, order, ks, x, y, margin, mode, gamma, batch_size, masks_per_pass)
@@ -117,7 +117,7 @@ def edit_single_examples(model: nn.Module, cset: ComponentSet, attributions: Att
                          y: torch.Tensor, targets: Sequence[int], validation: tuple[torch.Tensor, torch.Tensor],
                          heldout: tuple[torch.Tensor, torch.Tensor], ks: Sequence[int], direction: str = "increase",
                          n_references: int = 50, max_drop: float = 0.02, seed: int = 0, experiment: str = "fix",
-                         mode: str = "zero", gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8,
+                         mode: str = "zero", gamma: float = 0.5, batch_size: int | None = None, masks_per_pass: int | None = None,
                          progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Sec. 5.1 / App. D.1: edit each target example on its own. x, y: the examples the attributions were
     computed for; each target gets `n_references` random other examples of that set as references (seeded
@@ -177,7 +177,7 @@ def forget_class(model: nn.Module, cset: ComponentSet, attributions: Attribution
                  validation: tuple[torch.Tensor, torch.Tensor], heldout: tuple[torch.Tensor, torch.Tensor],
                  ks: Sequence[int], n_targets: int = 10, n_references: int = 50, max_drop: float = 0.02,
                  seed: int = 0, class_names: Sequence[str] | None = None, mode: str = "zero", gamma: float = 0.5,
-                 batch_size: int = 32, masks_per_pass: int = 8,
+                 batch_size: int | None = None, masks_per_pass: int | None = None,
                  shifted: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame, int, pd.DataFrame]:
     """Sec. 5.2 / App. D.2: lower the margins of `n_targets` examples of class `cls` (top-k of eq. 8) against
@@ -243,7 +243,7 @@ def edit_subpopulation(model: nn.Module, cset: ComponentSet, attributions: Attri
                        heldout: tuple[torch.Tensor, torch.Tensor, np.ndarray], ks: Sequence[int],
                        target_group: int | None = None, n_targets: int = 10, n_references: int = 10, seed: int = 0,
                        group_names: Sequence[str] | None = None, label: str = "subpopulations", mode: str = "zero",
-                       gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
+                       gamma: float = 0.5, batch_size: int | None = None, masks_per_pass: int | None = None
                        ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
     """Sec. 5.3 / App. D.3: raise the margins of `n_targets` attribution examples of the worst group (the
     lowest validation accuracy of the unedited model, unless `target_group` is given) against `n_references`
@@ -309,7 +309,7 @@ def edit_backdoor(model: nn.Module, cset: ComponentSet, attributions: Attributio
                   heldout: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ks: Sequence[int], n_pairs: int = 10,
                   max_drop: float = 0.02, seed: int = 0, label: str = "backdoor",
                   extra: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None, mode: str = "zero",
-                  gamma: float = 0.5, batch_size: int = 32, masks_per_pass: int = 8
+                  gamma: float = 0.5, batch_size: int | None = None, masks_per_pass: int | None = None
                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, int]:
     """Sec. 5.4 / App. D.4: remove a backdoor. `pairs` [P, 2] holds (clean, triggered) indices of the same image
     among the attribution examples; `n_pairs` of them are drawn (seeded): the triggered ones are the targets, the

@@ -1,0 +1,315 @@
+"""The sampling engine: which exact ablation mechanism, memory format and batch shape run the masked forward
+passes of COAR (f_M(z, C_i) for every mask i and example z), chosen per model, device and size.
+
+Two mechanisms, both tested equal to the reference weight zeroing of :func:`coar.ablation.ablate_weights`:
+
+* ``"weights"``: one mask per forward pass. The ablated weight slices of the model are overwritten in place,
+  mask after mask, from a saved copy of the original weights, and every weight is restored bitwise on exit,
+  also when a forward pass raises or the run is interrupted (KeyboardInterrupt). Its outputs are bitwise those
+  of the reference (the same products in the same dtype), and it adds no work to the forward pass.
+* ``"hooks"``: K masks per forward pass. A batch of K * B rows is K blocks of B rows, and forward hooks scale
+  block r's component outputs by mask r (``coar.ablation.ablation_hooks``). It adds one elementwise product per
+  hooked layer, and it is the only way to fill a pass when there are fewer examples than rows per pass.
+
+The rule (:func:`plan`), derived from ``benchmarks/bench_sampling.py --preset`` (docs/benchmarks.md) rather
+than a calibration run: a calibration would pick by timings that vary by 20% from run to run on a shared
+machine, so two identical calls could take different mechanisms and give outputs that differ in the last bits.
+The rule gives the same plan for the same model, device and sizes, every time.
+
+1. Rows per pass: about 256 on a CPU (larger passes make the allocator hand activation buffers back to the OS
+   after every pass); on a GPU up to 1,024, fewer for large inputs (about 2^26 input values a pass).
+2. Mechanism: when one mask's examples fill more than half a pass (N > rows / 2) a second mask would not fit,
+   so ``"weights"`` runs one mask per pass on all N examples (in equal batches of at most ``rows``);
+   otherwise ``"hooks"`` runs K = rows // N masks per pass on all N examples.
+3. Memory format: channels_last when the inputs are image batches [N, C, H, W] and convolutions carry at
+   least half of the model's forward FLOPs (counted once on one example by torch's FlopCounterMode):
+   convnets, not vision transformers, whose only convolution is the patch embedding. The model runs as a
+   converted copy; the caller's model keeps its format.
+
+Every choice can be given instead (``mechanism=``, ``memory_format=``, ``batch_size=``, ``masks_per_pass=``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .components import ComponentSet
+from .errors import CoarError, ShapeError
+
+MECHANISMS = ("auto", "weights", "hooks")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+#: Rows per forward pass on a CPU (docs/benchmarks.md: 256-row passes run at the plain forward pass's best rate;
+#: passes of thousands of rows measured 3x slower).
+CPU_ROWS = 256
+#: At least this share of the forward FLOPs in convolutions makes a model a convnet for the memory-format rule.
+CONV_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the masked forward passes run: `masks_per_pass` masks on `batch_size` examples a pass."""
+
+    mechanism: str
+    memory_format: str
+    batch_size: int
+    masks_per_pass: int
+    reason: str = ""
+
+    @property
+    def rows_per_pass(self) -> int:
+        return self.batch_size * self.masks_per_pass
+
+    @property
+    def masks_per_call(self) -> int:
+        """Masks a store's writer hands the engine at once: 4 passes (each call ends in two msyncs of the store,
+        0.13 s per 1,000 calls on a 2-core VM; aligned blocks keep a resumed shard bitwise identical)."""
+        return self.masks_per_pass * 4
+
+    def describe(self) -> str:
+        return (f"{self.mechanism} ({self.masks_per_pass} mask{'s' if self.masks_per_pass > 1 else ''} x "
+                f"{self.batch_size} examples a pass), {self.memory_format}" + (f": {self.reason}" if self.reason
+                                                                                else ""))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def rows_per_pass(device: str | torch.device, example_numel: int) -> int:
+    """Rows a forward pass aims at: :data:`CPU_ROWS` on a CPU; on a GPU up to 1,024, fewer for large inputs
+    (about 2^26 input values a pass, e.g. 445 rows of 3 x 224 x 224 images)."""
+    if torch.device(device).type == "cpu":
+        return CPU_ROWS
+    return int(min(1024, max(32, 2 ** 26 // max(int(example_numel), 1))))
+
+
+def conv_flop_share(model: nn.Module, example: torch.Tensor) -> float:
+    """Share of one example's forward FLOPs spent in convolutions (0 when they cannot be counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model(example)
+    except Exception:  # an op the counter cannot trace: no evidence for a convnet
+        return 0.0
+    total = counter.get_total_flops()
+    if not total:
+        return 0.0
+    conv = sum(v for op, v in counter.get_flop_counts().get("Global", {}).items() if "convolution" in str(op))
+    return float(conv) / float(total)
+
+
+def model_memory_format(model: nn.Module) -> str:
+    """"channels_last" when the model's 4-D weights are stored channels-last, else "contiguous"."""
+    for p in model.parameters():
+        if p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last):
+            return "channels_last"
+    return "contiguous"
+
+
+def _weights_maskable(model: nn.Module, cset: ComponentSet) -> str:
+    """'' when every component group's weight is a plain parameter that can be overwritten in place; else why not."""
+    from torch.nn.utils import parametrize
+
+    from .ablation import _module, weight_slot
+
+    for group in cset.groups:
+        module = _module(model, group)
+        if parametrize.is_parametrized(module):
+            return f"{group.module} is parametrized (its weight is computed at every forward pass)"
+        weight, _, _ = weight_slot(model, group)
+        if not isinstance(weight, nn.Parameter):
+            return f"{group.module}'s weight is not a parameter"
+    return ""
+
+
+def plan(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, *, device: str | torch.device | None = None,
+         mechanism: str = "auto", memory_format: str = "auto", batch_size: int | None = None,
+         masks_per_pass: int | None = None) -> Plan:
+    """The engine's choice for `model` on `inputs` [N, ...] (module docstring); given values are kept."""
+    if mechanism not in MECHANISMS:
+        raise CoarError(f"ablation mechanism must be one of {MECHANISMS}, got {mechanism!r}")
+    if memory_format not in MEMORY_FORMATS:
+        raise CoarError(f"memory format must be one of {MEMORY_FORMATS}, got {memory_format!r}")
+    for name, v in (("batch_size", batch_size), ("masks_per_pass", masks_per_pass)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise CoarError(f"{name} must be an integer >= 1 (or None: chosen by the engine), got {v!r}")
+    dev = torch.device(device) if device is not None else _device_of(model)
+    n = len(inputs)
+    rows = rows_per_pass(dev, inputs[0].numel() if n else 1)
+    reasons = []
+
+    image = inputs.dim() == 4 and inputs.is_floating_point()
+    if memory_format == "auto":
+        share = conv_flop_share(model, inputs[:1].to(dev)) if image else 0.0
+        memory_format = "channels_last" if image and share >= CONV_SHARE else "contiguous"
+        if image:
+            reasons.append(f"convolutions are {100 * share:.0f}% of the FLOPs")
+    elif memory_format == "channels_last" and not image:
+        raise CoarError(f"memory format channels_last needs image inputs [N, C, H, W], got {tuple(inputs.shape)} "
+                        f"{inputs.dtype}")
+
+    if mechanism == "auto":
+        b = batch_size if batch_size is not None else max(1, min(n, rows))
+        k = masks_per_pass if masks_per_pass is not None else max(1, rows // b)
+        if k > 1:
+            mechanism = "hooks"
+            reasons.append(f"{k} masks of {b} examples fill a pass" if masks_per_pass is not None else
+                           f"{n} examples fill less than half a pass of {rows} rows")
+        else:
+            why_not = _weights_maskable(model, cset)
+            mechanism = "hooks" if why_not else "weights"
+            reasons.append((f"{b} examples fill a pass of {rows} rows" if masks_per_pass is None else
+                            "one mask a pass") + (f", but {why_not}" if why_not else ""))
+    if mechanism == "weights":
+        if masks_per_pass not in (None, 1):
+            raise CoarError(f"the weights mechanism runs one mask per pass; masks_per_pass={masks_per_pass} needs "
+                            "mechanism 'hooks'")
+        why_not = _weights_maskable(model, cset)
+        if why_not:
+            raise CoarError(f"the weights mechanism cannot mask this model in place: {why_not}; use 'hooks'")
+        masks_per_pass = 1
+        if batch_size is None:  # equal batches of at most `rows` examples
+            batch_size = math.ceil(n / max(1, math.ceil(n / rows))) if n else 1
+    else:
+        if batch_size is None:
+            batch_size = max(1, min(n, rows)) if masks_per_pass is None else max(1, min(n, rows // masks_per_pass))
+        if masks_per_pass is None:
+            masks_per_pass = max(1, rows // batch_size)
+    return Plan(mechanism, memory_format, int(batch_size), int(masks_per_pass), "; ".join(reasons))
+
+
+def prepare(model: nn.Module, p: Plan) -> nn.Module:
+    """The module the passes run on: `model` itself when it already has the plan's memory format, else a copy
+    converted to it (the caller's model is never converted)."""
+    if model_memory_format(model) == p.memory_format:
+        return model
+    fmt = torch.channels_last if p.memory_format == "channels_last" else torch.contiguous_format
+    return copy.deepcopy(model).to(memory_format=fmt)
+
+
+def as_format(x: torch.Tensor, memory_format: str) -> torch.Tensor:
+    if memory_format == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class _WeightMasks:
+    """Mechanism "weights": `apply(r)` writes mask r's factors into the component weights; `restore()` puts back
+    the original weights bitwise. Factors are those of `unit_factors`, multiplied in the weight's dtype in the
+    groups' order, exactly as `ablate_weights` does, so the masked weights are bitwise the reference's."""
+
+    def __init__(self, model: nn.Module, cset: ComponentSet, factors: torch.Tensor):
+        from .ablation import _expand, weight_slot
+
+        self.slots = []  # (weight, original, [K, width] factors in the weight's dtype, view shape, first use)
+        self.originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i, group in enumerate(cset.groups):
+            weight, dim, _ = weight_slot(model, group)
+            first = id(weight) not in self.originals
+            if first:
+                self.originals[id(weight)] = (weight, weight.detach().clone())
+            s = _expand(factors[:, cset.group_range(i)], group).to(weight.device, weight.dtype)
+            shape = [1] * weight.dim()
+            shape[dim] = group.width
+            self.slots.append((weight, self.originals[id(weight)][1], s, shape, first))
+
+    @torch.no_grad()
+    def apply(self, r: int) -> None:
+        for weight, original, s, shape, first in self.slots:
+            if first:  # the first group of a weight rewrites it whole from the original
+                torch.mul(original, s[r].view(shape), out=weight)
+            else:  # later groups of the same weight (another dim or site) multiply on, as ablate_weights does
+                weight.mul_(s[r].view(shape))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for weight, original in self.originals.values():
+            weight.copy_(original)
+
+
+class Engine:
+    """Counterfactual outputs of one model on one example set, planned once and run on any number of masks.
+
+    >>> engine = Engine(model, cset, x, y, margin)        # doctest: +SKIP
+    >>> engine.plan.describe(); out = engine(keep)         # float32 [len(keep), N]  # doctest: +SKIP
+
+    The caller's model is never left changed: the weights mechanism restores its weights bitwise after every
+    call, and another memory format runs on a copy.
+    """
+
+    def __init__(self, model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
+                 output_fn: Callable, mode: str = "zero", gamma: float = 0.5, *, batch_size: int | None = None,
+                 masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto"):
+        from .ablation import _check_eval, unit_factors
+
+        if len(inputs) != len(targets):
+            raise ShapeError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
+        unit_factors(np.zeros(1, dtype=bool), mode, gamma)  # refuses an unknown mode or gamma outside [0, 1]
+        _check_eval(model)
+        self.cset, self.output_fn, self.mode, self.gamma = cset, output_fn, mode, gamma
+        self.plan = plan(model, cset, inputs, mechanism=mechanism, memory_format=memory_format,
+                         batch_size=batch_size, masks_per_pass=masks_per_pass)
+        self.model = prepare(model, self.plan)
+        self.device = _device_of(self.model)
+        self.inputs, self.targets = inputs, targets
+
+    def _batches(self):
+        b = self.plan.batch_size
+        for j in range(0, len(self.inputs), b):
+            x = as_format(self.inputs[j: j + b].to(self.device, non_blocking=True), self.plan.memory_format)
+            yield j, x, self.targets[j: j + b].to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def __call__(self, keep, progress: bool = False) -> np.ndarray:
+        from .ablation import unit_factors
+
+        keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
+        if keep.dim() != 2 or keep.shape[1] != self.cset.size:
+            raise ShapeError(f"keep masks must have shape [M, {self.cset.size}], got {tuple(keep.shape)}")
+        out = np.empty((keep.shape[0], len(self.inputs)), dtype=np.float32)
+        if self.plan.mechanism == "weights":
+            self._run_weights(keep, out, progress)
+        else:
+            self._run_hooks(keep, out, progress)
+        return out
+
+    def _run_weights(self, keep: torch.Tensor, out: np.ndarray, progress: bool) -> None:
+        from .ablation import logits_of, unit_factors
+
+        masks = _WeightMasks(self.model, self.cset, unit_factors(keep, self.mode, self.gamma))
+        batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
+        try:
+            for i in tqdm(range(keep.shape[0]), desc="counterfactuals", disable=not progress, leave=False):
+                masks.apply(i)
+                for j, x, y in (batches or self._batches()):
+                    out[i, j: j + len(x)] = self.output_fn(logits_of(self.model(x)), y).float().cpu().numpy()
+        finally:  # also on KeyboardInterrupt: the model's weights are bitwise the original ones again
+            masks.restore()
+
+    def _run_hooks(self, keep: torch.Tensor, out: np.ndarray, progress: bool) -> None:
+        from .ablation import ablation_hooks, logits_of
+
+        K = self.plan.masks_per_pass
+        batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
+        steps = [i for i in range(0, keep.shape[0], K)]
+        for i in tqdm(steps, desc="counterfactuals", disable=not progress, leave=False):
+            k = keep[i: i + K]
+            with ablation_hooks(self.model, self.cset, k, self.mode, self.gamma):
+                for j, x, y in (batches or self._batches()):
+                    n = len(x)
+                    rows = as_format(_repeat(x, len(k)), self.plan.memory_format)
+                    vals = self.output_fn(logits_of(self.model(rows)), _repeat(y, len(k))).float().view(len(k), n)
+                    out[i: i + len(k), j: j + n] = vals.cpu().numpy()
+
+
+def _repeat(t: torch.Tensor, K: int) -> torch.Tensor:
+    return t if K == 1 else t.repeat(K, *([1] * (t.dim() - 1)))

@@ -1,0 +1,238 @@
+"""coar.engine: every mechanism x memory format equals the reference weight zeroing (per model family in
+test_ablation.py, on random models and masks here), the weights mechanism restores the model bitwise even when
+interrupted, and the plan follows its rule."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from coar.ablation import ablation_hooks, counterfactual_outputs, surgery_outputs
+from coar.components import Rule, component_set
+from coar.engine import CPU_ROWS, Engine, model_memory_format, plan, rows_per_pass
+from coar.errors import CoarError
+from coar.outputs import margin
+from coar.paper.models import build_model
+from tests.helpers import assert_no_hooks, randomize_bn
+
+VARIANTS = [("weights", "contiguous"), ("weights", "channels_last"), ("hooks", "contiguous"),
+            ("hooks", "channels_last")]
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_bitwise_unchanged(model: nn.Module, before: dict) -> None:
+    """Every tensor bitwise as before (a -0.0 where 0.0 was counts as a change) and in its original layout."""
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        w = after[k].detach()
+        assert w.stride() == v.stride(), f"{k}: layout changed"
+        assert torch.equal(w.contiguous().view(-1).view(torch.uint8), v.contiguous().view(-1).view(torch.uint8)), k
+
+
+def small_convnet(seed: int, bias: bool) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, bias=bias), nn.BatchNorm2d(6), nn.ReLU(),
+                          nn.Conv2d(6, 5, 3, stride=2, bias=bias), nn.ReLU(), nn.Flatten(), nn.Linear(5 * 3 * 3, 7),
+                          nn.ReLU(), nn.Linear(7, 4))
+    return randomize_bn(model, seed).eval()
+
+
+RULES = [Rule(r"0|3", ("Conv2d",)), Rule(r"6", ("Linear",)), Rule(r"8", ("Linear",), site="input")]
+
+
+# -------------------------------------------------------------------------- equivalence on random problems
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 9), masks=st.integers(1, 6),
+       mode=st.sampled_from(["zero", "scale"]), gamma=st.floats(0.0, 1.0), bias=st.booleans(),
+       variant=st.sampled_from(VARIANTS), batch=st.integers(1, 9), per_pass=st.integers(2, 4))
+def test_every_mechanism_equals_weight_zeroing_on_random_models_and_masks(seed, n, masks, mode, gamma, bias,
+                                                                          variant, batch, per_pass):
+    model = small_convnet(seed, bias)
+    cset = component_set(model, RULES)
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 2, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+    keep = torch.rand(masks, cset.size, generator=g) > 0.3
+    before = snapshot(model)
+    ref = surgery_outputs(model, cset, x, y, keep.numpy(), margin, mode, gamma, batch_size=batch)
+    mechanism, fmt = variant
+    out = counterfactual_outputs(model, cset, x, y, keep, margin, mode, gamma, batch_size=batch,
+                                 masks_per_pass=1 if mechanism == "weights" else per_pass, mechanism=mechanism,
+                                 memory_format=fmt)
+    if variant == ("weights", "contiguous"):  # the reference's products, dtype and batches: bitwise
+        assert np.array_equal(out, ref)
+    else:
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    assert_bitwise_unchanged(model, before)
+    assert_no_hooks(model)
+
+
+def test_the_masks_change_the_outputs_so_the_equivalence_is_not_vacuous():
+    model = small_convnet(0, True)
+    cset = component_set(model, RULES)
+    x, y = torch.randn(6, 2, 8, 8), torch.randint(0, 4, (6,))
+    keep = np.random.default_rng(0).random((4, cset.size)) > 0.3
+    out = counterfactual_outputs(model, cset, x, y, keep, margin, mechanism="weights")
+    full = counterfactual_outputs(model, cset, x, y, np.ones((1, cset.size), bool), margin, mechanism="weights")
+    assert np.abs(out - full).min(axis=1).max() > 1e-3
+
+
+# ------------------------------------------------------------------------- weights restored when interrupted
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_weights_mechanism_restores_the_model_bitwise_when_interrupted(fmt, error):
+    model = randomize_bn(build_model("resnet_small", in_channels=1, image_size=28))
+    cset = component_set(model, "resnet_small")
+    x, y = torch.randn(5, 1, 28, 28), torch.randint(0, 10, (5,))
+    with torch.no_grad():  # negative weights: zeroing them by a product gives -0.0, which must not stay behind
+        model.conv1.weight[0] = -model.conv1.weight[0].abs()
+    before = snapshot(model)
+    params = {k: (p, p.data_ptr()) for k, p in model.named_parameters()}
+    calls = []
+
+    def output_fn(logits, targets):
+        calls.append(1)
+        if len(calls) == 3:  # the third mask's forward pass: two masks have been written into the weights
+            raise error("stop")
+        return margin(logits, targets)
+
+    keep = np.random.default_rng(1).random((6, cset.size)) > 0.5
+    engine = Engine(model, cset, x, y, output_fn, mechanism="weights", memory_format=fmt)
+    assert (engine.model is model) == (fmt == "contiguous")
+    with pytest.raises(error):
+        engine(keep)
+    assert len(calls) == 3
+    assert_bitwise_unchanged(model, before)
+    assert all(p is dict(model.named_parameters())[k] and p.data_ptr() == ptr for k, (p, ptr) in params.items())
+    # and the engine still gives the reference numbers afterwards
+    calls.clear()
+    ok = Engine(model, cset, x, y, margin, mechanism="weights", memory_format="contiguous")(keep)
+    assert np.array_equal(ok, surgery_outputs(model, cset, x, y, keep, margin))
+
+
+def test_weights_mechanism_on_a_weight_shared_by_two_groups_multiplies_like_the_reference():
+    """An input-site and an output-site group on one Linear: both factors land on the same weight, in order."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3)).eval()
+    cset = component_set(model, [Rule("0", ("Linear",)), Rule("0", ("Linear",), site="input")])
+    x, y = torch.randn(4, 5), torch.randint(0, 3, (4,))
+    keep = np.random.default_rng(2).random((5, cset.size)) > 0.4
+    for mode in ("zero", "scale"):
+        ref = surgery_outputs(model, cset, x, y, keep, margin, mode, 0.3)
+        out = counterfactual_outputs(model, cset, x, y, keep, margin, mode, 0.3, mechanism="weights")
+        assert np.array_equal(out, ref)
+
+
+# --------------------------------------------------------------------------------------------- the plan
+def resnet(n=200):
+    model = build_model("resnet_tiny", in_channels=1, image_size=28)
+    return model, component_set(model, "resnet_tiny"), torch.zeros(n, 1, 28, 28)
+
+
+@pytest.mark.parametrize("n,mechanism,batch,per_pass", [
+    (200, "weights", 200, 1),    # more than half a pass of 256 rows: one mask a pass, all examples
+    (256, "weights", 256, 1),
+    (600, "weights", 200, 1),    # three equal batches of at most 256 rows
+    (128, "hooks", 128, 2),      # half a pass: two masks a pass
+    (50, "hooks", 50, 5),
+    (1, "hooks", 1, CPU_ROWS),
+])
+def test_cpu_plan_by_number_of_examples(n, mechanism, batch, per_pass):
+    model, cset, x = resnet(n)
+    p = plan(model, cset, x)
+    assert (p.mechanism, p.batch_size, p.masks_per_pass) == (mechanism, batch, per_pass)
+    assert p.rows_per_pass <= CPU_ROWS and p.memory_format == "channels_last"
+    assert p.masks_per_call == 4 * per_pass
+
+
+def test_memory_format_follows_the_share_of_convolution_flops():
+    vit = build_model("vit_tiny", in_channels=1, image_size=28)
+    assert plan(vit, component_set(vit, "vit_tiny"), torch.zeros(8, 1, 28, 28)).memory_format == "contiguous"
+    mlp = build_model("mlp_small", in_channels=1, image_size=28)
+    assert plan(mlp, component_set(mlp, "mlp_small"), torch.zeros(8, 1, 28, 28)).memory_format == "contiguous"
+    gpt = build_model("gpt2_tiny")
+    p = plan(gpt, component_set(gpt, "gpt2_tiny"), torch.zeros(8, 16, dtype=torch.long))
+    assert p.memory_format == "contiguous"
+    with pytest.raises(CoarError, match="channels_last needs image inputs"):
+        plan(gpt, component_set(gpt, "gpt2_tiny"), torch.zeros(8, 16, dtype=torch.long), memory_format="channels_last")
+
+
+def test_given_choices_are_kept_and_contradictions_refused():
+    model, cset, x = resnet(200)
+    assert plan(model, cset, x, masks_per_pass=3).mechanism == "hooks"
+    assert plan(model, cset, x, masks_per_pass=3).batch_size == CPU_ROWS // 3
+    p = plan(model, cset, x, batch_size=16)
+    assert (p.mechanism, p.masks_per_pass) == ("hooks", 16)  # rows per pass kept
+    assert plan(model, cset, x[:10], masks_per_pass=1).mechanism == "weights"
+    assert plan(model, cset, x, memory_format="contiguous", mechanism="hooks").memory_format == "contiguous"
+    with pytest.raises(CoarError, match="one mask per pass"):
+        plan(model, cset, x, mechanism="weights", masks_per_pass=2)
+    for bad in (dict(mechanism="surgery"), dict(memory_format="nhwc"), dict(batch_size=0), dict(masks_per_pass=True)):
+        with pytest.raises(CoarError):
+            plan(model, cset, x, **bad)
+
+
+def test_a_parametrized_weight_is_left_to_the_hooks():
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    parametrizations.weight_norm(model[0])
+    cset = component_set(model, [Rule("0", ("Linear",))])
+    x, y = torch.randn(300, 4), torch.randint(0, 2, (300,))
+    p = plan(model, cset, x)
+    assert p.mechanism == "hooks" and "parametrized" in p.reason
+    with pytest.raises(CoarError, match="parametrized"):
+        plan(model, cset, x, mechanism="weights")
+    keep = np.random.default_rng(0).random((3, 6)) > 0.5
+    plain = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)).eval()  # the weights the forward pass uses
+    with torch.no_grad():
+        plain[0].weight.copy_(model[0].weight)
+        plain[0].bias.copy_(model[0].bias)
+        plain[2].load_state_dict(model[2].state_dict())
+    np.testing.assert_allclose(counterfactual_outputs(model, cset, x, y, keep, margin),
+                               surgery_outputs(plain, cset, x, y, keep, margin), rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_rows_per_pass_scale_with_the_input_size():
+    assert rows_per_pass("cpu", 3 * 224 * 224) == CPU_ROWS
+    assert rows_per_pass("cuda", 3 * 32 * 32) == 1024
+    assert rows_per_pass("cuda", 3 * 224 * 224) == 2 ** 26 // (3 * 224 * 224) == 445
+
+
+def test_the_callers_model_keeps_its_format_and_the_run_copy_is_channels_last():
+    model, cset, x = resnet(8)
+    engine = Engine(model, cset, x, torch.zeros(8, dtype=torch.long), margin)
+    assert engine.plan.memory_format == "channels_last" and engine.model is not model
+    assert model_memory_format(model) == "contiguous" and model_memory_format(engine.model) == "channels_last"
+
+
+def test_hooks_keep_a_channels_last_activation_channels_last():
+    """The scaled conv output stays channels-last, so the next layers keep the fast kernels."""
+    model = small_convnet(1, True).to(memory_format=torch.channels_last)
+    cset = component_set(model, RULES)
+    x = torch.randn(3, 2, 8, 8).contiguous(memory_format=torch.channels_last)
+    seen = []
+    model[1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))  # the BN after the hooked conv
+    keep = np.random.default_rng(0).random((2, cset.size)) > 0.5
+    with torch.no_grad(), ablation_hooks(model, cset, keep):
+        model(x.repeat(2, 1, 1, 1).contiguous(memory_format=torch.channels_last))
+    assert seen and seen[0].is_contiguous(memory_format=torch.channels_last) and not seen[0].is_contiguous()
+
+
+def test_engine_is_deterministic_across_calls_and_block_splits():
+    model, cset, _ = resnet(40)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, 28, 28, generator=g), torch.randint(0, 10, (40,), generator=g)
+    engine = Engine(copy.deepcopy(model), cset, x, y, margin)
+    keep = np.random.default_rng(3).random((12, cset.size)) > 0.1
+    whole = engine(keep)
+    k = engine.plan.masks_per_pass
+    parts = np.concatenate([engine(keep[i: i + k]) for i in range(0, 12, k)])
+    assert np.array_equal(whole, parts) and np.array_equal(whole, engine(keep))
