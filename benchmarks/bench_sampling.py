@@ -189,19 +189,19 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
     return results
 
 
-PRESET_HEADER = (f"{'setup':<6}{'model':<14}{'C':>6}{'n':>5}{'thr':>4}  {'plain forward, rows/s (best)':<36}"
+PRESET_HEADER = (f"{'setup':<8}{'model':<14}{'C':>6}{'n':>5}{'thr':>4}  {'plain forward, rows/s (best)':<36}"
                  f"{'engine, rows/s':>15}{'ratio':>7}  engine's plan")
 
 
 def print_preset_rows(results: list[dict], variants: bool) -> None:
     for r in results:
         p = r["plan"]
-        print(f"{r['setup']:<6}{r['model']:<14}{r['components']:>6}{r['n']:>5}{r['threads']:>4}  "
+        print(f"{r['setup']:<8}{r['model']:<14}{r['components']:>6}{r['n']:>5}{r['threads']:>4}  "
               f"{r['forward']:>10,.0f} ({r['forward_how']:<22}){r['engine']:>15,.0f}{r['engine'] / r['forward']:>7.2f}"
               f"  {p.mechanism}, K={p.masks_per_pass} x {p.batch_size}, {p.memory_format}")
         if variants:
             for k, v in sorted(r["variants"].items()):
-                print(f"{'':<10}{k:<30}{v:>12,.0f}{v / r['forward']:>7.2f}")
+                print(f"{'':<12}{k:<30}{v:>12,.0f}{v / r['forward']:>7.2f}")
 
 
 def main(argv=None) -> None:

@@ -307,9 +307,11 @@ def test_evaluate_refuses_bad_arguments_naming_them(tiny_attr, argument, change)
 def test_default_batching_per_device_and_overrides():
     assert coar.api.default_batching("cpu", 784, 500) == (250, 1)  # one mask a pass, two equal batches
     assert coar.api.default_batching("cpu", 784, 200) == (200, 1)
+    assert coar.api.default_batching("cpu", 784, 64) == (64, 1)
     assert coar.api.default_batching("cpu", 784, 5) == (5, 51)  # 255 rows: 51 masks a pass
     assert coar.api.default_batching("cuda", 3 * 224 * 224, 50_000) == (443, 1)  # 113 batches of at most 445
     assert coar.api.default_batching("cuda", 3 * 32 * 32, 64) == (64, 16)
+    assert coar.api.default_batching("cuda", 3 * 32 * 32, 600) == (600, 1)
     model, (x, y) = tiny_model(), tiny_data()
     for kw, want in ((dict(), ("hooks", 12, 21)), (dict(batch_size=4), ("hooks", 4, 64)),
                      (dict(batch_size=4, masks_per_pass=3), ("hooks", 4, 3)), (dict(masks_per_pass=1), ("weights", 12, 1)),

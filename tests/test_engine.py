@@ -12,7 +12,7 @@ from torch import nn
 
 from coar.ablation import ablation_hooks, counterfactual_outputs, surgery_outputs
 from coar.components import Rule, component_set
-from coar.engine import CPU_ROWS, Engine, model_memory_format, plan, rows_per_pass
+from coar.engine import CPU_FULL_ROWS, CPU_ROWS, Engine, full_rows, model_memory_format, plan, rows_per_pass
 from coar.errors import CoarError
 from coar.outputs import margin
 from coar.paper.models import build_model
@@ -136,10 +136,11 @@ def resnet(n=200):
 
 
 @pytest.mark.parametrize("n,mechanism,batch,per_pass", [
-    (200, "weights", 200, 1),    # more than half a pass of 256 rows: one mask a pass, all examples
+    (200, "weights", 200, 1),    # a full pass (64 rows on a CPU): one mask a pass, all examples
     (256, "weights", 256, 1),
     (600, "weights", 200, 1),    # three equal batches of at most 256 rows
-    (128, "hooks", 128, 2),      # half a pass: two masks a pass
+    (64, "weights", 64, 1),
+    (63, "hooks", 63, 4),        # less than a full pass: as many masks as fit in 256 rows
     (50, "hooks", 50, 5),
     (1, "hooks", 1, CPU_ROWS),
 ])
@@ -170,6 +171,7 @@ def test_given_choices_are_kept_and_contradictions_refused():
     p = plan(model, cset, x, batch_size=16)
     assert (p.mechanism, p.masks_per_pass) == ("hooks", 16)  # rows per pass kept
     assert plan(model, cset, x[:10], masks_per_pass=1).mechanism == "weights"
+    assert plan(model, cset, x[:10], batch_size=10, masks_per_pass=1).batch_size == 10
     assert plan(model, cset, x, memory_format="contiguous", mechanism="hooks").memory_format == "contiguous"
     with pytest.raises(CoarError, match="one mask per pass"):
         plan(model, cset, x, mechanism="weights", masks_per_pass=2)
@@ -201,8 +203,8 @@ def test_a_parametrized_weight_is_left_to_the_hooks():
 
 
 def test_gpu_rows_per_pass_scale_with_the_input_size():
-    assert rows_per_pass("cpu", 3 * 224 * 224) == CPU_ROWS
-    assert rows_per_pass("cuda", 3 * 32 * 32) == 1024
+    assert rows_per_pass("cpu", 3 * 224 * 224) == CPU_ROWS and full_rows("cpu", 784) == CPU_FULL_ROWS
+    assert rows_per_pass("cuda", 3 * 32 * 32) == 1024 and full_rows("cuda", 3 * 32 * 32) == 513
     assert rows_per_pass("cuda", 3 * 224 * 224) == 2 ** 26 // (3 * 224 * 224) == 445
 
 

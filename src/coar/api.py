@@ -208,14 +208,14 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable,
 
 
 def default_batching(device: str | torch.device, example_numel: int, n_examples: int) -> tuple[int, int]:
-    """(batch_size, masks_per_pass) the engine picks for `n_examples` on a device (coar.engine.plan): about 256
+    """(batch_size, masks_per_pass) the engine picks for `n_examples` on a device (coar.engine.plan): at most 256
     rows a pass on a CPU, up to 1,024 on a GPU (fewer for large inputs, about 2^26 input values a pass). When one
-    mask's examples fill more than half a pass, one mask a pass in equal batches (weights masked in place);
-    otherwise all examples and rows // n masks a pass (hooks)."""
-    from .engine import rows_per_pass
+    mask's examples fill a pass (64 on a CPU, more than half a pass on a GPU), one mask a pass in equal batches
+    (weights masked in place); otherwise all examples and rows // n masks a pass (hooks)."""
+    from .engine import full_rows, rows_per_pass
 
     rows, n = rows_per_pass(device, example_numel), max(1, int(n_examples))
-    if 2 * n > rows:
+    if n >= full_rows(device, example_numel):
         return -(-n // -(-n // rows)), 1
     return n, rows // n
 

@@ -16,11 +16,12 @@ than a calibration run: a calibration would pick by timings that vary by 20% fro
 machine, so two identical calls could take different mechanisms and give outputs that differ in the last bits.
 The rule gives the same plan for the same model, device and sizes, every time.
 
-1. Rows per pass: about 256 on a CPU (larger passes make the allocator hand activation buffers back to the OS
-   after every pass); on a GPU up to 1,024, fewer for large inputs (about 2^26 input values a pass).
-2. Mechanism: when one mask's examples fill more than half a pass (N > rows / 2) a second mask would not fit,
-   so ``"weights"`` runs one mask per pass on all N examples (in equal batches of at most ``rows``);
-   otherwise ``"hooks"`` runs K = rows // N masks per pass on all N examples.
+1. Rows per pass: at most 256 on a CPU (larger passes make the allocator hand activation buffers back to the
+   OS after every pass); on a GPU up to 1,024, fewer for large inputs (about 2^26 input values a pass).
+2. Mechanism: when one mask's N examples fill a pass (N >= 64 on a CPU, where kernels run at full rate from
+   about 64 rows; N > rows / 2 on a GPU, where a second mask would not fit), ``"weights"`` runs one mask per pass
+   on all N examples, in equal batches of at most ``rows``; otherwise ``"hooks"`` runs K = rows // N masks per
+   pass on all N examples.
 3. Memory format: channels_last when the inputs are image batches [N, C, H, W] and convolutions carry at
    least half of the model's forward FLOPs (counted once on one example by torch's FlopCounterMode):
    convnets, not vision transformers, whose only convolution is the patch embedding. The model runs as a
@@ -48,6 +49,10 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 #: Rows per forward pass on a CPU (docs/benchmarks.md: 256-row passes run at the plain forward pass's best rate;
 #: passes of thousands of rows measured 3x slower).
 CPU_ROWS = 256
+#: On a CPU one mask's examples fill a pass from this many rows on: below it, several masks a pass (hooks) win; from
+#: it on, one mask a pass with its weights zeroed in place does (docs/benchmarks.md: ResNet at 64 examples, 16,200
+#: against 16,000 rows/s for the best hooks pass; byte-level GPT-2 at 64 sequences, 4,200 against 2,600).
+CPU_FULL_ROWS = 64
 #: At least this share of the forward FLOPs in convolutions makes a model a convnet for the memory-format rule.
 CONV_SHARE = 0.5
 
@@ -88,6 +93,14 @@ def rows_per_pass(device: str | torch.device, example_numel: int) -> int:
     if torch.device(device).type == "cpu":
         return CPU_ROWS
     return int(min(1024, max(32, 2 ** 26 // max(int(example_numel), 1))))
+
+
+def full_rows(device: str | torch.device, example_numel: int) -> int:
+    """Examples from which one mask a pass fills it: :data:`CPU_FULL_ROWS` on a CPU, more than half of
+    :func:`rows_per_pass` on a GPU."""
+    if torch.device(device).type == "cpu":
+        return CPU_FULL_ROWS
+    return rows_per_pass(device, example_numel) // 2 + 1
 
 
 def conv_flop_share(model: nn.Module, example: torch.Tensor) -> float:
@@ -144,7 +157,8 @@ def plan(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, *, device: 
             raise CoarError(f"{name} must be an integer >= 1 (or None: chosen by the engine), got {v!r}")
     dev = torch.device(device) if device is not None else _device_of(model)
     n = len(inputs)
-    rows = rows_per_pass(dev, inputs[0].numel() if n else 1)
+    numel = inputs[0].numel() if n else 1
+    rows, full = rows_per_pass(dev, numel), full_rows(dev, numel)
     reasons = []
 
     image = inputs.dim() == 4 and inputs.is_floating_point()
@@ -159,16 +173,21 @@ def plan(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, *, device: 
 
     if mechanism == "auto":
         b = batch_size if batch_size is not None else max(1, min(n, rows))
-        k = masks_per_pass if masks_per_pass is not None else max(1, rows // b)
+        if masks_per_pass is not None:
+            k = masks_per_pass
+        elif batch_size is not None:
+            k = max(1, rows // b)  # the rows per pass are kept
+        else:
+            k = 1 if n >= full else max(1, rows // b)
         if k > 1:
             mechanism = "hooks"
-            reasons.append(f"{k} masks of {b} examples fill a pass" if masks_per_pass is not None else
-                           f"{n} examples fill less than half a pass of {rows} rows")
+            reasons.append(f"{k} masks of {b} examples a pass" if masks_per_pass is not None or batch_size is not None
+                           else f"{n} examples fill less than a pass ({full} rows on {dev.type})")
         else:
             why_not = _weights_maskable(model, cset)
             mechanism = "hooks" if why_not else "weights"
-            reasons.append((f"{b} examples fill a pass of {rows} rows" if masks_per_pass is None else
-                            "one mask a pass") + (f", but {why_not}" if why_not else ""))
+            reasons.append((f"{n} examples fill a pass ({full} rows on {dev.type})" if masks_per_pass is None
+                            else "one mask a pass") + (f", but {why_not}" if why_not else ""))
     if mechanism == "weights":
         if masks_per_pass not in (None, 1):
             raise CoarError(f"the weights mechanism runs one mask per pass; masks_per_pass={masks_per_pass} needs "
@@ -287,28 +306,31 @@ class Engine:
 
         masks = _WeightMasks(self.model, self.cset, unit_factors(keep, self.mode, self.gamma))
         batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
+        vals = torch.empty(out.shape, dtype=torch.float32, device=self.device)  # one copy to the host per call
         try:
             for i in tqdm(range(keep.shape[0]), desc="counterfactuals", disable=not progress, leave=False):
                 masks.apply(i)
                 for j, x, y in (batches or self._batches()):
-                    out[i, j: j + len(x)] = self.output_fn(logits_of(self.model(x)), y).float().cpu().numpy()
+                    vals[i, j: j + len(x)] = self.output_fn(logits_of(self.model(x)), y)
         finally:  # also on KeyboardInterrupt: the model's weights are bitwise the original ones again
             masks.restore()
+        out[...] = vals.cpu().numpy()
 
     def _run_hooks(self, keep: torch.Tensor, out: np.ndarray, progress: bool) -> None:
         from .ablation import ablation_hooks, logits_of
 
         K = self.plan.masks_per_pass
         batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
-        steps = [i for i in range(0, keep.shape[0], K)]
-        for i in tqdm(steps, desc="counterfactuals", disable=not progress, leave=False):
+        vals = torch.empty(out.shape, dtype=torch.float32, device=self.device)
+        for i in tqdm(range(0, keep.shape[0], K), desc="counterfactuals", disable=not progress, leave=False):
             k = keep[i: i + K]
             with ablation_hooks(self.model, self.cset, k, self.mode, self.gamma):
                 for j, x, y in (batches or self._batches()):
                     n = len(x)
                     rows = as_format(_repeat(x, len(k)), self.plan.memory_format)
-                    vals = self.output_fn(logits_of(self.model(rows)), _repeat(y, len(k))).float().view(len(k), n)
-                    out[i: i + len(k), j: j + n] = vals.cpu().numpy()
+                    vals[i: i + len(k), j: j + n] = self.output_fn(logits_of(self.model(rows)),
+                                                                   _repeat(y, len(k))).view(len(k), n)
+        out[...] = vals.cpu().numpy()
 
 
 def _repeat(t: torch.Tensor, K: int) -> torch.Tensor:
