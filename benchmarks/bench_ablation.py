@@ -13,7 +13,8 @@ import torch
 
 from _common import device_name
 
-from coar.ablation import counterfactual_outputs, surgery_outputs
+from coar.ablation import surgery_outputs
+from coar.engine import counterfactual_outputs
 from coar.components import component_set
 from coar.paper.models import build_model
 from coar.outputs import margin

@@ -39,7 +39,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from _common import device_name
 
-from coar.ablation import ablate_weights, counterfactual_outputs, logits_of
+from coar.ablation import ablate_weights, logits_of
+from coar.engine import counterfactual_outputs
 from coar.components import component_set
 from coar.paper.models import build_model
 from coar.outputs import margin
@@ -133,7 +134,8 @@ def _median_rates(fns: dict, rows: dict, reps: int) -> dict:
 
 @torch.no_grad()
 def preset_table(config_path: str, threads: list[int], masks: int, reps: int, variants: bool,
-                 only: list[str] | None = None, report=None) -> list[dict]:
+                 only: list[str] | None = None, report=None, examples: list[int] | None = None,
+                 min_rows: int = 2048) -> list[dict]:
     """Rows/s of the plain forward pass (best format and batch) and of the engine, per model and thread count;
     `report(row)` is called on each row as soon as it is measured."""
     from coar.engine import Engine, as_format
@@ -142,9 +144,10 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
     results = []
     for threads_n in threads:
         torch.set_num_threads(threads_n)
-        for spec in preset_models(config_path):
-            if only and spec["setup"] not in only:
-                continue
+        specs = [s for s in preset_models(config_path) if not only or s["setup"] in only]
+        if examples:  # the same models at other numbers of examples (where the mechanisms cross over)
+            specs = [dict(s, n=n) for s in specs for n in examples]
+        for spec in specs:
             torch.manual_seed(0)
             text = spec["length"] is not None
             if text:
@@ -156,7 +159,8 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
                 x = torch.randn(spec["n"], spec["in_channels"], spec["image_size"], spec["image_size"])
                 y, fn = torch.randint(0, spec["num_classes"], (spec["n"],)), margin
             cset = component_set(model, spec["model"])
-            keep = sample_masks(cset.size, masks, 0.05, seed=1)
+            m_n = max(masks, -(-min_rows // spec["n"]))  # enough rows per timing
+            keep = sample_masks(cset.size, m_n, 0.05, seed=1)
             fns, rows = {}, {}
             formats = ["contiguous"] + ([] if text else ["channels_last"])
             for fmt in formats:
@@ -164,12 +168,12 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
                 for b in sorted({min(spec["n"], 256), 256}):
                     xb = as_format(x.repeat(-(-b // len(x)), *([1] * (x.dim() - 1)))[:b].clone(), fmt)
 
-                    def plain(m=m, xb=xb, times=max(1, masks * spec["n"] // b)):
+                    def plain(m=m, xb=xb, times=max(1, m_n * spec["n"] // b)):
                         for _ in range(times):
                             m(xb)
 
                     fns[f"forward {fmt} b{b}"] = plain
-                    rows[f"forward {fmt} b{b}"] = max(1, masks * spec["n"] // b) * b
+                    rows[f"forward {fmt} b{b}"] = max(1, m_n * spec["n"] // b) * b
             engines = {"engine": Engine(model, cset, x, y, fn)}
             if variants:
                 for mech in ("weights", "hooks"):
@@ -177,7 +181,7 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
                         engines[f"{mech} {fmt}"] = Engine(model, cset, x, y, fn, mechanism=mech, memory_format=fmt)
             for k, e in engines.items():
                 fns[k] = lambda e=e: e(keep)
-                rows[k] = masks * spec["n"]
+                rows[k] = m_n * spec["n"]
             rates = _median_rates(fns, rows, reps)
             best = max((k for k in rates if k.startswith("forward")), key=rates.get)
             results.append(dict(spec, threads=threads_n, components=cset.size, forward=rates[best],
@@ -212,6 +216,8 @@ def main(argv=None) -> None:
     p.add_argument("--setups", nargs="+", default=None, help="--preset: only these setups")
     p.add_argument("--reps", type=int, default=5, help="--preset: interleaved repetitions (median reported)")
     p.add_argument("--variants", action="store_true", help="--preset: every mechanism x memory format too")
+    p.add_argument("--examples", type=int, nargs="+", default=None,
+                   help="--preset: these numbers of examples instead of each setup's own")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--n", type=int, nargs="+", default=[10000, 64], help="examples per mask")
     p.add_argument("--masks", type=int, default=16, help="masks timed for our loop (per K)")
@@ -235,7 +241,8 @@ def main(argv=None) -> None:
               f"median of {a.reps} interleaved repetitions | random weights")
         print(PRESET_HEADER, flush=True)
         preset_table(a.preset, threads, masks, a.reps, a.variants, a.setups,
-                     report=lambda row: print_preset_rows([row], a.variants) or sys.stdout.flush())
+                     report=lambda row: print_preset_rows([row], a.variants) or sys.stdout.flush(), examples=a.examples,
+                     min_rows=0 if a.quick else 2048)
         print("plain forward: the model without ablation on batches of the examples, best of both memory formats "
               "and of (all examples, 256) per batch; engine: coar.engine's plan, the masks' counterfactual outputs")
         return

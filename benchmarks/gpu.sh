@@ -66,9 +66,9 @@ if (( TINY )); then
   SETUP_A=(--quick)
   SETUP_B=(--m 1200 --c 300 --n 100 --chunk 512)
   PRESET=config/test.yaml
-  # the same command line as on the GPU, with the CPU's values (the default profile's)
-  RESOURCES=(--set-resources sample_shard:batch_size=32 sample_shard:masks_per_pass=8
-             baseline:batch_size=32 baseline:masks_per_pass=8)
+  # the same command line as on the GPU, with the CPU's values (the default profile's: 0 = the engine's choice)
+  RESOURCES=(--set-resources sample_shard:batch_size=0 sample_shard:masks_per_pass=0
+             baseline:batch_size=0 baseline:masks_per_pass=0)
 else
   DEV=cuda
   SAMPLING_64=(--n 64 --masks 64 --masks-authors 8 --masks-per-pass 1 8 32)
@@ -129,7 +129,7 @@ cat > "$WORK/fig2.sh" <<EOF
 set -e
 "$SNAKEMAKE" figures/fig2.pdf --cores all --scheduler greedy --configfile="$ROOT/$PRESET" \\
   --directory "$WORK/fig2" ${RESOURCES[*]}
-grep -h "^sampling on" "$WORK"/fig2/logs/*/masks/train/shard-*.log | sort | uniq -c
+grep -h "^sampling on\|^engine:" "$WORK"/fig2/logs/*/masks/train/shard-*.log | sort | uniq -c
 "$PY" "$WORK/compare.py" "$WORK/fig2/results/fig2/summary.csv" "$REF"
 EOF
 section fig2-chain 150 70 bash "$WORK/fig2.sh"

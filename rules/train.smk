@@ -6,6 +6,8 @@ rule model:
         lambda w: model_sources(w.setup),
     output:
         "results/{setup}/model.pt",
+    # every other job of a setup waits for its model, and training is the longest job: start it first
+    priority: 50
     params:
         spec=lambda w: setup_spec(w.setup, "model"),
         data_root=config["data_root"],

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from coar.ablation import ablate_weights, ablation_hooks, counterfactual_outputs, logits_of, surgery_outputs
+from coar.ablation import ablate_weights, ablation_hooks, logits_of, surgery_outputs
+from coar.engine import counterfactual_outputs
 from coar.components import Rule, component_set
 from coar.errors import CoarError, ComponentError, ShapeError
 from coar.paper.models import build_model, make_hookable

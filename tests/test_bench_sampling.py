@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from coar.ablation import counterfactual_outputs
+from coar.engine import counterfactual_outputs
 from coar.components import component_set
 from coar.paper.models import build_model
 from coar.outputs import margin

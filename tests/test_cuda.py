@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from coar import regression
-from coar.ablation import counterfactual_outputs, surgery_outputs
+from coar.ablation import surgery_outputs
+from coar.engine import counterfactual_outputs
 from coar.baselines import compute_baseline
 from coar.components import component_set
 from coar.examples import Examples

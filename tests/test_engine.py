@@ -10,9 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from coar.ablation import ablation_hooks, counterfactual_outputs, surgery_outputs
+from coar.ablation import ablation_hooks, surgery_outputs
 from coar.components import Rule, component_set
-from coar.engine import CPU_FULL_ROWS, CPU_ROWS, Engine, full_rows, model_memory_format, plan, rows_per_pass
+from coar.engine import (CPU_FULL_ROWS, CPU_ROWS, Engine, counterfactual_outputs, full_rows, model_memory_format,
+                         plan, rows_per_pass)
 from coar.errors import CoarError
 from coar.outputs import margin
 from coar.paper.models import build_model

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from coar import regression
-from coar.ablation import counterfactual_outputs
+from coar.engine import counterfactual_outputs
 from coar.components import Rule, component_set, model_fingerprint
 from coar.correlation import pearson_columns
 from coar.outputs import class_logit

@@ -3,8 +3,7 @@ Waterbirds)."""
 import numpy as np
 import pytest
 import torch
-
-from coar.ablation import counterfactual_outputs
+from coar.engine import counterfactual_outputs
 from coar.components import component_set
 from coar.paper.data.fashion_mnist import find_fashion_mnist, load_fashion_mnist
 from coar.paper.data.registry import make_examples

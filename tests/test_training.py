@@ -1,5 +1,7 @@
 """Training on real data (Fashion-MNIST) on this CPU: a stated accuracy in float32 and under bfloat16
 autocast (the precision train_classifier picks on GPUs), and the checkpoint's provenance."""
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -8,26 +10,57 @@ from coar.paper.data.fashion_mnist import fashion_mnist_examples
 from coar.paper.data.fashion_mnist import find_fashion_mnist
 from coar.errors import CoarError
 from coar.paper.models import build_model
-from coar.paper.training import accuracy, train_classifier, training_precision
+from coar.paper.training import accuracy, train_classifier, training_memory_format, training_precision
+
+
+def _train_tiny(**kw):
+    """resnet_tiny trained 2 epochs on 5,000 Fashion-MNIST images: (info, test accuracy, the model)."""
+    torch.set_num_threads(2)
+    x, y = fashion_mnist_examples("train", 5000, seed=0).tensors()
+    xt, yt = fashion_mnist_examples("test", 2000, seed=0).tensors()
+    torch.manual_seed(0)
+    model = build_model("resnet_tiny", in_channels=1, image_size=28)
+    info = train_classifier(model, x, y, epochs=2, lr=0.2, progress=False, **kw)
+    return info, accuracy(model, xt, yt), model
 
 
 @pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
 def test_float32_and_bfloat16_training_reach_the_same_stated_accuracy():
-    torch.set_num_threads(2)
-    x, y = fashion_mnist_examples("train", 5000, seed=0).tensors()
-    xt, yt = fashion_mnist_examples("test", 2000, seed=0).tensors()
     acc, weights = {}, {}
     for precision in ("float32", "bfloat16"):
-        torch.manual_seed(0)
-        model = build_model("resnet_tiny", in_channels=1, image_size=28)
-        info = train_classifier(model, x, y, epochs=2, lr=0.2, progress=False, precision=precision)
+        info, acc[precision], model = _train_tiny(precision=precision)
         assert info["precision"] == precision
-        acc[precision], weights[precision] = accuracy(model, xt, yt), model.linear.weight.detach().clone()
+        weights[precision] = model.linear.weight.detach().clone()
         assert model.linear.weight.dtype == torch.float32  # autocast leaves the weights in float32
     print(acc)
     # 5,000 images, 2 epochs (3 s on 2 cores): 71.2% in float32, 71.0% in bfloat16 when written
     assert min(acc.values()) >= 0.68 and abs(acc["float32"] - acc["bfloat16"]) <= 0.03
     assert not torch.equal(weights["float32"], weights["bfloat16"])  # bfloat16 really changed the arithmetic
+
+
+@pytest.mark.skipif(find_fashion_mnist() is None, reason="Fashion-MNIST not available")
+def test_channels_last_training_reaches_the_contiguous_accuracy_and_returns_a_contiguous_model():
+    acc, weights = {}, {}
+    for fmt in ("contiguous", "auto"):
+        info, acc[fmt], model = _train_tiny(memory_format=fmt)
+        assert info["memory_format"] == ("channels_last" if fmt == "auto" else "contiguous")
+        assert all(p.is_contiguous() for p in model.parameters())
+        weights[fmt] = model.conv1.weight.detach().clone()
+    assert min(acc.values()) >= 0.68 and abs(acc["contiguous"] - acc["auto"]) <= 0.03
+    assert not torch.equal(weights["contiguous"], weights["auto"])  # the other kernels really ran
+    # the default stays contiguous: the presets' published numbers come from contiguous training
+    assert inspect.signature(train_classifier).parameters["memory_format"].default == "contiguous"
+
+
+def test_training_memory_format_follows_the_convolution_flops():
+    image = torch.zeros(2, 1, 28, 28)
+    model = build_model("resnet_tiny", in_channels=1, image_size=28).train()
+    assert training_memory_format(model, image) == "channels_last" and model.training
+    assert model.bn1.num_batches_tracked.item() == 0  # counted in eval mode: BatchNorm statistics untouched
+    assert training_memory_format(build_model("vit_tiny", in_channels=1, image_size=28), image) == "contiguous"
+    assert training_memory_format(build_model("mlp_small", in_channels=1, image_size=28), image) == "contiguous"
+    with pytest.raises(CoarError, match="memory format"):
+        train_classifier(model, image, torch.zeros(2, dtype=torch.long), memory_format="nhwc", progress=False)
 
 
 def test_precision_is_automatic_only_when_not_given():

@@ -10,7 +10,7 @@ Three mechanisms give the same numbers (tests prove it to 1e-5 in fp32 for every
       rows (mask-major); block r runs with keep-mask r, so K masks run in one forward pass;
   (c) the engine's "weights" mechanism (coar.engine): (a) in place on the model itself, mask after mask, its
       weights restored bitwise afterwards; bitwise equal to (a).
-counterfactual_outputs() runs whichever the engine picks for the model, device and size.
+coar.engine.counterfactual_outputs() runs whichever the engine picks for the model, device and size.
 Shapes: K masks, B examples, C components.
 """
 from __future__ import annotations
@@ -184,23 +184,6 @@ def ablation_hooks(model: nn.Module, cset: ComponentSet, keep, mode: str = "zero
 def logits_of(out) -> torch.Tensor:
     """Model output -> logits tensor (HF models return objects with .logits)."""
     return out.logits if hasattr(out, "logits") else out
-
-
-def counterfactual_outputs(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
-                           keep, output_fn: Callable, mode: str = "zero", gamma: float = 0.5,
-                           batch_size: int | None = None, masks_per_pass: int | None = None, progress: bool = False,
-                           *, mechanism: str = "auto", memory_format: str = "auto") -> np.ndarray:
-    """f_M(z, C_i) for every mask i and example z: returns float32 [M, N].
-
-    Each forward pass runs `masks_per_pass` masks on `batch_size` examples. Every choice left as None or
-    "auto" is the engine's (coar.engine: the mechanism, the memory format and the batch shape for this model,
-    device and size); to run many mask sets on the same model and examples, build one coar.engine.Engine.
-    """
-    from .engine import Engine
-
-    engine = Engine(model, cset, inputs, targets, output_fn, mode, gamma, batch_size=batch_size,
-                    masks_per_pass=masks_per_pass, mechanism=mechanism, memory_format=memory_format)
-    return engine(keep, progress=progress)
 
 
 @torch.no_grad()

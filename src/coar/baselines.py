@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .ablation import _check_eval, _module, counterfactual_outputs, logits_of, unit_factors, weight_slot
+from .ablation import _check_eval, _module, logits_of, unit_factors, weight_slot
+from .engine import Engine
 from .attributions import Attributions
 from .components import ComponentGroup, ComponentSet
 from .errors import CoarError, ComponentError, ShapeError
@@ -109,8 +110,6 @@ def loo(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: tor
     per example through one coar.engine.Engine (batch_size, masks_per_pass: the engine's unless given); the C
     single-ablation masks are built `chunk` at a time so memory stays O(chunk * C).
     """
-    from .engine import Engine
-
     _check_inputs(cset, inputs, targets)
     _gamma_eff(mode, gamma)
     C, N = cset.size, len(inputs)

@@ -194,7 +194,7 @@ def cmd_train(a):
     model = build_model(a.model, **kwargs).to(device)
     x, y = train.tensors(device)
     info = train_classifier(model, x, y, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                            precision=None if a.precision == "auto" else a.precision)
+                            precision=None if a.precision == "auto" else a.precision, memory_format=a.memory_format)
     xt, yt = test.tensors(device)
     info["test_accuracy"] = accuracy(model, xt, yt)
     info.update(data=train.fingerprint(), n_train=len(train), seed=a.seed, lr=a.lr, batch_size=a.batch_size)
@@ -435,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="auto: bfloat16 autocast on GPUs that support it, float32 elsewhere")
+    s.add_argument("--memory-format", choices=["contiguous", "channels_last", "auto"], default="contiguous",
+                   help="channels_last (auto: for convnets) trains 1.2-1.5x faster on a CPU, into other weights")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_train)
 

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .ablation import ablate_weights, counterfactual_outputs
+from .ablation import ablate_weights
+from .engine import counterfactual_outputs
 from .attributions import Attributions
 from .components import ComponentSet
 from .errors import CoarError, ShapeError

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .ablation import _check_eval, _expand, _module, ablation_hooks, logits_of, unit_factors, weight_slot
 from .components import ComponentSet
 from .errors import CoarError, ShapeError
 
@@ -131,8 +132,6 @@ def model_memory_format(model: nn.Module) -> str:
 def _weights_maskable(model: nn.Module, cset: ComponentSet) -> str:
     """'' when every component group's weight is a plain parameter that can be overwritten in place; else why not."""
     from torch.nn.utils import parametrize
-
-    from .ablation import _module, weight_slot
 
     for group in cset.groups:
         module = _module(model, group)
@@ -227,8 +226,6 @@ class _WeightMasks:
     groups' order, exactly as `ablate_weights` does, so the masked weights are bitwise the reference's."""
 
     def __init__(self, model: nn.Module, cset: ComponentSet, factors: torch.Tensor):
-        from .ablation import _expand, weight_slot
-
         self.slots = []  # (weight, original, [K, width] factors in the weight's dtype, view shape, first use)
         self.originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for i, group in enumerate(cset.groups):
@@ -268,8 +265,6 @@ class Engine:
     def __init__(self, model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                  output_fn: Callable, mode: str = "zero", gamma: float = 0.5, *, batch_size: int | None = None,
                  masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto"):
-        from .ablation import _check_eval, unit_factors
-
         if len(inputs) != len(targets):
             raise ShapeError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
         unit_factors(np.zeros(1, dtype=bool), mode, gamma)  # refuses an unknown mode or gamma outside [0, 1]
@@ -289,8 +284,6 @@ class Engine:
 
     @torch.no_grad()
     def __call__(self, keep, progress: bool = False) -> np.ndarray:
-        from .ablation import unit_factors
-
         keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
         if keep.dim() != 2 or keep.shape[1] != self.cset.size:
             raise ShapeError(f"keep masks must have shape [M, {self.cset.size}], got {tuple(keep.shape)}")
@@ -302,8 +295,6 @@ class Engine:
         return out
 
     def _run_weights(self, keep: torch.Tensor, out: np.ndarray, progress: bool) -> None:
-        from .ablation import logits_of, unit_factors
-
         masks = _WeightMasks(self.model, self.cset, unit_factors(keep, self.mode, self.gamma))
         batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
         vals = torch.empty(out.shape, dtype=torch.float32, device=self.device)  # one copy to the host per call
@@ -317,8 +308,6 @@ class Engine:
         out[...] = vals.cpu().numpy()
 
     def _run_hooks(self, keep: torch.Tensor, out: np.ndarray, progress: bool) -> None:
-        from .ablation import ablation_hooks, logits_of
-
         K = self.plan.masks_per_pass
         batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
         vals = torch.empty(out.shape, dtype=torch.float32, device=self.device)
@@ -331,6 +320,21 @@ class Engine:
                     vals[i: i + len(k), j: j + n] = self.output_fn(logits_of(self.model(rows)),
                                                                    _repeat(y, len(k))).view(len(k), n)
         out[...] = vals.cpu().numpy()
+
+
+def counterfactual_outputs(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
+                           keep, output_fn: Callable, mode: str = "zero", gamma: float = 0.5,
+                           batch_size: int | None = None, masks_per_pass: int | None = None, progress: bool = False,
+                           *, mechanism: str = "auto", memory_format: str = "auto") -> np.ndarray:
+    """f_M(z, C_i) for every mask i and example z: returns float32 [M, N].
+
+    Each forward pass runs `masks_per_pass` masks on `batch_size` examples. Every choice left as None or
+    "auto" is the engine's (coar.engine: the mechanism, the memory format and the batch shape for this model,
+    device and size); to run many mask sets on the same model and examples, build one coar.engine.Engine.
+    """
+    engine = Engine(model, cset, inputs, targets, output_fn, mode, gamma, batch_size=batch_size,
+                    masks_per_pass=masks_per_pass, mechanism=mechanism, memory_format=memory_format)
+    return engine(keep, progress=progress)
 
 
 def _repeat(t: torch.Tensor, K: int) -> torch.Tensor:

@@ -12,8 +12,7 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from coar.ablation import counterfactual_outputs  # noqa: E402
+from coar.engine import counterfactual_outputs  # noqa: E402
 from coar.examples import Examples  # noqa: E402
 from coar.correlation import pearson_columns  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402

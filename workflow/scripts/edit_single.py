@@ -10,8 +10,7 @@ from _job import model_and_components, start  # noqa: E402
 device = start(sm)
 
 import numpy as np  # noqa: E402
-
-from coar.ablation import counterfactual_outputs  # noqa: E402
+from coar.engine import counterfactual_outputs  # noqa: E402
 from coar.attributions import Attributions  # noqa: E402
 from coar.examples import Examples  # noqa: E402
 from coar.paper.experiments import edit_single_examples, pick_targets  # noqa: E402

@@ -24,7 +24,7 @@ kw = dict(m=st["m"], alpha=st["alpha"], seed=st["seed"], shard=st["shard"], outp
           precision=spec.get("precision") or "float32",
           batch_size=res.get("batch_size") or None, masks_per_pass=res.get("masks_per_pass") or None,
           device=device, log=print)  # 0 or unset: the engine's choice (coar.engine.plan)
-print(f"sampling on {device} in {kw['precision']}")
+print(f"sampling on {device}: {kw['precision']} forward passes")
 if os.path.isdir(sm.params.store):  # a killed or failed earlier attempt: its finished rows are kept
     try:
         with ShardStore.open(sm.params.store, readonly=True) as old:

@@ -63,7 +63,8 @@ else:
     augment = t.get("augment") is not False
     info = train_classifier(model, x, y, epochs=t["epochs"], batch_size=t["batch_size"], lr=t["lr"],
                             seed=spec["seed"], augment_pad=2 if augment else 0, flip=augment,
-                            precision=t.get("precision"), norm=train_set.norm())
+                            precision=t.get("precision"), norm=train_set.norm(),
+                            memory_format=t.get("memory_format") or "contiguous")
     del x
     test = make_examples(spec["dataset"], "test", None, 0, root)  # the whole test split
     xt, yt = test.tensors(device, normalized=False)

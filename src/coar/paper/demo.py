@@ -45,8 +45,8 @@ class DemoConfig:
     baselines: list = field(default_factory=lambda: ["loo", "gp", "nc", "ii"])
     output: str = "margin"
     seed: int = 0
-    batch_size: int = 32
-    masks_per_pass: int = 8
+    batch_size: int | None = None  # None: the sampling engine's choice (coar.engine.plan)
+    masks_per_pass: int | None = None
     root: str | None = None  # Fashion-MNIST directory (default: Debian's package)
 
 
@@ -140,7 +140,8 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None, quiet
             attrs[name] = Attributions.load(path)
             continue
         t = time.time()
-        attrs[name] = compute_baseline(name, model, cset, x, y, fn, batch_size=cfg.batch_size, progress=progress)
+        kw = {"batch_size": cfg.batch_size} if cfg.batch_size else {}
+        attrs[name] = compute_baseline(name, model, cset, x, y, fn, progress=progress, **kw)
         attrs[name].meta["provenance"] = for_baseline(model, cset, ex, cfg.output, "zero" if name in ("loo", "gp")
                                                       else None)
         attrs[name].save(path)

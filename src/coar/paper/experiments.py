@@ -26,8 +26,7 @@ import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-
-from ..ablation import counterfactual_outputs
+from ..engine import counterfactual_outputs
 from ..attributions import Attributions
 from ..components import ComponentSet
 from ..editing import DROP_TOLERANCE, choose_k, edit_scores, keep_mask, ranking, sweep_outputs

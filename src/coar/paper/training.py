@@ -140,15 +140,16 @@ def check_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: t
 def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 2, batch_size: int = 128,
                      lr: float = 0.1, weight_decay: float = 5e-4, label_smoothing: float = 0.1, seed: int = 0,
                      augment_pad: int = 2, flip: bool = True, progress: bool = True,
-                     precision: str | None = None, norm: tuple | None = None, memory_format: str = "auto") -> dict:
+                     precision: str | None = None, norm: tuple | None = None, memory_format: str = "contiguous") -> dict:
     """SGD (Nesterov) with a one-cycle linear schedule. x: normalised float [N, C, H, W] on the model's device,
     or uint8 with norm = (mean, std): the set then stays uint8 on the device (a quarter of the memory: all of
     CelebA's training images at 224 px take 24.5 GB, not 98) and each batch is standardised before it is
     augmented, which gives the same numbers as normalising the whole set first.
     precision: see training_precision; bfloat16 runs the forward pass and loss under autocast (weights,
-    gradients and optimizer state stay float32, so no loss scaling is needed). memory_format: "auto"
-    (training_memory_format: channels_last for convnets, 1.3-1.5x faster on a 2-core CPU, docs/benchmarks.md),
-    "channels_last" or "contiguous"; the model is returned in the contiguous format either way."""
+    gradients and optimizer state stay float32, so no loss scaling is needed). memory_format: "contiguous" (the
+    default), "channels_last" or "auto" (training_memory_format: channels_last for convnets, 1.2-1.5x faster on a
+    2-core CPU, docs/benchmarks.md); the model is returned in the contiguous format either way. Other kernels
+    train other weights: a preset's published numbers hold for the format it was trained in."""
     if len(x) != len(y) or len(x) == 0:
         raise CoarError(f"training data: {len(x)} inputs and {len(y)} labels")
     check_lr(lr)
