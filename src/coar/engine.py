@@ -51,8 +51,8 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 #: passes of thousands of rows measured 3x slower).
 CPU_ROWS = 256
 #: On a CPU one mask's examples fill a pass from this many rows on: below it, several masks a pass (hooks) win; from
-#: it on, one mask a pass with its weights zeroed in place does (docs/benchmarks.md: ResNet at 64 examples, 16,200
-#: against 16,000 rows/s for the best hooks pass; byte-level GPT-2 at 64 sequences, 4,200 against 2,600).
+#: it on, one mask a pass with its weights zeroed in place does (docs/benchmarks.md, the crossover table of
+#: `bench_sampling.py --preset --examples`: the ResNet's crossing is at 64 examples).
 CPU_FULL_ROWS = 64
 #: At least this share of the forward FLOPs in convolutions makes a model a convnet for the memory-format rule.
 CONV_SHARE = 0.5
