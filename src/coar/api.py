@@ -212,11 +212,11 @@ def default_batching(device: str | torch.device, example_numel: int, n_examples:
     rows a pass on a CPU, up to 1,024 on a GPU (fewer for large inputs, about 2^26 input values a pass). When one
     mask's examples fill a pass (64 on a CPU, more than half a pass on a GPU), one mask a pass in equal batches
     (weights masked in place); otherwise all examples and rows // n masks a pass (hooks)."""
-    from .engine import full_rows, rows_per_pass
+    from .engine import equal_batch, full_rows, rows_per_pass
 
     rows, n = rows_per_pass(device, example_numel), max(1, int(n_examples))
     if n >= full_rows(device, example_numel):
-        return -(-n // -(-n // rows)), 1
+        return equal_batch(n, rows), 1
     return n, rows // n
 
 
@@ -276,9 +276,10 @@ class _Setup:
         try:
             self.engine = Engine(self.run, self.cset, self.x, self.y, self.fn, self.ablation, self.gamma,
                                  batch_size=b, masks_per_pass=k, mechanism=mechanism, memory_format=memory_format)
-        except CoarError as e:
-            raise ArgumentError(mechanism != "auto" and "mechanism" or memory_format != "auto" and "memory_format"
-                                or "masks_per_pass", str(e)) from None
+        except CoarError as e:  # a contradiction among the given choices: name the one that was chosen
+            name = "mechanism" if mechanism != "auto" else "memory_format" if memory_format != "auto" else \
+                "masks_per_pass"
+            raise ArgumentError(name, str(e)) from None
         self.block = self.engine.plan.masks_per_call
 
     def outputs(self, keep: np.ndarray) -> np.ndarray:
