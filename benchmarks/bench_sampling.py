@@ -21,7 +21,8 @@ agree (in float32 they must match to rounding). Random weights: speed does not d
 --preset CONFIG measures the engine against the plain forward pass instead, for every model of a workflow
 preset (default config/config.yaml) at its own number of examples: rows/s of the plain forward pass of the
 model without any ablation, in its best memory format and batch size, against rows/s of the engine's own choice
-(coar.engine.plan), and their ratio; --variants adds every mechanism x memory format the rule chose among.
+(coar.engine.plan), and their ratio; --variants adds every mechanism x memory format the rule chose among, and
+the engine with BatchNorm kept (not folded) where it folds.
 Repetitions are interleaved and the median is reported, so a slow spell of a shared machine hits every row.
 
     python benchmarks/bench_sampling.py --preset config/config.yaml --threads 1 2
@@ -179,6 +180,8 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
                 for mech in ("weights", "hooks"):
                     for fmt in formats:
                         engines[f"{mech} {fmt}"] = Engine(model, cset, x, y, fn, mechanism=mech, memory_format=fmt)
+                if engines["engine"].plan.folded:
+                    engines["engine, BatchNorm kept"] = Engine(model, cset, x, y, fn, batchnorm="keep")
             for k, e in engines.items():
                 fns[k] = lambda e=e: e(keep)
                 rows[k] = m_n * spec["n"]
@@ -202,7 +205,8 @@ def print_preset_rows(results: list[dict], variants: bool) -> None:
         p = r["plan"]
         print(f"{r['setup']:<8}{r['model']:<14}{r['components']:>6}{r['n']:>5}{r['threads']:>4}  "
               f"{r['forward']:>10,.0f} ({r['forward_how']:<22}){r['engine']:>15,.0f}{r['engine'] / r['forward']:>7.2f}"
-              f"  {p.mechanism}, K={p.masks_per_pass} x {p.batch_size}, {p.memory_format}")
+              f"  {p.mechanism}, K={p.masks_per_pass} x {p.batch_size}, {p.memory_format}"
+              + (f", {len(p.folded)} BN folded" if p.folded else ""))
         if variants:
             for k, v in sorted(r["variants"].items()):
                 print(f"{'':<12}{k:<30}{v:>12,.0f}{v / r['forward']:>7.2f}")

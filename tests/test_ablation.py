@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from coar.ablation import ablate_weights, ablation_hooks, logits_of, surgery_outputs
-from coar.engine import counterfactual_outputs
+from coar.engine import Engine, counterfactual_outputs, foldable
 from coar.components import Rule, component_set
 from coar.errors import CoarError, ComponentError, ShapeError
 from coar.paper.models import build_model, make_hookable
@@ -29,21 +29,21 @@ ENGINE_VARIANTS = [("weights", "contiguous"), ("weights", "channels_last"), ("ho
 
 
 def assert_engine_equals_surgery(model, cset, x, y, output_fn=margin, mode="zero", gamma=0.5, ref_model=None, M=4):
-    """Every engine mechanism x memory format (channels_last only for image inputs) gives the outputs of the
-    weight-surgered copies; the weights mechanism in the model's own format gives them bitwise; the model is
-    left bitwise unchanged."""
+    """Every engine mechanism x memory format (channels_last only for image inputs) x BatchNorm folded or kept
+    gives the outputs of the weight-surgered copies; the weights mechanism in the model's own format, nothing
+    folded, gives them bitwise; the model is left bitwise unchanged."""
     keep = random_keep(cset.size, M, 7, alpha=0.2)
     ref = surgery_outputs(ref_model if ref_model is not None else model, cset, x, y, keep, output_fn, mode, gamma)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     image = x.dim() == 4 and x.is_floating_point()
-    for mechanism, fmt in ENGINE_VARIANTS:
+    for (mechanism, fmt), batchnorm in ((v, bn) for v in ENGINE_VARIANTS for bn in ("auto", "keep")):
         if fmt == "channels_last" and not image:
             continue
-        out = counterfactual_outputs(model, cset, x, y, keep, output_fn, mode, gamma,
-                                     masks_per_pass=1 if mechanism == "weights" else 2, mechanism=mechanism,
-                                     memory_format=fmt)
-        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=f"{mechanism}, {fmt}")
-        if mechanism == "weights" and fmt == "contiguous" and ref_model is None:
+        engine = Engine(model, cset, x, y, output_fn, mode, gamma, masks_per_pass=1 if mechanism == "weights" else 2,
+                        mechanism=mechanism, memory_format=fmt, batchnorm=batchnorm)
+        out = engine(keep)
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=f"{mechanism}, {fmt}, {batchnorm}")
+        if mechanism == "weights" and fmt == "contiguous" and ref_model is None and not engine.plan.folded:
             assert np.array_equal(out, ref), "weights in place must give the reference's outputs bitwise"
     after = model.state_dict()
     for k, v in before.items():
@@ -73,6 +73,7 @@ def test_conv_bn_resnet(name, mode):
     torch.manual_seed(0)
     model = randomize_bn(build_model(name, in_channels=1, image_size=28))
     cset = component_set(model, name)
+    assert foldable(model, cset)[0], "every BatchNorm of these ResNets follows a convolution"
     assert_hooks_equal_surgery(model, cset, torch.randn(4, 1, 28, 28), mode=mode)
     assert_engine_equals_surgery(model, cset, torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,)), mode=mode)
 

@@ -243,6 +243,8 @@ BAD_ATTRIBUTE = [
     ("mechanism", dict(mechanism="surgery")),
     ("mechanism", dict(mechanism="weights", masks_per_pass=3)),
     ("memory_format", dict(memory_format="nhwc")),
+    ("batchnorm", dict(batchnorm="merge")),
+    ("batchnorm", dict(batchnorm="fold")),  # the tiny model has no BatchNorm to fold
     ("masks_per_shard", dict(masks_per_shard=0)),
     ("ablation", dict(ablation="mean")),
     ("scheme", dict(scheme="poisson")),
@@ -333,6 +335,20 @@ def test_every_mechanism_gives_the_same_attributions():
         np.testing.assert_allclose(other.weights, auto.weights, atol=1e-4)
         assert other.meta["provenance"] == auto.meta["provenance"]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_folded_and_kept_batchnorm_give_the_same_attributions():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8),
+                          nn.ReLU(), nn.Linear(8, 3))
+    model(torch.randn(32, 1, 8, 8))  # training-mode pass: non-trivial running statistics
+    model.eval()
+    x, y = tiny_data()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    kept = coar.attribute(model, x, y, **{**TINY, "batchnorm": "keep"})
+    folded = coar.attribute(model, x, y, **{**TINY, "batchnorm": "fold"})
+    np.testing.assert_allclose(folded.weights, kept.weights, atol=1e-4)
+    assert np.abs(kept.weights).max() > 1e-2 and all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
 
 
 # ------------------------------------------------------------------------ acceptance on Fashion-MNIST

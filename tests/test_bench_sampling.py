@@ -1,5 +1,6 @@
 """benchmarks/bench_sampling.py: the re-implemented authors' loop gives the same margins as ours (so the
 benchmark compares equal work), and the script's CPU smoke run prints a row for every model and loop."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,11 @@ def test_preset_run_prints_the_engine_against_the_plain_forward_pass():
     rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["A"], ["G"])}
     assert set(rows) == {"A", "G"}, r.stdout
     for row in rows.values():
-        forward, engine, ratio = (float(v.replace(",", "").strip("(")) for v in (row[5], row[-7], row[-6]))
+        m = re.search(r"^\S+\s+\S+\s+\d+\s+\d+\s+\d+\s+([\d,]+) \(.*\)\s+([\d,]+)\s+([\d.]+)\s+(weights|hooks)",
+                      " ".join(row))
+        forward, engine, ratio = (float(v.replace(",", "")) for v in m.groups()[:3])
         assert forward > 0 and engine > 0 and abs(ratio - engine / forward) < 0.01 * ratio + 0.01
-    assert "weights, K=1 x 200, channels_last" in " ".join(rows["A"])
+    assert "weights, K=1 x 200, channels_last, 7 BN folded" in " ".join(rows["A"])  # resnet_tiny: 7 BatchNorm
+    assert "G" in rows and "BN folded" not in " ".join(rows["G"])
     assert "hooks channels_last" in r.stdout and "weights contiguous" in r.stdout
+    assert "engine, BatchNorm kept" in r.stdout

@@ -52,9 +52,10 @@ RULES = [Rule(r"0|3", ("Conv2d",)), Rule(r"6", ("Linear",)), Rule(r"8", ("Linear
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 9), masks=st.integers(1, 6),
        mode=st.sampled_from(["zero", "scale"]), gamma=st.floats(0.0, 1.0), bias=st.booleans(),
-       variant=st.sampled_from(VARIANTS), batch=st.integers(1, 9), per_pass=st.integers(2, 4))
+       variant=st.sampled_from(VARIANTS), batch=st.integers(1, 9), per_pass=st.integers(2, 4),
+       batchnorm=st.sampled_from(["auto", "keep"]))
 def test_every_mechanism_equals_weight_zeroing_on_random_models_and_masks(seed, n, masks, mode, gamma, bias,
-                                                                          variant, batch, per_pass):
+                                                                          variant, batch, per_pass, batchnorm):
     model = small_convnet(seed, bias)
     cset = component_set(model, RULES)
     g = torch.Generator().manual_seed(seed)
@@ -63,10 +64,12 @@ def test_every_mechanism_equals_weight_zeroing_on_random_models_and_masks(seed, 
     before = snapshot(model)
     ref = surgery_outputs(model, cset, x, y, keep.numpy(), margin, mode, gamma, batch_size=batch)
     mechanism, fmt = variant
-    out = counterfactual_outputs(model, cset, x, y, keep, margin, mode, gamma, batch_size=batch,
-                                 masks_per_pass=1 if mechanism == "weights" else per_pass, mechanism=mechanism,
-                                 memory_format=fmt)
-    if variant == ("weights", "contiguous"):  # the reference's products, dtype and batches: bitwise
+    engine = Engine(model, cset, x, y, margin, mode, gamma, batch_size=batch,
+                    masks_per_pass=1 if mechanism == "weights" else per_pass, mechanism=mechanism,
+                    memory_format=fmt, batchnorm=batchnorm)
+    assert engine.plan.folded == (("1",) if batchnorm == "auto" else ())  # the BatchNorm after conv 0
+    out = engine(keep)
+    if variant == ("weights", "contiguous") and batchnorm == "keep":  # the reference's products: bitwise
         assert np.array_equal(out, ref)
     else:
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
@@ -85,9 +88,10 @@ def test_the_masks_change_the_outputs_so_the_equivalence_is_not_vacuous():
 
 
 # ------------------------------------------------------------------------- weights restored when interrupted
-@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("fmt,batchnorm", [("contiguous", "keep"), ("channels_last", "keep"),
+                                           ("contiguous", "auto")])
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
-def test_weights_mechanism_restores_the_model_bitwise_when_interrupted(fmt, error):
+def test_weights_mechanism_restores_the_model_bitwise_when_interrupted(fmt, batchnorm, error):
     model = randomize_bn(build_model("resnet_small", in_channels=1, image_size=28))
     cset = component_set(model, "resnet_small")
     x, y = torch.randn(5, 1, 28, 28), torch.randint(0, 10, (5,))
@@ -104,16 +108,18 @@ def test_weights_mechanism_restores_the_model_bitwise_when_interrupted(fmt, erro
         return margin(logits, targets)
 
     keep = np.random.default_rng(1).random((6, cset.size)) > 0.5
-    engine = Engine(model, cset, x, y, output_fn, mechanism="weights", memory_format=fmt)
-    assert (engine.model is model) == (fmt == "contiguous")
+    engine = Engine(model, cset, x, y, output_fn, mechanism="weights", memory_format=fmt, batchnorm=batchnorm)
+    assert (engine.model is model) == (fmt == "contiguous" and batchnorm == "keep")  # in place, else on a copy
+    run_before = snapshot(engine.model)
     with pytest.raises(error):
         engine(keep)
     assert len(calls) == 3
     assert_bitwise_unchanged(model, before)
+    assert_bitwise_unchanged(engine.model, run_before)  # the copy too: the engine can be called again
     assert all(p is dict(model.named_parameters())[k] and p.data_ptr() == ptr for k, (p, ptr) in params.items())
     # and the engine still gives the reference numbers afterwards
     calls.clear()
-    ok = Engine(model, cset, x, y, margin, mechanism="weights", memory_format="contiguous")(keep)
+    ok = Engine(model, cset, x, y, margin, mechanism="weights", memory_format="contiguous", batchnorm="keep")(keep)
     assert np.array_equal(ok, surgery_outputs(model, cset, x, y, keep, margin))
 
 
@@ -239,3 +245,139 @@ def test_engine_is_deterministic_across_calls_and_block_splits():
     k = engine.plan.masks_per_pass
     parts = np.concatenate([engine(keep[i: i + k]) for i in range(0, 12, k)])
     assert np.array_equal(whole, parts) and np.array_equal(whole, engine(keep))
+
+
+# -------------------------------------------------------------------------------------- BatchNorm folding
+def _outputs(model, cset, x, y, keep, **kw):
+    return Engine(model, cset, x, y, margin, "scale", 0.3, **kw)(keep)
+
+
+@pytest.mark.parametrize("conv,bn,shape", [(nn.Conv1d(3, 6, 3, bias=True), nn.BatchNorm1d(6), (5, 3, 9)),
+                                           (nn.Conv2d(4, 8, 3, groups=4, bias=False), nn.BatchNorm2d(8), (5, 4, 7, 7)),
+                                           (nn.Conv3d(2, 4, 2, bias=True), nn.BatchNorm3d(4), (5, 2, 4, 4, 4)),
+                                           (nn.Conv2d(3, 6, 3, bias=False), nn.BatchNorm2d(6, affine=False),
+                                            (5, 3, 6, 6))])
+def test_folding_is_exact_for_every_convolution_kind_and_both_sites(conv, bn, shape):
+    torch.manual_seed(0)
+    model = randomize_bn(nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)), 0)
+    model(torch.randn(*shape))
+    model.eval()
+    rules = ([Rule("0", ("Conv2d",)), Rule("0", ("Conv2d",), site="input")] if isinstance(conv, nn.Conv2d)
+             else [Rule("4", ("Linear",), site="input")])  # only 2-D convolutions hold components
+    cset = component_set(model, rules)
+    x, y = torch.randn(*shape), torch.randint(0, 3, (shape[0],))
+    keep = np.random.default_rng(0).random((6, cset.size)) > 0.4
+    ref = surgery_outputs(model, cset, x, y, keep, margin, "scale", 0.3)
+    for mechanism in ("weights", "hooks"):
+        engine = Engine(model, cset, x, y, margin, "scale", 0.3, mechanism=mechanism, batchnorm="fold")
+        assert engine.plan.folded == ("1",) and isinstance(engine.model, torch.fx.GraphModule)
+        assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in engine.model.modules())
+        np.testing.assert_allclose(engine(keep), ref, rtol=1e-5, atol=1e-5)
+    assert isinstance(model[1], type(bn)), "the caller's model keeps its BatchNorm"
+
+
+class _Skip(nn.Module):
+    """A convolution whose output feeds its BatchNorm and a skip connection: folding would change the skip."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.head((self.bn(h) + h).mean((2, 3)))
+
+
+class _Branchy(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.head = nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = self.bn(self.conv(x))
+        if h.sum() > -1e9:
+            h = h.relu()
+        return self.head(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("make,why", [
+    (lambda: randomize_bn(_Skip(), 0), "alone reads"),
+    (lambda: randomize_bn(_Branchy(), 0), "cannot trace"),
+    (lambda: _hooked(randomize_bn(_Skip(), 0)), "alone reads"),
+])
+def test_batchnorm_is_kept_where_folding_would_not_be_exact(make, why):
+    model = make().eval()
+    cset = component_set(model, [Rule("conv", ("Conv2d",))])
+    x, y = torch.randn(5, 2, 6, 6), torch.randint(0, 3, (5,))
+    p = plan(model, cset, x)
+    assert p.folded == ()
+    with pytest.raises(CoarError, match=why):
+        plan(model, cset, x, batchnorm="fold")
+    keep = np.random.default_rng(1).random((4, cset.size)) > 0.4
+    np.testing.assert_allclose(_outputs(model, cset, x, y, keep), surgery_outputs(model, cset, x, y, keep, margin,
+                                                                                   "scale", 0.3), rtol=1e-5, atol=1e-5)
+
+
+def _hooked(model):
+    model.bn.register_forward_hook(lambda m, a, out: None)
+    return model
+
+
+def test_a_hooked_batchnorm_is_not_folded():
+    model = small_convnet(2, True)
+    cset = component_set(model, RULES)
+    x = torch.randn(4, 2, 8, 8)
+    assert plan(model, cset, x).folded == ("1",)
+    handle = model[1].register_forward_pre_hook(lambda m, a: None)
+    assert plan(model, cset, x).folded == ()
+    handle.remove()
+    assert plan(model, cset, x, batchnorm="keep").folded == ()
+    with pytest.raises(CoarError, match="batchnorm must be one of"):
+        plan(model, cset, x, batchnorm="merge")
+
+
+def test_a_model_without_batchnorm_runs_as_given():
+    mlp = build_model("mlp_small", in_channels=1, image_size=28).eval()
+    cset = component_set(mlp, "mlp_small")
+    x = torch.randn(70, 1, 28, 28)
+    engine = Engine(mlp, cset, x, torch.zeros(70, dtype=torch.long), margin)
+    assert engine.plan.folded == () and engine.model is mlp
+    with pytest.raises(CoarError, match="nothing to fold.*no BatchNorm"):
+        plan(mlp, cset, x, batchnorm="fold")
+
+
+@pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny", "mlp_small"])
+def test_convolution_share_agrees_with_torchs_flop_counter(name):
+    """The hook count the plan uses (no sympy import at every job's start) against torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from coar.engine import conv_flop_share
+
+    model = build_model(name, in_channels=1, image_size=28).eval()
+    x = torch.randn(1, 1, 28, 28)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    conv = sum(v for op, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    assert conv_flop_share(model, x) == pytest.approx(conv / counter.get_total_flops(), abs=0.01)
+
+
+def test_convolution_share_counts_attention_and_transposed_convolutions():
+    from coar.engine import conv_flop_share
+
+    attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.attn = nn.ConvTranspose2d(3, 16, 2, stride=2), attn
+
+        def forward(self, x):
+            h = self.up(x).flatten(2).transpose(1, 2)  # [1, 64, 16]
+            return self.attn(h, h, h)[0].mean(1)
+
+    conv = 3 * 16 * 4 * 16  # every input value (3 x 4 x 4) meets 16 output channels x a 2 x 2 kernel
+    other = (64 + 2 * 64) * 16 * 16 + 64 * 16 * 16 + 2 * 64 * 64 * 16
+    assert conv_flop_share(Net().eval(), torch.randn(1, 3, 4, 4)) == pytest.approx(conv / (conv + other))

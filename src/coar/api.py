@@ -41,7 +41,7 @@ from . import editing, provenance, regression
 from .ablation import logits_of, unit_factors
 from .attributions import Attributions
 from .components import ComponentSet, Rule, component_set, model_fingerprint
-from .engine import MECHANISMS, MEMORY_FORMATS, Engine
+from .engine import BATCHNORM, MECHANISMS, MEMORY_FORMATS, Engine
 from .errors import ArgumentError, CoarError, ComponentError
 from .sampling import SCHEMES, n_ablated, sample_masks
 from .store import normalize_meta
@@ -251,7 +251,7 @@ class _Setup:
     """Everything one attribution or evaluation run shares: validated arguments and the evaluation closure."""
 
     def __init__(self, model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device,
-                 batch_size, masks_per_pass, mechanism="auto", memory_format="auto"):
+                 batch_size, masks_per_pass, mechanism="auto", memory_format="auto", batchnorm="auto"):
         self.model = _check_model(model)
         self.x, self.y = _check_data(inputs, targets)
         self.run, self.dev = _run_model(self.model, device)
@@ -269,16 +269,17 @@ class _Setup:
         _check_fit(self.run, self.x, self.y, self.fn, self.output, self.dev)
         b = None if batch_size is None else _check_int("batch_size", batch_size, 1)
         k = None if masks_per_pass is None else _check_int("masks_per_pass", masks_per_pass, 1)
-        for name, value, allowed in (("mechanism", mechanism, MECHANISMS), ("memory_format", memory_format,
-                                                                             MEMORY_FORMATS)):
+        for name, value, allowed in (("mechanism", mechanism, MECHANISMS),
+                                     ("memory_format", memory_format, MEMORY_FORMATS), ("batchnorm", batchnorm, BATCHNORM)):
             if value not in allowed:
                 raise ArgumentError(name, f"must be one of {allowed}, got {value!r}")
         try:
             self.engine = Engine(self.run, self.cset, self.x, self.y, self.fn, self.ablation, self.gamma,
-                                 batch_size=b, masks_per_pass=k, mechanism=mechanism, memory_format=memory_format)
+                                 batch_size=b, masks_per_pass=k, mechanism=mechanism, memory_format=memory_format,
+                                 batchnorm=batchnorm)
         except CoarError as e:  # a contradiction among the given choices: name the one that was chosen
-            name = "mechanism" if mechanism != "auto" else "memory_format" if memory_format != "auto" else \
-                "masks_per_pass"
+            name = ("batchnorm" if "batchnorm" in str(e) else "mechanism" if mechanism != "auto"
+                    else "memory_format" if memory_format != "auto" else "masks_per_pass")
             raise ArgumentError(name, str(e)) from None
         self.block = self.engine.plan.masks_per_call
 
@@ -315,7 +316,7 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
               device: str | torch.device | None = None, store: str | Path | None = None, method: str = "ols",
               scheme: str = "exact", masks_per_shard: int = MASKS_PER_SHARD, batch_size: int | None = None,
               masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto",
-              progress: bool = True) -> Attributions:
+              batchnorm: str = "auto", progress: bool = True) -> Attributions:
     """COAR component attributions of `model` on the examples (paper eq. 3): ablate random subsets of an
     `alpha` fraction of the components on `masks` masks, record the output of every example, fit one linear
     model per example by least squares.
@@ -341,10 +342,11 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
             format); an interrupted call resumes where it stopped. None: everything stays in memory.
         method: "ols" (the paper's least squares; minimum-norm when masks < components) or "ridge" (penalty
             per example by generalized cross-validation).
-        batch_size, masks_per_pass, mechanism, memory_format: how the masked forward passes run (default: the
-            engine's choice for the model, device and number of examples, coar.engine.plan): examples and masks
-            per pass, "weights" (one mask a pass, weight slices zeroed in place and restored bitwise) or "hooks"
-            (several masks a pass), "channels_last" or "contiguous". Every choice gives the reference weight
+        batch_size, masks_per_pass, mechanism, memory_format, batchnorm: how the masked forward passes run
+            (default: the engine's choice for the model, device and number of examples, coar.engine.plan):
+            examples and masks per pass, "weights" (one mask a pass, weight slices zeroed in place and restored
+            bitwise) or "hooks" (several masks a pass), "channels_last" or "contiguous", eval-mode BatchNorm
+            "fold"-ed into the convolution before it or "keep"-ed. Every choice gives the reference weight
             zeroing's outputs (to float rounding).
         progress: tqdm progress bars.
 
@@ -371,7 +373,7 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
     if method not in ("ols", "ridge"):
         raise ArgumentError("method", f"must be 'ols' or 'ridge', got {method!r}")
     s = _Setup(model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device, batch_size,
-               masks_per_pass, mechanism, memory_format)
+               masks_per_pass, mechanism, memory_format, batchnorm)
     sizes = _shard_sizes(masks, per)
     base = s.meta(_examples_fingerprint(s.x, s.y), sizes[0], seed, 0)  # fingerprints hashed once, not per shard
     metas = [normalize_meta({**base, "m": m, "shard": shard}) for shard, m in enumerate(sizes)]
@@ -408,7 +410,7 @@ def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor 
              targets: torch.Tensor | None = None, *, components: Components, masks: int, alpha: float, seed: int = 1,
              output: Output | None = None, device: str | torch.device | None = None, batch_size: int | None = None,
              masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto",
-             progress: bool = True) -> pd.DataFrame:
+             batchnorm: str = "auto", progress: bool = True) -> pd.DataFrame:
     """Per-example correlation between true and attribution-predicted outputs on fresh masks (paper eq. 6).
 
     `masks` masks at `alpha` are drawn from (seed, shard 0); a seed that drew the training masks is refused.
@@ -433,7 +435,7 @@ def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor 
     seed = _check_int("seed", seed, 0)
     s = _Setup(model, inputs, targets, components, alpha, output, prov.get("ablation") or "zero",
                prov.get("gamma") if prov.get("gamma") is not None else 0.5, prov.get("scheme") or "exact", device,
-               batch_size, masks_per_pass, mechanism, memory_format)
+               batch_size, masks_per_pass, mechanism, memory_format, batchnorm)
     _check_provenance(attributions, s.model, s.cset, _examples_fingerprint(s.x, s.y), len(s.x))
     if recorded is not None and s.output != recorded:
         raise ArgumentError("output", f"the attributions were computed with output {recorded!r}, not {s.output!r}")

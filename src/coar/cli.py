@@ -218,7 +218,8 @@ def cmd_sample(a):
     store = sample_store(a.out, model, cset, Examples.load(a.examples), m=a.masks, alpha=a.alpha, seed=a.seed,
                          shard=a.shard, output=a.output, scheme=a.scheme, ablation=a.ablation, gamma=gamma,
                          dtype=a.dtype, precision=a.precision, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass,
-                         mechanism=a.mechanism, memory_format=a.memory_format, device=device, progress=not a.quiet,
+                         mechanism=a.mechanism, memory_format=a.memory_format, batchnorm=a.batchnorm, device=device,
+                         progress=not a.quiet,
                          log=None if a.quiet else print)
     print(f"shard {a.out}: complete={store.is_complete} ({store.n_rows} masks x {store.n_examples} examples)")
 
@@ -462,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights: one mask a pass, weight slices zeroed in place; hooks: several masks a pass")
     s.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
                    help="auto: channels_last when convolutions carry most of the model's FLOPs")
+    s.add_argument("--batchnorm", choices=["auto", "fold", "keep"], default="auto",
+                   help="auto/fold: eval BatchNorm folded into the convolution before it (exact to float rounding); "
+                        "keep: run the model as given (bitwise the reference weight zeroing)")
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--out", required=True)

@@ -6,13 +6,15 @@ correlation there; it is counted as 0 (no predictive information) in the mean an
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
-import pandas as pd
 
 from .attributions import Attributions
 from .errors import ShapeError
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: sampling jobs never need it
+    import pandas as pd
 
 
 def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -34,6 +36,8 @@ def pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def correlations(attributions: Mapping[str, Attributions] | Attributions, keep: np.ndarray, outputs: np.ndarray,
                  alpha_test: float | None = None) -> pd.DataFrame:
     """Tidy table: one row per (method, example) with the correlation on these held-out masks."""
+    import pandas as pd
+
     if isinstance(attributions, Attributions):
         attributions = {attributions.method: attributions}
     outputs = np.asarray(outputs, dtype=np.float32)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from . import provenance, regression
 from .attributions import Attributions
@@ -18,6 +17,7 @@ from .correlation import correlations
 from .store import PRECISIONS, ShardStore, load_shards, read_meta, run_shard
 
 if TYPE_CHECKING:  # sampling needs torch; fitting and evaluating do not, and their jobs skip importing it
+    import pandas as pd  # only where a table is made: sampling jobs never import it
     import torch
     from torch import nn
 
@@ -76,13 +76,14 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
                  alpha: float, seed: int, shard: int, output: str = "margin", scheme: str = "exact",
                  ablation: str = "zero", gamma: float = 0.5, dtype: str = "float16", precision: str = "float32",
                  batch_size: int | None = None, masks_per_pass: int | None = None, mechanism: str = "auto",
-                 memory_format: str = "auto", device: str | torch.device = "cpu", progress: bool = True,
+                 memory_format: str = "auto", batchnorm: str = "auto", device: str | torch.device = "cpu",
+                 progress: bool = True,
                  log: Callable[[str], None] | None = None) -> ShardStore:
     """Create or resume the shard at `path` and evaluate every pending mask. Returns the complete store.
 
     precision: "float32", or "bfloat16" to run the forward passes on a bf16 copy of the model with bf16
     inputs (outputs are still computed from float32 logits). It is part of the store's metadata: a store is
-    never resumed in another precision. batch_size, masks_per_pass, mechanism, memory_format: the engine's
+    never resumed in another precision. batch_size, masks_per_pass, mechanism, memory_format, batchnorm: the engine's
     choices (coar.engine.plan) unless given; `log` gets the plan in words."""
     import torch
 
@@ -105,7 +106,7 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
     check_examples_fit(run_model, x, y, output, fn)
     store = ShardStore.create_or_open(path, meta)
     engine = Engine(run_model, cset, x, y, fn, ablation, gamma, batch_size=batch_size, masks_per_pass=masks_per_pass,
-                    mechanism=mechanism, memory_format=memory_format)
+                    mechanism=mechanism, memory_format=memory_format, batchnorm=batchnorm)
     if log is not None:
         log(f"engine: {engine.plan.describe()}")
     run_shard(store, engine, masks_per_call=engine.plan.masks_per_call, progress=progress)
@@ -161,6 +162,8 @@ def fit_stores(paths: Sequence[str | Path], method: str = "ols",
 
 def evaluate_stores(attributions: Mapping[str, Attributions], paths: Iterable[str | Path]) -> pd.DataFrame:
     """Tidy per-example correlations; test stores are grouped by their alpha (one alpha_test each)."""
+    import pandas as pd
+
     metas = {str(p): read_meta(p) for p in paths}
     if not metas:
         raise CoarError("no test stores given to evaluate")
@@ -179,6 +182,8 @@ def evaluate_stores(attributions: Mapping[str, Attributions], paths: Iterable[st
 
 def scatter_table(attributions: Mapping[str, Attributions], path: str | Path, example: int) -> pd.DataFrame:
     """True vs estimated counterfactuals of one example on one test store (the left panels of Fig. 2)."""
+    import pandas as pd
+
     provenance.check_evaluations(attributions, {str(path): read_meta(path)})
     keep, out = (np.concatenate(parts) for parts in zip(*load_shards([path])))
     rows = []
