@@ -229,6 +229,7 @@ BAD_ATTRIBUTE = [
     ("alpha", dict(alpha=0.0)),
     ("alpha", dict(alpha=1.5)),
     ("alpha", dict(alpha=0.01)),  # round(0.01 * 12) = 0 components ablated
+    ("alpha", dict(alpha=0.97)),  # round(0.97 * 12) = 12: every mask ablates every component
     ("masks", dict(masks=0)),
     ("masks", dict(masks="100")),
     ("seed", dict(seed=-1)),

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coar.errors import CoarError, ShapeError, StoreError, StoreMismatchError
-from coar.sampling import BLOCK_ROWS, balance_group, iter_mask_chunks, n_ablated, sample_masks
+from coar.sampling import BLOCK_ROWS, balance_group, check_alpha, iter_mask_chunks, n_ablated, sample_masks
 from coar.store import COMPLETE_FILE, ShardStore, load_shards, run_shard, verify
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -565,3 +567,14 @@ def test_a_second_writer_is_refused_at_once_naming_the_holder(tmp_path):
     os.close(fd)
     verify(tmp_path / "s")  # the lock file is not part of the shard's checksums
     store.close()
+
+
+@given(n_components=st.integers(1, 5000), alpha=st.floats(0.0, 1.0, exclude_max=True))
+def test_check_alpha_accepts_exactly_the_alphas_whose_masks_differ(n_components, alpha):
+    """1 <= round(alpha * C) <= C - 1 is accepted (and returned); 0 or C is refused, saying which end."""
+    k = n_ablated(n_components, alpha)
+    if 1 <= k <= n_components - 1:
+        assert check_alpha(alpha, n_components) == k
+    else:
+        with pytest.raises(CoarError, match="ablate nothing" if k == 0 else "ablate every component"):
+            check_alpha(alpha, n_components)

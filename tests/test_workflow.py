@@ -270,11 +270,15 @@ def test_bad_split_or_shift_config_names_the_key(tmp_path, old, new, key, messag
      "10030 examples with the setup's 40 (held-out after them), but fashion-mnist test has 10,000"),
     ("    ablation: scale\n    alpha_train: 0.20", "    ablation: scale\n    alpha_train: 0.004",
      "setups.T_scale.alpha_train",
-     "alpha 0.004 ablates round(alpha * C) = round(0.004 * 104) = 0 of setup T_scale's C = 104 components"),
+     "alpha 0.004 ablates round(alpha * C) = round(0.004 * 104) = round(0.416) = 0 of setup T_scale's C = 104 "
+     "components (resnet_tiny), so every mask would ablate nothing"),
     ("alpha_test: [0.10, 0.15]", "alpha_test: [0.10, 0.0045]", "setups.T.alpha_test",
-     "round(0.0045 * 104) = 0"),
+     "round(0.0045 * 104) = round(0.468) = 0"),
+    ("alpha_test: [0.10, 0.15]", "alpha_test: [0.10, 0.996]", "setups.T.alpha_test",
+     "round(0.996 * 104) = round(103.584) = 104 of setup T's C = 104 components (resnet_tiny), so every mask "
+     "would ablate every component"),
     ("    setups: [T]\n    alpha_test: [0.05, 0.10]", "    setups: [T]\n    alpha_test: [0.001, 0.10]",
-     "figures.fig13.alpha_test", "round(0.001 * 104) = 0"),
+     "figures.fig13.alpha_test", "round(0.001 * 104) = round(0.104) = 0"),
     ("    alpha_train: 0.025", "    alpha_train: 0.0001", "setups.T_text.alpha_train", "(gpt2_bytes)"),
     ("    masks: 240\n    shards: 2", "    masks: 240\n    shards: 300", "setups.T.shards",
      "300 shards for only 240 masks"),

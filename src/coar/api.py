@@ -43,7 +43,7 @@ from .attributions import Attributions
 from .components import ComponentSet, Rule, component_set, model_fingerprint
 from .engine import BATCHNORM, MECHANISMS, MEMORY_FORMATS, Engine
 from .errors import ArgumentError, CoarError, ComponentError
-from .sampling import SCHEMES, n_ablated, sample_masks
+from .sampling import SCHEMES, check_alpha, sample_masks
 from .store import normalize_meta
 
 if TYPE_CHECKING:
@@ -131,9 +131,10 @@ def _check_data(inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
 def _check_alpha(alpha, n_components: int) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < float(alpha) < 1.0:
         raise ArgumentError("alpha", f"must be the fraction of components ablated per mask, in (0, 1), got {alpha!r}")
-    if n_ablated(n_components, float(alpha)) < 1:
-        raise ArgumentError("alpha", f"ablates round(alpha * C) = round({alpha:g} * {n_components}) = 0 components: "
-                                     f"use alpha > {0.5 / n_components:.3g}")
+    try:
+        check_alpha(float(alpha), n_components)
+    except CoarError as e:
+        raise ArgumentError("alpha", str(e)) from None
     return float(alpha)
 
 

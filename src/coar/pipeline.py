@@ -39,13 +39,11 @@ def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int,
 
 
 def check_alpha(alpha: float, n_components: int) -> None:
-    """Refuse an alpha at which a mask would ablate no component: round(alpha * C) < 1."""
-    from .sampling import n_ablated
+    """Refuse an alpha at which every mask would be the same: round(alpha * C) must be in 1..C - 1
+    (coar.sampling.check_alpha)."""
+    from .sampling import check_alpha as check
 
-    if n_ablated(n_components, alpha) < 1:
-        raise CoarError(f"alpha {alpha:g} ablates round(alpha * C) = round({alpha:g} * {n_components}) = "
-                        f"round({alpha * n_components:g}) = 0 of the C = {n_components} components, so masks would "
-                        f"ablate nothing; use alpha > {0.5 / n_components:.3g}")
+    check(alpha, n_components)
 
 
 def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: str, fn) -> None:

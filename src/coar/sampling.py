@@ -94,6 +94,25 @@ def n_ablated(n_components: int, alpha: float) -> int:
     return int(round(alpha * n_components))
 
 
+def check_alpha(alpha, n_components: int, owner: str = "the", note: str = "") -> int:
+    """round(alpha * C), the number of components every mask at `alpha` ablates, refused unless it is between 1
+    and C - 1: at 0 every mask ablates nothing, at C every mask ablates everything, and either way all masks are
+    the same and the attributions all zero. The one check of an ablation fraction that the API, the CLI, the
+    workflow's plan and the benchmark scripts share; `owner` and `note` only word the message ("setup A's",
+    "(resnet_tiny)")."""
+    k = n_ablated(n_components, alpha)
+    if 1 <= k <= n_components - 1:
+        return k
+    c = n_components
+    fix = (f"use alpha between {0.5 / c:.3g} and {1 - 0.5 / c:.3g} (exclusive)" if c >= 2
+           else "a single component cannot be ablated at random")
+    raise SamplingArgumentError(
+        f"alpha {alpha:g} ablates round(alpha * C) = round({alpha:g} * {c}) = round({alpha * c:g}) = {k} of {owner} "
+        f"C = {c} components"
+        f"{' ' + note if note else ''}, so every mask would ablate {'nothing' if k == 0 else 'every component'} "
+        f"and all masks would be the same; {fix}")
+
+
 def balance_group(n_components: int, alpha: float) -> int:
     """Masks per group of the ``"balanced"`` scheme: ``min(round(1 / alpha), C // k)`` with
     ``k = round(alpha * C)``, the most disjoint sets of ``k`` components there are; 1 when ``k = 0``."""

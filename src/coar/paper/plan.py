@@ -459,9 +459,10 @@ class Plan:
                 self._error(f"setups.{s}.baselines", "Fig. 14 compares with leave-one-out: include loo")
 
     def _check_alphas(self):
-        """Every alpha masks are sampled at ablates round(alpha * C) >= 1 of the setup's C components (a job
-        would refuse it): alpha_train, alpha_test, and the alpha grids of Figs. 13, 25, 26 and 27."""
-        from coar.sampling import n_ablated
+        """Every alpha masks are sampled at ablates between 1 and C - 1 of the setup's C components
+        (coar.sampling.check_alpha, which the jobs apply too): alpha_train, alpha_test, the alpha grids of Figs.
+        13, 25, 26 and 27, and the efficiency study's alpha_test_factors x alpha_train."""
+        from coar.sampling import check_alpha
 
         uses = []
         for name, s in self.setups.items():
@@ -473,13 +474,15 @@ class Plan:
                 uses.append((f"figures.{fig}.{grid}", name, figs[fig][grid]))
         if "fig27" in figs:
             uses += [("figures.fig27.alpha_test", figs["fig27"][k], figs["fig27"]["alpha_test"]) for k in ("zero", "scale")]
+        if (self.config.get("efficiency") or {}).get("alpha_test_factors"):
+            uses += [("efficiency.alpha_test_factors", s, self.efficiency_alphas(s)) for s in self.efficiency_setups()]
         for key, name, alphas in uses:
             c = self.component_count(name)
             for alpha in alphas if c is not None else ():
-                if n_ablated(c, alpha) < 1:
-                    self._error(key, f"alpha {alpha:g} ablates round(alpha * C) = round({alpha:g} * {c}) = 0 of setup "
-                                     f"{name}'s C = {c} components ({self.setups[name]['model']}), so masks would "
-                                     f"ablate nothing; use alpha > {0.5 / c:.3g}")
+                try:
+                    check_alpha(alpha, c, f"setup {name}'s", f"({self.setups[name]['model']})")
+                except CoarError as exc:
+                    self._error(key, str(exc))
 
     # --- rule params -------------------------------------------------------------------------------------------
 
