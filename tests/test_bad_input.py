@@ -688,3 +688,44 @@ def test_cli_baselines_without_ablation_run(world, tmp_path, method):
     a = Attributions.load(tmp_path / "b.npz")
     assert a.n_examples == 5 and np.isfinite(a.weights).all()
     assert a.meta["provenance"]["ablation"] is None
+
+
+# ------------------------------------------------------------------------------------------------ Ctrl-C
+def test_ctrl_c_in_sample_says_what_was_kept_and_the_same_command_resumes_bitwise(world, tmp_path, capsys,
+                                                                                   monkeypatch):
+    from coar import engine
+
+    argv = [a.format(w=world) for a in SAMPLE] + ["--masks", "64", "--alpha", "0.1", "--seed", "5",
+                                                  "--masks-per-pass", "2"]
+    assert main(argv + ["--out", str(tmp_path / "ref")]) == 0
+    calls, real = [], engine.Engine.__call__
+
+    def interrupted(self, keep, progress=False):
+        calls.append(len(keep))
+        if len(calls) == 3:  # two blocks of masks are in the store
+            raise KeyboardInterrupt
+        return real(self, keep, progress)
+
+    monkeypatch.setattr(engine.Engine, "__call__", interrupted)
+    code, err = _cli(argv + ["--out", str(tmp_path / "s")], capsys)
+    assert code == 130 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"coar sample: interrupted; the masks finished so far are kept in "
+                                        f"{tmp_path / 's'}; the same command resumes from them"]
+    with ShardStore.open(tmp_path / "s", readonly=True) as part:
+        assert 0 < part.done.sum() < 64
+    monkeypatch.setattr(engine.Engine, "__call__", real)
+    assert main(argv + ["--out", str(tmp_path / "s")]) == 0
+    with ShardStore.open(tmp_path / "s", readonly=True) as got, ShardStore.open(tmp_path / "ref", readonly=True) as ref:
+        assert got.is_complete and np.array_equal(np.asarray(got.outputs), np.asarray(ref.outputs))
+
+
+def test_ctrl_c_in_train_writes_no_checkpoint(world, tmp_path, capsys, monkeypatch):
+    import coar.paper.training as training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_classifier", interrupted)
+    code, err = _cli([a.format(w=world) for a in TRAIN] + ["--out", str(tmp_path / "m.pt")], capsys)
+    assert code == 130 and "Traceback" not in err and "coar train: interrupted; no checkpoint was written" in err
+    assert not any(tmp_path.iterdir())

@@ -534,11 +534,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: What an interrupted command leaves behind, said on Ctrl-C instead of a traceback.
+INTERRUPTED = {
+    "sample": "the masks finished so far are kept in {out}; the same command resumes from them",
+    "demo": "finished steps and masks are kept in {out}; the same command resumes from them",
+    "train": "no checkpoint was written ({out} is written whole at the end); the same command trains again",
+}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, exit status 128 + SIGINT like a shell
+        said = INTERRUPTED.get(args.command, "run the same command again")
+        print(f"\ncoar {args.command}: interrupted; {said.format(out=getattr(args, 'out', None))}", file=sys.stderr)
+        return 130
     except CoarError as exc:
         print(f"coar {args.command}: error: {exc}", file=sys.stderr)
         return 2
