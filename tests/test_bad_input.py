@@ -101,6 +101,14 @@ def world(tmp_path_factory):
     Attributions(rng.normal(size=(5, coar.n_components)), np.zeros(5), "five", coar.components).save(w / "five.npz")
     Attributions(coar.weights, coar.bias, "other", "deadbeef").save(w / "othercomp.npz")
     (w / "truncated.npz").write_bytes((w / "coar.npz").read_bytes()[:100])
+    from coar.io import atomic_savez  # files save() refuses to write, written around it: load refuses them too
+
+    nan_w = coar.weights.copy()
+    nan_w[3, 7] = np.nan
+    atomic_savez(w / "nan.npz", header={"method": "coar", "components": coar.components, "meta": coar.meta},
+                 weights=nan_w, bias=coar.bias)
+    atomic_savez(w / "nomethod.npz", header={"components": coar.components, "meta": coar.meta},
+                 weights=coar.weights, bias=coar.bias)
     for d in ("dup/a", "dup/b"):
         (w / d).mkdir(parents=True)
         shutil.copy(w / "coar.npz", w / d / "coar.npz")
@@ -226,6 +234,13 @@ CLI_CASES = [
                  ["attribution file not found", "none.npz"], id="evaluate-missing-attributions"),
     pytest.param(["evaluate", "--attributions", "{w}/truncated.npz", "--out", "{o}/c.csv", "--stores", "{w}/test/0"],
                  ["truncated.npz", "unreadable or truncated"], id="evaluate-truncated-attributions"),
+    pytest.param(["evaluate", "--attributions", "{w}/nan.npz", "--out", "{o}/c.csv", "--stores", "{w}/test/0"],
+                 ["nan.npz", "cannot be used", "1 non-finite value(s), the first at example 3, component 7"],
+                 id="evaluate-nan-attributions"),
+    pytest.param(EDIT[:2] + ["{w}/nan.npz"] + EDIT[3:] + ["--targets", "0", "--references-random", "5"],
+                 ["nan.npz", "non-finite"], id="edit-nan-attributions"),
+    pytest.param(EDIT[:2] + ["{w}/nomethod.npz"] + EDIT[3:] + ["--targets", "0", "--references-random", "5"],
+                 ["nomethod.npz", "header lacks 'method'"], id="edit-attributions-without-method"),
     pytest.param(["evaluate", "--attributions", "{w}/coar.npz", "{w}/dup/a/coar.npz", "{w}/dup/b/coar.npz", "--out",
                   "{o}/c.csv", "--stores", "{w}/test/0"], ["dup/a/coar.npz", "dup/b/coar.npz", "'coar'"],
                  id="evaluate-two-files-one-name"),

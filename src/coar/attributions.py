@@ -52,9 +52,15 @@ class Attributions:
         idx = np.asarray(examples)
         return Attributions(self.weights[idx], self.bias[idx], self.method, self.components, dict(self.meta))
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a crash never leaves a half-written file under the final name. Non-finite weights or
-        biases are refused (nothing is written)."""
+    def problem(self) -> str | None:
+        """What makes these attributions unfit to save or use, or None. The one rule for files both ways:
+        `save` refuses to write them and `load` refuses to read them. A method name and a components fingerprint
+        that are non-empty strings, a dict of metadata, finite weights and biases."""
+        for name, value in (("method", self.method), ("components", self.components)):
+            if not isinstance(value, str) or not value:
+                return f"the attribution {name} must be a non-empty string, got {value!r}"
+        if not isinstance(self.meta, dict):
+            return f"the attribution metadata must be a dict, got {type(self.meta).__name__}"
         for name, arr in (("weights", self.weights), ("bias", self.bias)):
             for lo in range(0, len(arr), 1024):  # row blocks: no full-size temporary for large attributions
                 bad = np.argwhere(~np.isfinite(arr[lo:lo + 1024]))
@@ -62,13 +68,35 @@ class Attributions:
                     first = (lo + int(bad[0][0]),) + tuple(int(i) for i in bad[0][1:])
                     where = f"example {first[0]}" + (f", component {first[1]}" if arr.ndim == 2 else "")
                     count = int((~np.isfinite(arr)).sum())
-                    raise CoarError(f"{self.method} attribution {name} hold {count} non-finite value(s), the first "
-                                    f"at {where} ({arr[first]}); nothing written to {path}. Check the outputs or the "
-                                    "fit that produced them")
+                    return (f"{self.method} attribution {name} hold {count} non-finite value(s), the first at {where} "
+                            f"({arr[first]})")
+        return None
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a crash never leaves a half-written file under the final name. Attributions that
+        `problem` finds fault with (non-finite weights, no method name, ...) are refused; nothing is written."""
+        bad = self.problem()
+        if bad:
+            raise CoarError(f"{bad}; nothing written to {path}. Check the outputs or the fit that produced them")
         atomic_savez(path, header={"method": self.method, "components": self.components, "meta": self.meta},
                      weights=self.weights, bias=self.bias)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Attributions":
+        """Read a file `save` wrote; refused (StoreError naming the file) when it is unreadable, lacks a header
+        key, or holds attributions `save` would not have written."""
+        from .errors import StoreError
+
         arrays, header = load_npz(path, "attribution", ("weights", "bias"))
-        return cls(arrays["weights"], arrays["bias"], header["method"], header["components"], header["meta"])
+        missing = [k for k in ("method", "components", "meta") if k not in header]
+        if missing:
+            raise StoreError(f"attribution file {path} is not one coar wrote: its header lacks "
+                             f"{', '.join(map(repr, missing))}")
+        try:
+            attr = cls(arrays["weights"], arrays["bias"], header["method"], header["components"], header["meta"])
+        except (ShapeError, ValueError, TypeError) as exc:
+            raise StoreError(f"attribution file {path} holds malformed arrays: {exc}") from None
+        bad = attr.problem()
+        if bad:
+            raise StoreError(f"attribution file {path} cannot be used: {bad}")
+        return attr
