@@ -107,6 +107,13 @@ def world(tmp_path_factory):
     nan_w[3, 7] = np.nan
     atomic_savez(w / "nan.npz", header={"method": "coar", "components": coar.components, "meta": coar.meta},
                  weights=nan_w, bias=coar.bias)
+    state = torch.load(w / "m.pt", weights_only=True)
+    bad = dict(state, state_dict=dict(state["state_dict"]))
+    bad["state_dict"]["conv1.weight"] = bad["state_dict"]["conv1.weight"].clone()
+    bad["state_dict"]["conv1.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(bad, w / "inf.pt")
+    torch.save(dict(state, kwargs=dict(KW, num_classes=7)), w / "wrongarch.pt")  # weights of a 10-class model
+    torch.save(dict(state, arch="resnet_huge"), w / "unknownarch.pt")
     atomic_savez(w / "nomethod.npz", header={"components": coar.components, "meta": coar.meta},
                  weights=coar.weights, bias=coar.bias)
     for d in ("dup/a", "dup/b"):
@@ -237,6 +244,13 @@ CLI_CASES = [
     pytest.param(["evaluate", "--attributions", "{w}/nan.npz", "--out", "{o}/c.csv", "--stores", "{w}/test/0"],
                  ["nan.npz", "cannot be used", "1 non-finite value(s), the first at example 3, component 7"],
                  id="evaluate-nan-attributions"),
+    pytest.param(SAMPLE[:2] + ["{w}/inf.pt"] + SAMPLE[3:] + ["--alpha", "0.1", "--out", "{o}/s"],
+                 ["inf.pt", "cannot be used", "conv1.weight", "1 non-finite value(s)"], id="sample-inf-checkpoint"),
+    pytest.param(SAMPLE[:2] + ["{w}/wrongarch.pt"] + SAMPLE[3:] + ["--alpha", "0.1", "--out", "{o}/s"],
+                 ["wrongarch.pt", "do not fit the architecture it records", "resnet_tiny", "size mismatch"],
+                 id="sample-checkpoint-weights-of-another-architecture"),
+    pytest.param(EDIT[:4] + ["{w}/unknownarch.pt"] + EDIT[5:] + ["--targets", "0", "--references-random", "5"],
+                 ["unknownarch.pt", "cannot be built", "resnet_huge"], id="edit-checkpoint-unknown-architecture"),
     pytest.param(EDIT[:2] + ["{w}/nan.npz"] + EDIT[3:] + ["--targets", "0", "--references-random", "5"],
                  ["nan.npz", "non-finite"], id="edit-nan-attributions"),
     pytest.param(EDIT[:2] + ["{w}/nomethod.npz"] + EDIT[3:] + ["--targets", "0", "--references-random", "5"],

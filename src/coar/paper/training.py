@@ -262,8 +262,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, kwargs
         raise
 
 
-def check_finite_state(state: dict, path) -> None:
-    """Refuse weights with NaN or inf (a diverged training run), naming the first offending tensor."""
+def check_finite_state(state: dict, path, action: str = "not written") -> None:
+    """Refuse weights with NaN or inf (a diverged training run), naming the first offending tensor. The one rule
+    for checkpoints both ways: `save_checkpoint` does not write them, `load_checkpoint` does not use them."""
     for name, t in state.items():
         if not isinstance(t, torch.Tensor) or t.is_meta or not (t.is_floating_point() or t.is_complex()):
             continue
@@ -271,9 +272,10 @@ def check_finite_state(state: dict, path) -> None:
         if not bool(finite.all()):
             bad = (~finite).nonzero()
             first = tuple(int(i) for i in bad[0])
-            raise CoarError(f"checkpoint {path} not written: {name} holds {len(bad)} non-finite value(s) of "
-                            f"{t.numel()} (first at index {list(first)}: {t[first].item()}); the model diverged "
-                            "(a smaller learning rate?) or was edited into NaN/inf")
+            error = CoarError if action == "not written" else StoreError  # a file read back: StoreError
+            raise error(f"checkpoint {path} {action}: {name} holds {len(bad)} non-finite value(s) of "
+                        f"{t.numel()} (first at index {list(first)}: {t[first].item()}); the model diverged "
+                        "(a smaller learning rate?) or was edited into NaN/inf")
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -287,10 +289,27 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         ck = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
         raise StoreError(f"checkpoint {path} is unreadable or truncated: {exc}") from exc
+    if not isinstance(ck, dict):
+        raise StoreError(f"checkpoint {path} holds a {type(ck).__name__}, not a coar checkpoint")
     for key in ("arch", "kwargs", "state_dict"):
         if key not in ck:
             raise StoreError(f"checkpoint {path} lacks the key {key!r}: not a coar checkpoint")
-    model = _load_without_init(build_model, ck)
+    if not isinstance(ck["arch"], str) or not isinstance(ck["kwargs"], dict) or not isinstance(ck["state_dict"], dict):
+        raise StoreError(f"checkpoint {path}: arch must be a name, kwargs and state_dict mappings; got "
+                         f"{type(ck['arch']).__name__}, {type(ck['kwargs']).__name__}, "
+                         f"{type(ck['state_dict']).__name__}")
+    if not isinstance(ck.get("meta", {}), dict):
+        raise StoreError(f"checkpoint {path}: meta must be a mapping, got {type(ck['meta']).__name__}")
+    check_finite_state(ck["state_dict"], path, "cannot be used")
+    try:
+        model = _load_without_init(build_model, ck)
+    except CoarError as exc:  # an unknown architecture or arguments build_model refuses
+        raise StoreError(f"checkpoint {path} records a model that cannot be built: {exc}") from None
+    except (RuntimeError, TypeError, ValueError) as exc:  # load_state_dict: missing/unexpected keys, sizes
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise StoreError(f"checkpoint {path}: its weights do not fit the architecture it records ({ck['arch']} "
+                         f"with {ck['kwargs']}): {detail}") from None
     model.to(device).eval()
     return model, {k: v for k, v in ck.items() if k != "state_dict"}
 
