@@ -276,7 +276,7 @@ def tiny_attr():
 
 
 @pytest.mark.parametrize("argument,change", [
-    ("k", dict(k=13)), ("k", dict(k=0)), ("k", dict(k=1.5)),
+    ("k", dict(k=13)), ("k", dict(k=12)), ("k", dict(k=0)), ("k", dict(k=1.5)),  # 12 components: k=12 ablates all
     ("targets", dict(targets=[12])), ("targets", dict(targets=[])), ("targets", dict(targets=[1, 1])),
     ("references", dict(references=[-1])), ("references", dict(references=[0, 2])),
     ("mode", dict(mode="flip")),

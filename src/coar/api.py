@@ -506,8 +506,10 @@ def edit(model: nn.Module, attributions: Attributions, components: Components, *
     if both.size:
         raise ArgumentError("references", f"example(s) {both.tolist()} are also targets; a reference must be another "
                                           "example")
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= int(k) <= cset.size:
-        raise ArgumentError("k", f"must be an integer in 1..{cset.size} (the number of components), got {k!r}")
+    try:
+        k = editing.check_k(k, cset.size)
+    except CoarError as e:
+        raise ArgumentError("k", str(e)) from None
     scores = editing.edit_scores(attributions, idx["targets"], idx["references"])
     ablate = editing.select_components(scores, int(k), EDIT_MODES[mode])
     return editing.apply_edit(model, cset, ablate), ablate

@@ -349,9 +349,11 @@ def cmd_edit(a):
             check_examples_fit(model, x, y, "margin", margin)
         except CoarError as exc:
             raise CoarError(f"--examples {a.examples}: {exc}") from None
-    for k in [a.k] + list(a.sweep or []):
-        if not 0 <= k <= cset.size:
-            raise CoarError(f"--k/--sweep value {k} outside 0..{cset.size} (the checkpoint's components)")
+    from .editing import check_k
+
+    check_k(a.k, cset.size, "--k")
+    for k in a.sweep or []:
+        check_k(k, cset.size, "--sweep", unedited=True)
     targets, refs = edit_references(attr.n_examples, a.targets, a.references, a.references_random, seed)
     scores = edit_scores(attr, targets, refs)
     chosen = select_components(scores, a.k, a.direction)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..engine import counterfactual_outputs
 from ..attributions import Attributions
 from ..components import ComponentSet
-from ..editing import DROP_TOLERANCE, choose_k, edit_scores, keep_mask, ranking, sweep_outputs
+from ..editing import DROP_TOLERANCE, check_k, choose_k, edit_scores, keep_mask, ranking, sweep_outputs
 from ..errors import CoarError
 from ..outputs import margin
 
@@ -37,11 +37,9 @@ EvalSets = Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def _check_ks(ks: Sequence[int], n_components: int) -> list[int]:
-    ks = sorted({int(k) for k in ks})
+    ks = sorted({check_k(k, n_components, "ks", unedited=True) for k in ks})
     if not ks or ks[0] != 0:
         raise CoarError(f"the k sweep must start at 0 (the unedited model), got {ks}")
-    if ks[-1] > n_components:
-        raise CoarError(f"k = {ks[-1]} exceeds the {n_components} components")
     return ks
 
 

@@ -294,7 +294,8 @@ class Plan:
         for name in self.config["edits"]:
             self._check_edit(name)
         self._check_figures()
-        self._check_alphas()  # last: it builds models (on the meta device), after every cheaper check has passed
+        self._check_alphas()  # last: they build models (on the meta device), after every cheaper check has passed
+        self._check_edit_ks()
 
     def _check_setup(self, name):
         from coar.paper.models import MODELS
@@ -483,6 +484,19 @@ class Plan:
                     check_alpha(alpha, c, f"setup {name}'s", f"({self.setups[name]['model']})")
                 except CoarError as exc:
                     self._error(key, str(exc))
+
+    def _check_edit_ks(self):
+        """Every k an edit sweep ablates is in 0..C - 1 of its setup's C components (coar.editing.check_k, which
+        the edit jobs apply too): k = C ablates every component, beyond it the sweep would report k = C again."""
+        from coar.editing import check_k
+
+        for name, e in self.config["edits"].items():
+            c = self.component_count(e["setup"])
+            for k in e["ks"] if c is not None else ():
+                try:
+                    check_k(k, c, "k", unedited=True)
+                except CoarError as exc:
+                    self._error(f"edits.{name}.ks", f"{exc} (setup {e['setup']}, {self.setups[e['setup']]['model']})")
 
     # --- rule params -------------------------------------------------------------------------------------------
 
