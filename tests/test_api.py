@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import coar
@@ -216,9 +217,38 @@ def _wrong_shape(logits, targets):
     return logits  # [n, 3], not [n]
 
 
+class _FunctionalDropout(nn.Sequential):
+    """The tiny model with F.dropout(training=self.training) in its forward: no Dropout module to spot."""
+
+    def __init__(self):
+        super().__init__(*tiny_model())
+
+    def forward(self, x):
+        return F.dropout(super().forward(x), 0.5, training=self.training)
+
+
+class _Noisy(nn.Sequential):
+    """In eval mode, yet random: its forward draws noise itself."""
+
+    def __init__(self):
+        super().__init__(*tiny_model())
+
+    def forward(self, x):
+        return super().forward(x) + torch.randn(x.shape[0], 3)
+
+
+def _dropout2d_in_training():
+    model = tiny_model()
+    model.insert(1, nn.Dropout2d(0.5))  # a Dropout2d is not an nn.Dropout
+    return model.train()
+
+
 BAD_ATTRIBUTE = [
     ("model", dict(model="a model")),
     ("model", dict(model=_bn_in_training())),
+    ("model", dict(model=_dropout2d_in_training())),
+    ("model", dict(model=_FunctionalDropout().train())),
+    ("model", dict(model=_Noisy().eval())),
     ("inputs", dict(inputs=np.zeros((12, 1, 8, 8), np.float32))),
     ("inputs", dict(inputs=torch.zeros(12, 1, 5, 5))),  # the model cannot take them
     ("inputs", dict(inputs=torch.full((12, 1, 8, 8), float("nan")))),
@@ -250,6 +280,15 @@ BAD_ATTRIBUTE = [
     ("ablation", dict(ablation="mean")),
     ("scheme", dict(scheme="poisson")),
 ]
+
+
+@pytest.mark.parametrize("model,words", [(_FunctionalDropout().train(), "modules in training mode: _FunctionalDropout"),
+                                         (_Noisy().eval(), "draws random numbers itself")])
+def test_a_random_model_is_refused_after_two_unablated_passes(model, words):
+    x, y = tiny_data()
+    with pytest.raises(ArgumentError, match="not deterministic: two unablated passes on the same inputs differ") as e:
+        coar.attribute(model, x, y, **TINY)
+    assert words in str(e.value)
 
 
 @pytest.mark.parametrize("argument,change", BAD_ATTRIBUTE, ids=[f"{a}-{i}" for i, (a, _) in enumerate(BAD_ATTRIBUTE)])

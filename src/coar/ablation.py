@@ -127,12 +127,42 @@ def _scaler(t: torch.Tensor, s: torch.Tensor, bterm: torch.Tensor | None, chan_d
     return out.flatten(0, 1)
 
 
+#: Modules whose output depends on training mode: in it, they mix the masks of one pass or draw random numbers.
+MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+def training_modules(model: nn.Module) -> list[str]:
+    """Names of the BatchNorm and dropout modules (every kind: Dropout, Dropout1d/2d/3d, AlphaDropout...) that are
+    in training mode."""
+    return [n or type(m).__name__ for n, m in model.named_modules() if m.training and isinstance(m, MODE_DEPENDENT)]
+
+
 def _check_eval(model: nn.Module) -> None:
-    training = [n for n, m in model.named_modules() if m.training and
-                isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
+    training = training_modules(model)
     if training:
-        raise CoarError(f"model must be in eval mode for masked ablation (BatchNorm/Dropout in training mode "
-                        f"mixes masks across the batch): {training[:3]}; call model.eval()")
+        raise CoarError(f"model must be in eval mode for masked ablation (BatchNorm/dropout in training mode "
+                        f"mixes masks across the batch or draws random numbers): {', '.join(training[:3])}"
+                        f"{', ...' if len(training) > 3 else ''}; call model.eval()")
+
+
+@torch.no_grad()
+def check_deterministic(model: nn.Module, x: torch.Tensor, first: torch.Tensor | None = None) -> None:
+    """Refuse a model whose unablated outputs differ between two passes on the same inputs `x` (`first`: the
+    logits of a pass already made): attributions of a random function would be noise. Names the modules in
+    training mode when there are any (a forward calling F.dropout(training=self.training), say)."""
+    a = logits_of(model(x)) if first is None else first
+    b = logits_of(model(x))
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) or a.shape != b.shape:
+        return  # not logits: the output function's own check reports it
+    if torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5, equal_nan=True):
+        return
+    gap = float((a.float() - b.float()).abs().max())
+    training = [n or type(m).__name__ for n, m in model.named_modules() if m.training]
+    where = (f"modules in training mode: {', '.join(training[:3])}{', ...' if len(training) > 3 else ''}; call "
+             "model.eval()" if training else "no module is in training mode, so its forward pass draws random "
+             "numbers itself (torch.rand, F.dropout(training=True), ...); make it deterministic")
+    raise CoarError(f"the model is not deterministic: two unablated passes on the same inputs differ by up to "
+                    f"{gap:.3g} ({where})")
 
 
 @contextlib.contextmanager

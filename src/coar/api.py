@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import editing, provenance, regression
-from .ablation import logits_of, unit_factors
+from .ablation import check_deterministic, logits_of, training_modules, unit_factors
 from .attributions import Attributions
 from .components import ComponentSet, Rule, component_set, model_fingerprint
 from .engine import BATCHNORM, MECHANISMS, MEMORY_FORMATS, Engine
@@ -80,10 +80,9 @@ def _check_model(model) -> nn.Module:
         raise ArgumentError("model", f"must be a torch.nn.Module, got {type(model).__name__}")
     if next(model.parameters(), None) is None:
         raise ArgumentError("model", f"{type(model).__name__} has no parameters, hence no components")
-    training = [n or type(m).__name__ for n, m in model.named_modules()
-                if m.training and isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout))]
+    training = training_modules(model)
     if training:
-        raise ArgumentError("model", f"BatchNorm/Dropout modules are in training mode ({', '.join(training[:3])}"
+        raise ArgumentError("model", f"BatchNorm/dropout modules are in training mode ({', '.join(training[:3])}"
                                      f"{', ...' if len(training) > 3 else ''}): they would mix the masks of one "
                                      "forward pass and make outputs random; call model.eval() first")
     return model
@@ -184,8 +183,8 @@ def _output(output) -> tuple[Callable, str]:
 
 
 def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable, name: str, dev) -> None:
-    """One unablated forward pass on the first examples: the model takes the inputs and the output function gives
-    one finite value per example."""
+    """Unablated forward passes on the first examples: the model takes the inputs, the output function gives one
+    finite value per example, and a second pass gives the same outputs (coar.ablation.check_deterministic)."""
     b = min(2, len(x))
     try:
         with torch.no_grad():
@@ -206,6 +205,10 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable,
         raise ArgumentError("output", f"must return one value per example, shape [{b}] for {b} examples; got {got}")
     if not bool(torch.isfinite(out.float()).all()):
         raise ArgumentError("output", f"gave non-finite values on the unablated model: {out.tolist()}")
+    try:
+        check_deterministic(model, x[:b].to(dev), logits)
+    except CoarError as e:
+        raise ArgumentError("model", str(e)) from None
 
 
 def default_batching(device: str | torch.device, example_numel: int, n_examples: int) -> tuple[int, int]:
@@ -323,7 +326,7 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
     model per example by least squares.
 
     Args:
-        model: any torch.nn.Module in eval mode (BatchNorm/Dropout in training mode are refused). It is never
+        model: any torch.nn.Module in eval mode (BatchNorm/dropout in training mode and a model whose two unablated passes differ are refused). It is never
             left changed: a copy runs where the device or memory format differs or nn.MultiheadAttention needs
             explicit hook sites, and the "weights" mechanism restores the weights it masks in place bitwise, also
             when the call is interrupted (do not use the model from another thread during the call).

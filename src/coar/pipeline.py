@@ -47,11 +47,11 @@ def check_alpha(alpha: float, n_components: int) -> None:
 
 
 def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: str, fn) -> None:
-    """One unablated forward pass on the first example: refuse examples the model cannot take, and class labels
-    outside the model's classes, before anything is created."""
+    """Unablated forward passes on the first example: refuse examples the model cannot take, class labels outside
+    the model's classes, and a model whose outputs are random, before anything is created."""
     import torch
 
-    from .ablation import logits_of
+    from .ablation import check_deterministic, logits_of
 
     if len(x) == 0 or len(x) != len(y):
         raise ShapeError(f"examples: {len(x)} inputs and {len(y)} targets; give a non-empty example set")
@@ -68,6 +68,7 @@ def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, outpu
     except (RuntimeError, ValueError, IndexError) as exc:
         raise ShapeError(f"the examples (inputs {tuple(x.shape)} {x.dtype}, targets {tuple(y.shape)}) do not fit "
                          f"the model with output {output!r}: {str(exc).splitlines()[0]}") from None
+    check_deterministic(model, x[:1], logits)
 
 
 def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, examples: Examples, *, m: int,
