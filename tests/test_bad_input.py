@@ -107,6 +107,12 @@ def world(tmp_path_factory):
     nan_w[3, 7] = np.nan
     atomic_savez(w / "nan.npz", header={"method": "coar", "components": coar.components, "meta": coar.meta},
                  weights=nan_w, bias=coar.bias)
+    good = Examples.load(w / "ex.npz")
+    for name, x, y in (("ex_float.npz", good.inputs.astype(np.float32) / 255, good.targets),
+                       ("ex_fraclabel.npz", good.inputs, good.targets + 0.5)):
+        bad_ex = Examples(x, y, "image", good.meta)  # written around save(), which refuses them
+        atomic_savez(w / name, header={"kind": "image", "meta": good.meta, "fingerprint": bad_ex.fingerprint()},
+                     inputs=x, targets=y)
     state = torch.load(w / "m.pt", weights_only=True)
     bad = dict(state, state_dict=dict(state["state_dict"]))
     bad["state_dict"]["conv1.weight"] = bad["state_dict"]["conv1.weight"].clone()
@@ -244,6 +250,11 @@ CLI_CASES = [
     pytest.param(["evaluate", "--attributions", "{w}/nan.npz", "--out", "{o}/c.csv", "--stores", "{w}/test/0"],
                  ["nan.npz", "cannot be used", "1 non-finite value(s), the first at example 3, component 7"],
                  id="evaluate-nan-attributions"),
+    pytest.param(SAMPLE[:4] + ["{w}/ex_float.npz"] + SAMPLE[5:] + ["--alpha", "0.1", "--out", "{o}/s"],
+                 ["ex_float.npz", "must be uint8 pixel values 0..255", "float32 in [0, 1]", "already scaled"],
+                 id="sample-examples-already-scaled"),
+    pytest.param(SAMPLE[:4] + ["{w}/ex_fraclabel.npz"] + SAMPLE[5:] + ["--alpha", "0.1", "--out", "{o}/s"],
+                 ["ex_fraclabel.npz", "integer labels", "fractional values"], id="sample-examples-fractional-labels"),
     pytest.param(SAMPLE[:2] + ["{w}/inf.pt"] + SAMPLE[3:] + ["--alpha", "0.1", "--out", "{o}/s"],
                  ["inf.pt", "cannot be used", "conv1.weight", "1 non-finite value(s)"], id="sample-inf-checkpoint"),
     pytest.param(SAMPLE[:2] + ["{w}/wrongarch.pt"] + SAMPLE[3:] + ["--alpha", "0.1", "--out", "{o}/s"],

@@ -326,10 +326,11 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
     model per example by least squares.
 
     Args:
-        model: any torch.nn.Module in eval mode (BatchNorm/dropout in training mode and a model whose two unablated passes differ are refused). It is never
-            left changed: a copy runs where the device or memory format differs or nn.MultiheadAttention needs
-            explicit hook sites, and the "weights" mechanism restores the weights it masks in place bitwise, also
-            when the call is interrupted (do not use the model from another thread during the call).
+        model: any torch.nn.Module in eval mode (BatchNorm/dropout in training mode, and a model whose two
+            unablated passes differ, are refused). It is never left changed: a copy runs where the device, the
+            memory format or folded BatchNorm differ or nn.MultiheadAttention needs explicit hook sites, and the
+            "weights" mechanism restores the weights it masks in place bitwise, also when the call is interrupted
+            (do not use the model from another thread during the call).
         inputs: tensor [n, ...] of model inputs (already preprocessed), or a DataLoader of (x, y) batches, which
             is iterated once (keep shuffle off so that `evaluate` sees the same order).
         targets: tensor [n] of class labels (or [n, T] token labels for "token_margin"); None with a DataLoader.

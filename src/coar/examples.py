@@ -59,14 +59,66 @@ class Examples:
         idx = np.asarray(idx)
         return Examples(self.inputs[idx], self.targets[idx], self.kind, dict(self.meta))
 
+    def problem(self) -> str | None:
+        """What makes this set unfit to save or use, or None: the one rule for example files both ways (`save`
+        refuses to write them, `load` to read them). Images are uint8 pixel values [N, C, H, W], standardised by
+        meta's mean and std when they are used (float images already scaled to [0, 1] would be divided by 255
+        again); tokens are non-negative integers [N, T]; targets are integers, one row per input."""
+        if self.kind not in ("image", "tokens"):
+            return f"kind must be 'image' or 'tokens', got {self.kind!r}"
+        if not isinstance(self.meta, dict):
+            return f"meta must be a dict, got {type(self.meta).__name__}"
+        x, y = np.asarray(self.inputs), np.asarray(self.targets)
+        if len(x) == 0:
+            return "the set holds no examples"
+        if y.ndim not in (1, 2) or len(y) != len(x):
+            return f"targets {y.shape} must have one row per input ({len(x)} inputs)"
+        if not np.issubdtype(y.dtype, np.integer):
+            frac = y[np.isfinite(y) & (y != np.round(y))] if np.issubdtype(y.dtype, np.floating) else y[:0]
+            return (f"targets must be integer labels, got {y.dtype}"
+                    + (f" with fractional values ({frac.ravel()[0]:g}, ...)" if len(frac) else "")
+                    + "; labels are not rounded or truncated silently")
+        if self.kind == "tokens":
+            if not np.issubdtype(x.dtype, np.integer) or x.ndim != 2 or x.min() < 0:
+                return f"token inputs must be non-negative integers [N, T], got {x.dtype} {x.shape}"
+            return None
+        if x.ndim != 4:
+            return f"image inputs must be [N, C, H, W], got shape {x.shape}"
+        if x.dtype != np.uint8:
+            lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+            scaled = 0.0 <= lo and hi <= 1.0
+            return (f"image inputs must be uint8 pixel values 0..255 (standardised with meta's mean and std when "
+                    f"used), got {x.dtype} in [{lo:g}, {hi:g}]"
+                    + (": already scaled to [0, 1]? Store round(x * 255) as uint8" if scaled else ""))
+        for name in ("mean", "std"):
+            v = np.atleast_1d(np.asarray(self.meta.get(name, 0.5), dtype=float))
+            if v.ndim != 1 or len(v) not in (1, x.shape[1]) or not np.isfinite(v).all() or (name == "std" and
+                                                                                          (v <= 0).any()):
+                return (f"meta {name} must be one finite number or one per channel ({x.shape[1]})"
+                        + (", each > 0" if name == "std" else "") + f", got {self.meta.get(name)!r}")
+        return None
+
     def save(self, path: str | os.PathLike) -> None:
+        """Write atomically; a set `problem` finds fault with is refused and nothing is written."""
+        bad = self.problem()
+        if bad:
+            raise StoreError(f"examples not written to {path}: {bad}")
         atomic_savez(path, header={"kind": self.kind, "meta": self.meta, "fingerprint": self.fingerprint()},
                      inputs=self.inputs, targets=self.targets)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Examples":
+        """Read a file `save` wrote, refused (StoreError naming it) when unreadable, corrupted, lacking a header
+        key, or holding a set `save` would not have written."""
         arrays, header = load_npz(path, "examples", ("inputs", "targets"))
+        missing = [k for k in ("kind", "meta", "fingerprint") if k not in header]
+        if missing:
+            raise StoreError(f"examples file {path} is not one coar wrote: its header lacks "
+                             f"{', '.join(map(repr, missing))}")
         ex = cls(arrays["inputs"], arrays["targets"], header["kind"], header["meta"])
         if ex.fingerprint() != header["fingerprint"]:
             raise StoreError(f"examples file {path}: checksum mismatch (file corrupted)")
+        bad = ex.problem()
+        if bad:
+            raise StoreError(f"examples file {path} cannot be used: {bad}")
         return ex
