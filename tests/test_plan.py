@@ -176,6 +176,9 @@ def _set(path: str, value):
     ("figures.fig25.alphas", [0.001], "figures.fig25.alphas", ["alpha 0.001 ablates"]),
     ("edits.fix_B.ks", [0, 1, 200], "edits.fix_B.ks", ["k = 200 ablates every component", "C = 200", "resnet_mini"]),
     ("edits.fix_B.ks", [0, 1, 100000], "edits.fix_B.ks", ["k = 100000 is not an integer in 0..199"]),
+    ("setups.A.alpha_test", [0.1, 0.1000001], "setups.A.alpha_test",
+     ["alpha 0.1000001 has more significant digits", "as test-0.1; write 0.1"]),
+    ("figures.fig25.alphas", [0.05, 0.0333333333], "figures.fig25.alphas", ["write 0.0333333"]),
     ("setups.W.alpha_train", 0.996, "setups.W.alpha_train", ["= 104 of setup W's C = 104", "every component"]),
     # 6.5 x B's alpha_train 0.05 ablates 0.325 x 200 = 65 filters, fine; 19.99 x 0.05 ablates all 200
     ("efficiency", {"setups": ["B"], "alpha_test_factors": [1.0, 19.99]}, "efficiency.alpha_test_factors",

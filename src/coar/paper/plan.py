@@ -478,6 +478,11 @@ class Plan:
         if (self.config.get("efficiency") or {}).get("alpha_test_factors"):
             uses += [("efficiency.alpha_test_factors", s, self.efficiency_alphas(s)) for s in self.efficiency_setups()]
         for key, name, alphas in uses:
+            for alpha in alphas if not key.endswith(".alpha_train") else ():  # evaluation masks: named by alpha
+                if split_alpha(test_split(alpha)) != alpha:
+                    self._error(key, f"alpha {alpha!r} has more significant digits than an evaluation store's name "
+                                     f"keeps (6): its masks would be stored, and sampled, as {test_split(alpha)}; "
+                                     f"write {split_alpha(test_split(alpha))!r}")
             c = self.component_count(name)
             for alpha in alphas if c is not None else ():
                 try:
