@@ -8,8 +8,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from coar.paper.data.sources import source_root, sources
-from coar.paper.plan import (ConfigError, Plan, check_schema, drawing, resolve_parents, suptitle, unknown_figure,
-                             unknown_figure_pattern)
+from coar.paper.plan import (ConfigError, Plan, check_duplicate_keys, check_schema, drawing, resolve_parents,
+                             suptitle, unknown_figure, unknown_figure_pattern)
 
 
 def _workflow_errors(fn):
@@ -27,8 +27,10 @@ def _workflow_errors(fn):
 
 @_workflow_errors
 def _plan():
-    """Parents resolved, every schema violation reported at once, the schema's defaults filled in, then the
-    checks across keys."""
+    """No key given twice in a config file, parents resolved, every schema violation reported at once, the
+    schema's defaults filled in, then the checks across keys."""
+    for path in workflow.configfiles:
+        check_duplicate_keys(path)
     resolve_parents(config)
     check_schema(config, workflow.source_path("../workflow/schemas/config.schema.yaml"))
     validate(config, "../workflow/schemas/config.schema.yaml")  # fills in the schema's defaults

@@ -12,7 +12,8 @@ import yaml
 
 from coar.errors import CoarError
 from coar.paper import plan
-from coar.paper.plan import FIGURES, LATE_KEYS, RULE_KEYS, ConfigError, Plan, check_schema, resolve_parents
+from coar.paper.plan import (FIGURES, LATE_KEYS, RULE_KEYS, ConfigError, Plan, check_duplicate_keys, check_schema,
+                             resolve_parents)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -411,3 +412,16 @@ def test_efficiency_study_refuses_unknown_setups_and_alphas_out_of_range():
     fails(load("default", lambda c: c["efficiency"].update(setups=["A", "Q"])), "efficiency.setups", "'Q'")
     fails(load("default", lambda c: c["efficiency"].update(alpha_test_factors=[1, 12])),
           "efficiency.alpha_test_factors", "12 x setup A")
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_both_lines(tmp_path):
+    text = (ROOT / "config/config.yaml").read_text()
+    check_duplicate_keys(ROOT / "config/config.yaml")  # the presets give every key once
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("masks: 1000"))
+    lines.insert(at + 1, lines[at].replace("1000", "5000"))  # a nested key, the second value would win
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"key 'masks' is given twice in one mapping, on lines {at + 1} and {at + 2}"):
+        check_duplicate_keys(bad)
+    assert yaml.safe_load(bad.read_text())["setups"]["A"]["masks"] == 5000  # what YAML alone would have done

@@ -282,6 +282,8 @@ def test_bad_split_or_shift_config_names_the_key(tmp_path, old, new, key, messag
     ("    alpha_train: 0.025", "    alpha_train: 0.0001", "setups.T_text.alpha_train", "(gpt2_bytes)"),
     ("    masks: 240\n    shards: 2", "    masks: 240\n    shards: 300", "setups.T.shards",
      "300 shards for only 240 masks"),
+    ("    masks: 240\n    shards: 2", "    masks: 240\n    shards: 2\n    masks: 480", "bad.yaml: key 'masks'",
+     "is given twice in one mapping"),
 ])
 def test_what_a_job_would_refuse_is_refused_at_plan_time(tmp_path, old, new, key, message):
     """Model names, finite numbers, counts within the split, alphas that ablate at least one component and

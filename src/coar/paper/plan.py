@@ -61,6 +61,32 @@ def resolve_parents(config: dict) -> None:
         setups[name] = merged(name, [name])
 
 
+def check_duplicate_keys(path) -> None:
+    """Refuse a YAML config file that gives one key twice in a mapping, naming the key and both lines: YAML
+    loaders (Snakemake's among them) keep the last value without a word."""
+    import yaml
+
+    class Strict(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                try:
+                    key = self.construct_object(key_node, deep=True)
+                except yaml.YAMLError:
+                    continue
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise ConfigError(f"{path}: key {key!r} is given twice in one mapping, on lines {seen[key]} and "
+                                      f"{key_node.start_mark.line + 1}; YAML would keep the second silently")
+                seen.setdefault(key, key_node.start_mark.line + 1)
+            return super().construct_mapping(node, deep)
+
+    try:
+        with open(path) as fh:
+            yaml.load(fh, Loader=Strict)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return  # not ours to report: Snakemake's own loader says what is wrong with the file
+
+
 def check_schema(config: dict, schema_path) -> None:
     """Every violation of the config schema at once, each named by its dotted key path (the schema's defaults
     are not filled in here)."""
