@@ -544,10 +544,26 @@ INTERRUPTED = {
 }
 
 
+def _out_not_an_input(args) -> None:
+    """Refuse an --out that is also one of the command's inputs: writing the output would destroy it."""
+    out = getattr(args, "out", None)
+    if not out:
+        return
+    target = Path(out).resolve()
+    for name, value in vars(args).items():
+        if name in ("out", "func", "command"):
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, str) and v and Path(v).resolve() == target:
+                raise CoarError(f"--out {out} is also the input --{name.replace('_', '-')} {v}: writing the output "
+                                "would overwrite it; give another --out")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _out_not_an_input(args)
         args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, exit status 128 + SIGINT like a shell
         said = INTERRUPTED.get(args.command, "run the same command again")
