@@ -262,6 +262,7 @@ BAD_ATTRIBUTE = [
     ("alpha", dict(alpha=0.97)),  # round(0.97 * 12) = 12: every mask ablates every component
     ("masks", dict(masks=0)),
     ("masks", dict(masks="100")),
+    ("masks", dict(masks=10 ** 12)),  # about 15 TiB of masks and outputs: refused before anything is drawn
     ("seed", dict(seed=-1)),
     ("output", dict(output="nope")),
     ("output", dict(output=_wrong_shape)),
@@ -280,6 +281,15 @@ BAD_ATTRIBUTE = [
     ("ablation", dict(ablation="mean")),
     ("scheme", dict(scheme="poisson")),
 ]
+
+
+def test_sizes_are_checked_against_memory_and_disk_before_anything_is_drawn(tmp_path, tiny_attr):
+    model, x, y, attr = tiny_attr
+    with pytest.raises(ArgumentError, match=r"^store: 1,000,000,000,000 masks .* TiB under .* free there") as e:
+        coar.attribute(model, x, y, **{**TINY, "masks": 10 ** 12, "store": tmp_path / "big"})
+    assert not (tmp_path / "big").exists()
+    with pytest.raises(ArgumentError, match=r"^masks: .* TiB of memory .* available; use fewer masks$"):
+        coar.evaluate(attr, model, x, y, components=TINY_RULES, masks=10 ** 12, alpha=0.25, progress=False)
 
 
 @pytest.mark.parametrize("model,words", [(_FunctionalDropout().train(), "modules in training mode: _FunctionalDropout"),

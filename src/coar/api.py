@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
 
@@ -211,6 +212,40 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable,
         raise ArgumentError("model", str(e)) from None
 
 
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+def _check_room(masks: int, n: int, c: int, store: Path | None = None, shards: Sequence[int] = (),
+                can_store: bool = True) -> None:
+    """Refuse, before anything is drawn or allocated, a run whose masks and outputs (bool [masks, C] and float32
+    [masks, N]) and least-squares system (float64 C x C and C x N) cannot fit in the memory available, or whose
+    shards (`shards`: mask counts of those not yet on disk) cannot fit on the store's disk."""
+    import psutil
+
+    per_mask = c + 4 * n
+    memory = (0 if store is not None else masks * per_mask) + 8 * c * (c + n + 2)
+    available = psutil.virtual_memory().available
+    if memory > available:
+        raise ArgumentError("masks", f"{masks:,} masks of C = {c:,} components on N = {n:,} examples need about "
+                                     f"{_size(memory)} of memory (masks, outputs and the least-squares system), more "
+                                     f"than the {_size(available)} available; use fewer masks" +
+                                     ("" if store is not None or not can_store else
+                                      ", or store= a directory (the masks and outputs then live on disk)"))
+    if store is not None and shards:
+        probe = Path(store).absolute()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        disk, free = sum(shards) * per_mask, shutil.disk_usage(probe).free
+        if disk > free:
+            raise ArgumentError("store", f"{sum(shards):,} masks x (C = {c:,} + 4 x N = {4 * n:,} bytes) need about "
+                                         f"{_size(disk)} under {store}, more than the {_size(free)} free there; use "
+                                         "fewer masks or a store on a larger disk")
+
+
 def default_batching(device: str | torch.device, example_numel: int, n_examples: int) -> tuple[int, int]:
     """(batch_size, masks_per_pass) the engine picks for `n_examples` on a device (coar.engine.plan): at most 256
     rows a pass on a CPU, up to 1,024 on a GPU (fewer for large inputs, about 2^26 input values a pass). When one
@@ -379,6 +414,12 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
         raise ArgumentError("method", f"must be 'ols' or 'ridge', got {method!r}")
     s = _Setup(model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device, batch_size,
                masks_per_pass, mechanism, memory_format, batchnorm)
+    if store is None:
+        _check_room(masks, len(s.x), s.cset.size)
+    else:  # the shards not yet on disk: sizes of masks_per_shard, the last one shorter
+        todo = [min(per, masks - i * per) for i in range(-(-masks // per))
+                if not (Path(store) / f"shard-{i:03d}").exists()] if -(-masks // per) <= 10 ** 6 else [masks]
+        _check_room(masks, len(s.x), s.cset.size, Path(store), todo)
     sizes = _shard_sizes(masks, per)
     base = s.meta(_examples_fingerprint(s.x, s.y), sizes[0], seed, 0)  # fingerprints hashed once, not per shard
     metas = [normalize_meta({**base, "m": m, "shard": shard}) for shard, m in enumerate(sizes)]
@@ -441,6 +482,7 @@ def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor 
     s = _Setup(model, inputs, targets, components, alpha, output, prov.get("ablation") or "zero",
                prov.get("gamma") if prov.get("gamma") is not None else 0.5, prov.get("scheme") or "exact", device,
                batch_size, masks_per_pass, mechanism, memory_format, batchnorm)
+    _check_room(masks, len(s.x), s.cset.size, can_store=False)
     _check_provenance(attributions, s.model, s.cset, _examples_fingerprint(s.x, s.y), len(s.x))
     if recorded is not None and s.output != recorded:
         raise ArgumentError("output", f"the attributions were computed with output {recorded!r}, not {s.output!r}")
