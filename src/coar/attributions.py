@@ -54,11 +54,12 @@ class Attributions:
 
     def problem(self) -> str | None:
         """What makes these attributions unfit to save or use, or None. The one rule for files both ways:
-        `save` refuses to write them and `load` refuses to read them. A method name and a components fingerprint
-        that are non-empty strings, a dict of metadata, finite weights and biases."""
-        for name, value in (("method", self.method), ("components", self.components)):
-            if not isinstance(value, str) or not value:
-                return f"the attribution {name} must be a non-empty string, got {value!r}"
+        `save` refuses to write them and `load` refuses to read them. A non-empty method name, a components
+        fingerprint that is a string, a dict of metadata, finite weights and biases."""
+        if not isinstance(self.method, str) or not self.method:
+            return f"the attribution method must be a non-empty string, got {self.method!r}"
+        if not isinstance(self.components, str):  # "" (fitted from bare arrays): nothing to check it against
+            return f"the attribution components fingerprint must be a string, got {self.components!r}"
         if not isinstance(self.meta, dict):
             return f"the attribution metadata must be a dict, got {type(self.meta).__name__}"
         for name, arr in (("weights", self.weights), ("bias", self.bias)):
