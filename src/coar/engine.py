@@ -32,7 +32,7 @@ The rule gives the same plan for the same model, device and sizes, every time.
    Ablation stays exact: zeroing or scaling a channel's weights W' (or an input channel) gives the ablated
    convolution followed by the BatchNorm, and an ablated output unit keeps its bias b', which is the
    BatchNorm of the unablated bias. The pass loses one read and write of every activation the BatchNorm
-   normalised (docs/benchmarks.md: 1.1-1.4x on the preset's ResNets on a CPU). Outputs then differ from the
+   normalised (docs/benchmarks.md: up to 1.5x on the preset's ResNets on a CPU). Outputs then differ from the
    unfolded model's in the last bits (about 1e-6 relative); ``batchnorm="keep"`` gives the bitwise reference.
 
 Every choice can be given instead (``mechanism=``, ``memory_format=``, ``batchnorm=``, ``batch_size=``,
@@ -211,7 +211,7 @@ def _conv_bn_nodes(model: nn.Module, cset: ComponentSet):
         if node.op == "call_module":
             calls[node.target] = calls.get(node.target, 0) + 1
     shared = {}  # parameters reachable from more than one module (tied weights) are never rewritten
-    for name, m in model.named_modules(remove_duplicate=False):
+    for _, m in model.named_modules(remove_duplicate=False):
         for p in m.parameters(recurse=False):
             shared[id(p)] = shared.get(id(p), 0) + 1
     pairs = []
@@ -249,9 +249,7 @@ def _fused_conv(conv: nn.Module, bn: nn.Module) -> nn.Module:
     if bn.bias is not None:
         b = b + bn.bias.detach().double()
     fused = copy.deepcopy(conv)
-    fused.weight = nn.Parameter((w * s.view(-1, *[1] * (w.dim() - 1))).to(conv.weight.dtype)
-                                .contiguous(memory_format=torch.channels_last if w.dim() == 4
-                                            and not conv.weight.is_contiguous() else torch.contiguous_format),
+    fused.weight = nn.Parameter((w * s.view(-1, *[1] * (w.dim() - 1))).to(conv.weight.dtype),  # format: prepare()
                                 requires_grad=conv.weight.requires_grad)
     fused.bias = nn.Parameter(b.to(conv.weight.dtype), requires_grad=conv.weight.requires_grad)
     return fused
