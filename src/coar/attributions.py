@@ -88,11 +88,7 @@ class Attributions:
         key, or holds attributions `save` would not have written."""
         from .errors import StoreError
 
-        arrays, header = load_npz(path, "attribution", ("weights", "bias"))
-        missing = [k for k in ("method", "components", "meta") if k not in header]
-        if missing:
-            raise StoreError(f"attribution file {path} is not one coar wrote: its header lacks "
-                             f"{', '.join(map(repr, missing))}")
+        arrays, header = load_npz(path, "attribution", ("weights", "bias"), ("method", "components", "meta"))
         try:
             attr = cls(arrays["weights"], arrays["bias"], header["method"], header["components"], header["meta"])
         except (ShapeError, ValueError, TypeError) as exc:

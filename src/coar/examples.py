@@ -69,8 +69,8 @@ class Examples:
         if not isinstance(self.meta, dict):
             return f"meta must be a dict, got {type(self.meta).__name__}"
         x, y = np.asarray(self.inputs), np.asarray(self.targets)
-        if len(x) == 0:
-            return "the set holds no examples"
+        if x.ndim == 0 or len(x) == 0:
+            return "the set holds no examples" + (f" (inputs are a single {x.dtype} value)" if x.ndim == 0 else "")
         if y.ndim not in (1, 2) or len(y) != len(x):
             return f"targets {y.shape} must have one row per input ({len(x)} inputs)"
         if not np.issubdtype(y.dtype, np.integer):
@@ -79,11 +79,11 @@ class Examples:
                     + (f" with fractional values ({frac.ravel()[0]:g}, ...)" if len(frac) else "")
                     + "; labels are not rounded or truncated silently")
         if self.kind == "tokens":
-            if not np.issubdtype(x.dtype, np.integer) or x.ndim != 2 or x.min() < 0:
-                return f"token inputs must be non-negative integers [N, T], got {x.dtype} {x.shape}"
+            if not np.issubdtype(x.dtype, np.integer) or x.ndim != 2 or x.shape[1] == 0 or x.min() < 0:
+                return f"token inputs must be non-negative integers [N, T] with T >= 1, got {x.dtype} {x.shape}"
             return None
-        if x.ndim != 4:
-            return f"image inputs must be [N, C, H, W], got shape {x.shape}"
+        if x.ndim != 4 or 0 in x.shape:
+            return f"image inputs must be [N, C, H, W] with every size >= 1, got shape {x.shape}"
         if x.dtype != np.uint8:
             lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
             scaled = 0.0 <= lo and hi <= 1.0
@@ -91,7 +91,10 @@ class Examples:
                     f"used), got {x.dtype} in [{lo:g}, {hi:g}]"
                     + (": already scaled to [0, 1]? Store round(x * 255) as uint8" if scaled else ""))
         for name in ("mean", "std"):
-            v = np.atleast_1d(np.asarray(self.meta.get(name, 0.5), dtype=float))
+            try:
+                v = np.atleast_1d(np.asarray(self.meta.get(name, 0.5), dtype=float))
+            except (TypeError, ValueError):  # a string, a mapping, a ragged list: not numbers
+                v = np.array([np.nan])
             if v.ndim != 1 or len(v) not in (1, x.shape[1]) or not np.isfinite(v).all() or (name == "std" and
                                                                                           (v <= 0).any()):
                 return (f"meta {name} must be one finite number or one per channel ({x.shape[1]})"
@@ -110,11 +113,7 @@ class Examples:
     def load(cls, path: str | os.PathLike) -> "Examples":
         """Read a file `save` wrote, refused (StoreError naming it) when unreadable, corrupted, lacking a header
         key, or holding a set `save` would not have written."""
-        arrays, header = load_npz(path, "examples", ("inputs", "targets"))
-        missing = [k for k in ("kind", "meta", "fingerprint") if k not in header]
-        if missing:
-            raise StoreError(f"examples file {path} is not one coar wrote: its header lacks "
-                             f"{', '.join(map(repr, missing))}")
+        arrays, header = load_npz(path, "examples", ("inputs", "targets"), ("kind", "meta", "fingerprint"))
         ex = cls(arrays["inputs"], arrays["targets"], header["kind"], header["meta"])
         if ex.fingerprint() != header["fingerprint"]:
             raise StoreError(f"examples file {path}: checksum mismatch (file corrupted)")

@@ -38,19 +38,47 @@ def read_header(z) -> dict:
     return json.loads(bytes(z["header"]).decode())
 
 
-def load_npz(path: str | os.PathLike, what: str, keys: tuple[str, ...]) -> tuple[dict, dict]:
-    """(arrays named `keys`, JSON header) of a file written by atomic_savez. A missing, truncated or
-    incomplete file raises StoreError naming `what` and the path, never a half-read result."""
+def check_file(path: Path, what: str) -> None:
+    """StoreError naming `what` and `path` unless `path` is an existing regular file."""
+    from .errors import StoreError
+
+    if not path.exists():
+        raise StoreError(f"{what} file not found: {path}")
+    if not path.is_file():
+        raise StoreError(f"{what} file {path} is {'a directory' if path.is_dir() else 'not a regular file'}, "
+                         "not a file coar wrote")
+
+
+def load_npz(path: str | os.PathLike, what: str, keys: tuple[str, ...],
+             header_keys: tuple[str, ...] | None = ()) -> tuple[dict, dict | None]:
+    """(arrays named `keys`, JSON header) of a file written by atomic_savez. The header must be a JSON object
+    holding `header_keys`; header_keys=None: the file has no header (None is returned for it). A missing,
+    truncated, corrupted or incomplete file raises StoreError naming `what` and the path, never a half-read
+    result."""
     from .errors import StoreError
 
     path = Path(path)
-    if not path.exists():
-        raise StoreError(f"{what} file not found: {path}")
+    check_file(path, what)
+    expected = keys if header_keys is None else (*keys, "header")
     try:
-        with np.load(path) as z:
-            return {k: z[k] for k in keys}, read_header(z)
-    except Exception as exc:  # KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError...
-        raise StoreError(f"{what} file {path} is unreadable or truncated: {exc}") from exc
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in expected if k not in z.files]
+            if not missing:
+                arrays = {k: z[k] for k in keys}
+                header = None if header_keys is None else read_header(z)
+    except Exception as exc:  # BadZipFile, ValueError, OSError, EOFError, UnicodeDecodeError...
+        raise StoreError(f"{what} file {path} is unreadable or truncated (not a readable .npz: {exc})") from exc
+    if missing:
+        raise StoreError(f"{what} file {path} is not one coar wrote: it lacks {', '.join(map(repr, missing))}")
+    if header_keys is not None:
+        if not isinstance(header, dict):
+            raise StoreError(f"{what} file {path} is not one coar wrote: its header is a {type(header).__name__}, "
+                             "not a JSON object")
+        lacking = [k for k in header_keys if k not in header]
+        if lacking:
+            raise StoreError(f"{what} file {path} is not one coar wrote: its header lacks "
+                             f"{', '.join(map(repr, lacking))}")
+    return arrays, header
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
