@@ -11,10 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CoarError, ShapeError, StoreError
-from .io import atomic_savez
+from .io import atomic_savez, load_npz
 
 _F32_EXACT_ROWS = 1 << 24  # 0/1 products sum exactly in float32 below this many rows
 _FORMAT_VERSION = 1
+#: What an accumulator file holds besides its format version: name -> dtype (integer counts, float sums).
+_STATISTICS = {"m": np.int64, "sum_x": np.int64, "xtx": np.int64, "sum_y": np.float64, "xty": np.float64,
+               "sum_yy": np.float64}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -86,6 +89,24 @@ def _check_batch(keep, y, n_components: int, n_examples: int, what: str = "batch
     if not np.all(np.isfinite(y)):
         raise CoarError(f"{what}: outputs y contain NaN or inf")
     return keep, y
+
+
+def _array_problem(arrays: dict) -> str | None:
+    """What makes the arrays of an accumulator file unfit to build one from (before their values are checked):
+    a format version other than this coar's, counts that are not integers, sums that are not floats, xty not
+    [C, N]."""
+    version = arrays["version"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != _FORMAT_VERSION:
+        return f"format version {version.tolist()!r} ({version.dtype}); this coar reads version {_FORMAT_VERSION}"
+    for name, dtype in _STATISTICS.items():
+        kind = "iu" if np.dtype(dtype).kind == "i" else "f"
+        if arrays[name].dtype.kind not in kind:
+            return f"{name} must hold {'integer counts' if kind == 'iu' else 'floats'}, got {arrays[name].dtype}"
+    if arrays["m"].shape != ():
+        return f"the mask count m must be a single number, got shape {arrays['m'].shape}"
+    if arrays["xty"].ndim != 2 or 0 in arrays["xty"].shape:
+        return f"xty must be [C, N] with C, N >= 1, got shape {arrays['xty'].shape}"
+    return None
 
 
 # ----------------------------------------------------------------------- accumulation
@@ -163,42 +184,56 @@ class GramAccumulator:
         self.sum_yy += other.sum_yy
         return self
 
+    def problem(self) -> str | None:
+        """What no stream of binary keep masks and finite outputs could have produced (a corrupted file), or None:
+        the one rule for accumulator files both ways (`save` refuses to write them, `load` to read them). Shapes
+        [C], [C, C], [N], [C, N], [N]; integer counts 0 <= sum_x, xtx <= m with xtx symmetric and its diagonal
+        sum_x (a 0/1 mask squared is itself); finite output sums, and sums of squares >= 0."""
+        C, N = self.n_components, self.n_examples
+        for name, shape in (("sum_x", (C,)), ("xtx", (C, C)), ("sum_y", (N,)), ("xty", (C, N)), ("sum_yy", (N,))):
+            if getattr(self, name).shape != shape:
+                return f"{name} has shape {getattr(self, name).shape}, expected {shape} (C={C}, N={N})"
+        m = self.m
+        if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
+            return f"the mask count m must be an integer >= 0, got {m!r}"
+        for name in ("sum_x", "xtx"):
+            counts = getattr(self, name)
+            if counts.dtype.kind not in "iu" or counts.min() < 0 or counts.max() > m:
+                return f"{name} must hold integer counts in [0, m={m}], got {counts.dtype} in [{counts.min()}, " \
+                       f"{counts.max()}]"
+        if not np.array_equal(self.xtx, self.xtx.T) or not np.array_equal(np.diag(self.xtx), self.sum_x):
+            return "xtx must be symmetric with diagonal sum_x (the Gram matrix of 0/1 keep masks)"
+        for name in ("sum_y", "xty", "sum_yy"):
+            if not np.isfinite(getattr(self, name)).all():
+                return f"{name} holds NaN or inf"
+        if (self.sum_yy < 0).any():
+            return "sum_yy (sums of squared outputs) must be >= 0"
+        return None
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write as .npz atomically (temporary file + os.replace)."""
-        atomic_savez(
-            Path(path),
-            version=np.array(_FORMAT_VERSION),
-            m=np.array(self.m, dtype=np.int64),
-            sum_x=self.sum_x,
-            xtx=self.xtx,
-            sum_y=self.sum_y,
-            xty=self.xty,
-            sum_yy=self.sum_yy,
-        )
+        """Write as .npz atomically (temporary file + os.replace); statistics `problem` finds fault with are
+        refused and nothing is written."""
+        bad = self.problem()
+        if bad:
+            raise CoarError(f"Gram accumulator not written to {path}: {bad}")
+        atomic_savez(Path(path), version=np.array(_FORMAT_VERSION),
+                     **{name: np.asarray(getattr(self, name), dtype=dtype) for name, dtype in _STATISTICS.items()})
 
     @classmethod
     def load(cls, path: str | os.PathLike, device=None) -> "GramAccumulator":
-        path = Path(path)
-        if not path.exists():
-            raise StoreError(f"Gram accumulator file not found: {path}")
-        try:
-            with np.load(path) as z:
-                if int(z["version"]) != _FORMAT_VERSION:
-                    raise StoreError(f"{path}: unsupported accumulator format version {int(z['version'])}")
-                C, N = z["xty"].shape
-                acc = cls(C, N, device=device)
-                acc.m = int(z["m"])
-                acc.sum_x = z["sum_x"].astype(np.int64)
-                acc.xtx = z["xtx"].astype(np.int64)
-                acc.sum_y = z["sum_y"].astype(np.float64)
-                acc.xty = z["xty"].astype(np.float64)
-                acc.sum_yy = z["sum_yy"].astype(np.float64)
-        except StoreError:
-            raise
-        except Exception as exc:  # KeyError, ValueError, BadZipFile, OSError, ...
-            raise StoreError(f"Gram accumulator file {path} is unreadable or truncated: {exc}") from exc
-        if acc.sum_x.shape != (C,) or acc.xtx.shape != (C, C) or acc.sum_y.shape != (N,) or acc.sum_yy.shape != (N,):
-            raise StoreError(f"Gram accumulator file {path} has inconsistent array shapes")
+        """Read a file `save` wrote; refused (StoreError naming the file) when it is unreadable, of another format
+        version, or holds statistics `save` would not have written."""
+        arrays, _ = load_npz(path, "Gram accumulator", ("version", *_STATISTICS), header_keys=None)
+        bad = _array_problem(arrays)
+        if bad is None:
+            acc = cls(*arrays["xty"].shape, device=device)
+            acc.m = int(arrays["m"])
+            for name, dtype in _STATISTICS.items():
+                if name != "m":
+                    setattr(acc, name, arrays[name].astype(dtype))
+            bad = acc.problem()
+        if bad:
+            raise StoreError(f"Gram accumulator file {path} cannot be used: {bad}")
         return acc
 
     # -- centred statistics ---------------------------------------------------------
