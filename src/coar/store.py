@@ -261,11 +261,13 @@ def _sha256_file(path: Path) -> str:
 
 
 def _check_array_file(path: Path, shape: tuple, dtype: np.dtype) -> None:
-    """Raise StoreError unless ``path`` is a C-order .npy file of exactly ``shape``/``dtype``, untruncated."""
+    """Raise StoreError unless ``path`` is a C-order .npy file of exactly ``shape``/``dtype`` (as the shard's
+    meta.json records them), untruncated."""
     name = path.name
-    exp = f"expected shape {shape} dtype {np.dtype(dtype).name}"
+    exp = f"expected shape {shape} dtype {np.dtype(dtype).name}, as {META_FILE} records"
     if not path.is_file():
-        raise StoreError(f"{name} is missing from shard {path.parent} ({exp}, found no file)")
+        found = "a directory" if path.is_dir() else "no file"
+        raise StoreError(f"{name} is missing from shard {path.parent} ({exp}, found {found})")
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -277,7 +279,7 @@ def _check_array_file(path: Path, shape: tuple, dtype: np.dtype) -> None:
             else:
                 raise ValueError(f"unsupported .npy format version {version}")
             offset = f.tell()
-    except (ValueError, OSError, SyntaxError) as e:
+    except Exception as e:  # ValueError, OSError, SyntaxError, tokenize.TokenError...: a garbled header
         raise StoreError(
             f"{name} in shard {path.parent} is not a readable .npy file ({exp}, found {size} bytes: {e})"
         ) from None
@@ -387,7 +389,7 @@ class ShardStore:
         diffs = _meta_diff(stored, requested)
         if diffs:
             raise StoreMismatchError(
-                f"shard {path} was created with other settings ({len(diffs)} differing key(s)): "
+                f"shard {path} was created with other settings ({len(diffs)} differing key(s) in its {META_FILE}): "
                 + "; ".join(diffs)
                 + ". Use another directory, or the settings the shard was created with."
             )
@@ -743,7 +745,7 @@ def verify(path) -> dict:
     for fname in CHECKSUM_FILES:
         f = path / fname
         if fname not in expected:
-            bad.append(f"{fname}: no checksum in marker")
+            bad.append(f"{fname}: no checksum in the marker")
         elif not f.is_file():
             bad.append(f"{fname}: missing")
         else:
@@ -751,7 +753,8 @@ def verify(path) -> dict:
             if got != expected[fname]:
                 bad.append(f"{fname}: sha256 {got[:16]}... != recorded {str(expected[fname])[:16]}...")
     if bad:
-        raise StoreError(f"shard {path} is corrupted (checksum mismatch): " + "; ".join(bad))
+        raise StoreError(f"shard {path} is corrupted (checksum mismatch between its files and its {COMPLETE_FILE} "
+                         "marker): " + "; ".join(bad))
     return record
 
 
@@ -778,11 +781,13 @@ def load_shards(
     seen = {}
     for p in paths:
         store = ShardStore.open(p, readonly=True)
+        if check and store.has_marker:  # before its done flags are believed: a corrupted done.npy is a checksum
+            verify(p)                   # mismatch, not unfinished rows
         pending = store.pending_rows().size
         if pending:
             raise StoreError(f"shard {p} is incomplete: {pending} of {store.n_rows} rows pending")
-        if check:
-            verify(p)
+        if check and not store.has_marker:
+            verify(p)  # raises: every row done, but no COMPLETE marker
         meta = store.meta
         if first is None:
             first = (p, meta)
