@@ -326,10 +326,32 @@ def _load_without_init(build_model, ck: dict) -> nn.Module:
         return model
     try:
         model = build_model(ck["arch"], device="meta", **ck["kwargs"])
-        model.load_state_dict(ck["state_dict"], assign=True)
     except Exception:  # noqa: BLE001 - anything unusual: the ordinary path below reports it
         model = None
+    if model is not None:
+        mismatch = _state_mismatch(model.state_dict(), ck["state_dict"])
+        if mismatch:  # before a real build: a corrupted size (num_classes 2**28) must not allocate 100 GB first
+            raise RuntimeError(mismatch)
+        try:
+            model.load_state_dict(ck["state_dict"], assign=True)
+        except Exception:  # noqa: BLE001 - anything unusual: the ordinary path below reports it
+            model = None
     if model is None or any(t.is_meta for t in (*model.parameters(), *model.buffers())):
         model = build_model(ck["arch"], **ck["kwargs"])
         model.load_state_dict(ck["state_dict"])
     return model
+
+
+def _state_mismatch(expected: dict, found: dict) -> str | None:
+    """Why weights `found` do not load into a model whose state_dict is `expected`, or None: load_state_dict's
+    strict check (missing and unexpected keys, sizes), made on the shapes of a meta-device model."""
+    def shape(t):
+        return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+
+    missing = [k for k in expected if k not in found]
+    unexpected = [str(k) for k in found if k not in expected]
+    sizes = [f"size mismatch for {k}: {shape(found[k])} in the file, {shape(v)} in the model"
+             for k, v in expected.items() if k in found and isinstance(v, torch.Tensor) and shape(found[k]) != shape(v)]
+    parts = ([f"missing keys {', '.join(missing[:5])}"] if missing else []) + (
+        [f"unexpected keys {', '.join(unexpected[:5])}"] if unexpected else []) + sizes[:3]
+    return "; ".join(parts) or None
