@@ -53,7 +53,7 @@ def component_count(model: str, table: str | None = None, num_classes: int = 10,
         return _MEMORY[key]
     path = _cache_file() if cache else None
     stored = _read(path) if path is not None else {}
-    if isinstance(stored.get(key), int):
+    if type(stored.get(key)) is int and stored[key] > 0:  # not a bool, a float or a count a corruption made
         _MEMORY[key] = stored[key]
         return stored[key]
     from ..components import component_set

@@ -59,21 +59,24 @@ def check_resumable(out: Path, cfg: DemoConfig) -> None:
     """Refuse to run into `out` when it holds a run with other settings, before anything there is replaced: a
     rerun with other settings would otherwise retrain (overwrite) the model and then fail on the stores."""
     saved = out / "config.json"
-    if not saved.is_file():
+    if not saved.exists():
         if (out / "model.pt").exists():
             raise CoarError(f"{out} holds a model.pt but no config.json (not a demo run, or an unfinished one of an "
                             "older version); use another output directory, or remove this one")
         return
     try:
         old = json.loads(saved.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a directory, not UTF-8, not JSON
         raise CoarError(f"{saved} is unreadable ({exc}); use another output directory, or remove this one") from None
+    if not isinstance(old, dict):
+        raise CoarError(f"{saved} holds a {type(old).__name__}, not a demo run's settings; use another output "
+                        "directory, or remove this one")
     new = asdict(cfg)
     diffs = [f"{k}: {old.get(k, '<absent>')!r} there, {v!r} now" for k, v in new.items()
              if k not in RESUMABLE_KEYS and old.get(k, "<absent>") != json.loads(json.dumps(v))]
     if diffs:
-        raise CoarError(f"{out} holds a demo run with other settings ({'; '.join(diffs)}); rerun with its settings "
-                        "to resume it, or give another output directory")
+        raise CoarError(f"{out} holds a demo run with other settings ({'; '.join(diffs)}; recorded in {saved}); "
+                        "rerun with its settings to resume it, or give another output directory")
 
 
 def _log(msg: str, quiet: bool) -> None:

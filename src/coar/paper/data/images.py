@@ -142,7 +142,7 @@ def _record_path(dest: Path) -> Path:
 
 def _read_record(record: Path) -> str:
     try:
-        text = record.read_text().split()
+        text = record.read_text(errors="replace").split()  # bytes that are not text: no hash, refused below
     except OSError as exc:
         raise CoarError(f"cannot read the hash record {record}: {exc}") from exc
     value = text[0].lower() if text else ""
@@ -192,7 +192,10 @@ def check_recorded(path: str | os.PathLike, refetch: str = "place it again") -> 
     both hashes and what to do (`refetch`): the file is reported, never used."""
     path = Path(path)
     record = _record_path(path)
-    found = sha256_file(path)
+    try:
+        found = sha256_file(path)
+    except OSError as exc:  # a directory in its place, unreadable
+        raise CoarError(f"cannot read {path} to check it against {record}: {exc}; {refetch}") from None
     if not record.exists():
         _write_record(record, found, path.name)
         return path
