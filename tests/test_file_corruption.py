@@ -38,6 +38,7 @@ from coar.gram import GramAccumulator
 from coar.paper import counts
 from coar.paper.data.images import check_recorded
 from coar.paper.demo import DemoConfig, check_resumable
+from coar.paper.efficiency import load_receipt
 from coar.paper.models import build_model
 from coar.paper.training import load_checkpoint, save_checkpoint
 from coar.store import COMPLETE_FILE, META_FILE, ShardStore, load_shards, normalize_meta, read_meta, run_shard
@@ -522,6 +523,24 @@ def test_shard_store_file(originals, data):
 
 
 # ----------------------------------------------------------------------------- JSON the workflow writes
+
+
+@fuzz(200)
+@given(data=st.data())
+def test_receipt_file(originals, data):
+    """A gathered split's receipt: refused naming it, or the masks and outputs of the stores it lists. A receipt
+    whose store list was corrupted into other paths may be refused by load_shards, naming the (absent or other)
+    store under `root` it led to rather than the receipt."""
+    original, root = originals["receipt"], originals["receipt"].parent
+    raw = original.read_bytes()
+    corruption = data.draw(byte_corruptions(raw) | json_rewrites(raw))
+
+    def valid(result):
+        for got, want in zip(result, originals["receipt_data"]):
+            np.testing.assert_array_equal(got, want)
+
+    with corrupted_copy(original, corruption) as path:
+        assert_refused_or_valid(lambda: load_receipt(path, root), valid, path.parent, path, root)
 
 
 @fuzz(150)
