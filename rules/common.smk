@@ -44,6 +44,7 @@ SETUPS = PLAN.setups
 ENV = "../environment.yml"
 
 setup_spec = _workflow_errors(PLAN.setup_spec)
+fit_spec = _workflow_errors(PLAN.fit_spec)
 examples_spec = _workflow_errors(PLAN.examples_spec)
 mask_settings = _workflow_errors(PLAN.mask_settings)
 sample_sizes = _workflow_errors(PLAN.sample_sizes)

@@ -27,7 +27,7 @@ rule fit_sample_size:
     output:
         "results/{setup}/sample_size/{fit}-m{m}.npz",
     params:
-        spec=lambda w: {**setup_spec(w.setup, "fit"), **({"regression": "ridge"} if w.fit == "ridge" else {})},
+        spec=lambda w: fit_spec(w.setup, w.fit),
         max_masks=lambda w: int(w.m),
     wildcard_constraints:
         m=r"\d+",

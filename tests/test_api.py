@@ -269,7 +269,10 @@ BAD_ATTRIBUTE = [
     ("components", dict(components="no_such_table")),
     ("components", dict(components=[])),
     ("components", dict(components=[coar.Rule(r"nothing", ("Linear",))])),
-    ("method", dict(method="lasso")),
+    ("method", dict(method="lars")),
+    ("method", dict(method="prior")),
+    ("method.ranks", dict(method=coar.FitSettings("ols", ranks=(1,)))),
+    ("method.prior", dict(method=coar.FitSettings("prior", prior="loo.npz"))),
     ("batch_size", dict(batch_size=0)),
     ("masks_per_pass", dict(masks_per_pass=0)),
     ("mechanism", dict(mechanism="surgery")),
@@ -288,7 +291,7 @@ def test_sizes_are_checked_against_memory_and_disk_before_anything_is_drawn(tmp_
     with pytest.raises(ArgumentError, match=r"^store: 1,000,000,000,000 masks .* TiB under .* free there") as e:
         coar.attribute(model, x, y, **{**TINY, "masks": 10 ** 12, "store": tmp_path / "big"})
     assert not (tmp_path / "big").exists()
-    with pytest.raises(ArgumentError, match=r"^masks: .* TiB of memory .* available; use fewer masks$"):
+    with pytest.raises(ArgumentError, match=r"^masks: .* TiB of memory, more than the .* available; use fewer masks$"):
         coar.evaluate(attr, model, x, y, components=TINY_RULES, masks=10 ** 12, alpha=0.25, progress=False)
 
 
@@ -368,8 +371,7 @@ def test_default_batching_per_device_and_overrides():
     for kw, want in ((dict(), ("hooks", 12, 21)), (dict(batch_size=4), ("hooks", 4, 64)),
                      (dict(batch_size=4, masks_per_pass=3), ("hooks", 4, 3)), (dict(masks_per_pass=1), ("weights", 12, 1)),
                      (dict(mechanism="weights"), ("weights", 12, 1))):
-        s = coar.api._Setup(model, x, y, TINY_RULES, 0.25, "margin", "zero", 0.5, "exact", None,
-                            kw.get("batch_size"), kw.get("masks_per_pass"), kw.get("mechanism", "auto"))
+        s = coar.api._Setup(model, x, y, TINY_RULES, coar.SampleSettings(2, 0.25, **kw), None)
         p = s.engine.plan
         assert (p.mechanism, p.batch_size, p.masks_per_pass) == want, kw
         assert s.block == p.masks_per_call

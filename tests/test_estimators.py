@@ -321,7 +321,7 @@ def test_cli_fits_every_method_and_refuses_bad_priors(tmp_path, capsys):
         assert main(["fit", "--stores", *stores, "--method", "prior", "--prior", str(tmp_path / f"{name}.npz"),
                      "--out", out]) == 2
         assert expect[name] in capsys.readouterr().err, name
-    for args, msg in ((["--method", "prior"], "needs --prior"),
+    for args, msg in ((["--method", "prior"], "--prior: is needed with --method prior"),
                       (["--method", "ols", "--prior", str(tmp_path / "prior.npz")], "--prior"),
                       (["--method", "ridge", "--ranks", "1"], "--ranks"),
                       (["--method", "lasso", "--lambdas", "1"], "--lambdas")):

@@ -10,11 +10,12 @@ The front door, for any torch.nn.Module (see coar.api):
 """
 from .attributions import Attributions
 from .errors import ArgumentError, CoarError, ComponentError, ShapeError, StoreError, StoreMismatchError
+from .settings import FitSettings, SampleSettings
 
 __version__ = "0.1.0"
 __all__ = ["attribute", "evaluate", "edit", "Attributions", "ComponentGroup", "ComponentSet", "Rule", "component_set",
            "model_fingerprint", "ArgumentError", "CoarError", "ComponentError", "ShapeError", "StoreError",
-           "StoreMismatchError", "__version__"]
+           "StoreMismatchError", "FitSettings", "SampleSettings", "__version__"]
 _FROM_COMPONENTS = {"ComponentGroup", "ComponentSet", "Rule", "component_set", "model_fingerprint"}
 _FROM_API = {"attribute", "evaluate", "edit"}
 

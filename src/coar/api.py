@@ -28,7 +28,6 @@ same attributions.
 from __future__ import annotations
 
 import copy
-import numbers
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
@@ -39,12 +38,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import editing, provenance, regression
-from .ablation import check_deterministic, logits_of, training_modules, unit_factors
+from .ablation import check_deterministic, logits_of, training_modules
 from .attributions import Attributions
 from .components import ComponentSet, Rule, component_set, model_fingerprint
-from .engine import BATCHNORM, MECHANISMS, MEMORY_FORMATS, Engine
+from .engine import Engine
 from .errors import ArgumentError, CoarError, ComponentError
-from .sampling import SCHEMES, check_alpha, sample_masks
+from .sampling import sample_masks
+from .resources import check_memory, size_text
+from .settings import FIT_METHODS, FitSettings, SampleSettings, check_int, check_output
 from .store import normalize_meta
 
 if TYPE_CHECKING:
@@ -68,12 +69,20 @@ STORE_DTYPE = "float32"
 
 
 # ------------------------------------------------------------------------------------------------- checks
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ArgumentError(name, f"must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
-    if int(value) < minimum:
-        raise ArgumentError(name, f"must be an integer >= {minimum}, got {value}")
-    return int(value)
+def _fit_settings(method, masks: int) -> FitSettings:
+    """`method` of coar.attribute: a method name, or a coar.FitSettings with the estimator's options."""
+    if isinstance(method, str):
+        if method == "prior":
+            raise ArgumentError("method", "'prior' needs the attributions it shrinks toward: pass "
+                                          "method=coar.FitSettings('prior', prior=attributions)")
+        method = FitSettings(method)
+    if not isinstance(method, FitSettings):
+        raise ArgumentError("method", f"must be a method name ({', '.join(FIT_METHODS)}) or a coar.FitSettings, got "
+                                      f"{method!r}")
+    fit = method.validate({f: f"method.{f}" for f in FitSettings.__dataclass_fields__ if f != "method"}, masks)
+    if fit.prior is not None and not isinstance(fit.prior, Attributions):
+        raise ArgumentError("method.prior", f"must be coar.Attributions, got {type(fit.prior).__name__}")
+    return fit
 
 
 def _check_model(model) -> nn.Module:
@@ -128,16 +137,6 @@ def _check_data(inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
     return inputs, targets
 
 
-def _check_alpha(alpha, n_components: int) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0.0 < float(alpha) < 1.0:
-        raise ArgumentError("alpha", f"must be the fraction of components ablated per mask, in (0, 1), got {alpha!r}")
-    try:
-        check_alpha(float(alpha), n_components)
-    except CoarError as e:
-        raise ArgumentError("alpha", str(e)) from None
-    return float(alpha)
-
-
 def _run_model(model: nn.Module, device) -> tuple[nn.Module, torch.device]:
     """The module the forward passes run on: the caller's own, or a copy where it must change (another device,
     nn.MultiheadAttention made hookable). The caller's model is never moved or converted; the engine's "weights"
@@ -190,6 +189,8 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable,
     try:
         with torch.no_grad():
             logits = logits_of(model(x[:b].to(dev)))
+            if name.startswith("logit:") and isinstance(logits, torch.Tensor):
+                check_output(name, "output", num_classes=logits.shape[-1])
             if name == "margin" and isinstance(logits, torch.Tensor) and logits.dim() == 2 and y.dim() == 1:
                 lo, hi = int(y.min()), int(y.max())
                 if y.is_floating_point() or lo < 0 or hi >= logits.shape[-1]:
@@ -212,28 +213,16 @@ def _check_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, fn: Callable,
         raise ArgumentError("model", str(e)) from None
 
 
-def _size(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-
-
 def _check_room(masks: int, n: int, c: int, store: Path | None = None, shards: Sequence[int] = (),
                 can_store: bool = True) -> None:
     """Refuse, before anything is drawn or allocated, a run whose masks and outputs (bool [masks, C] and float32
     [masks, N]) and least-squares system (float64 C x C and C x N) cannot fit in the memory available, or whose
     shards (`shards`: mask counts of those not yet on disk) cannot fit on the store's disk."""
-    import psutil
-
     per_mask = c + 4 * n
     memory = (0 if store is not None else masks * per_mask) + 8 * c * (c + n + 2)
-    available = psutil.virtual_memory().available
-    if memory > available:
-        raise ArgumentError("masks", f"{masks:,} masks of C = {c:,} components on N = {n:,} examples need about "
-                                     f"{_size(memory)} of memory (masks, outputs and the least-squares system), more "
-                                     f"than the {_size(available)} available; use fewer masks" +
-                                     ("" if store is not None or not can_store else
+    check_memory(memory, "masks", f"{masks:,} masks of C = {c:,} components on N = {n:,} examples (masks, outputs "
+                                  "and the least-squares system)",
+                 "use fewer masks" + ("" if store is not None or not can_store else
                                       ", or store= a directory (the masks and outputs then live on disk)"))
     if store is not None and shards:
         probe = Path(store).absolute()
@@ -242,7 +231,7 @@ def _check_room(masks: int, n: int, c: int, store: Path | None = None, shards: S
         disk, free = sum(shards) * per_mask, shutil.disk_usage(probe).free
         if disk > free:
             raise ArgumentError("store", f"{sum(shards):,} masks x (C = {c:,} + 4 x N = {4 * n:,} bytes) need about "
-                                         f"{_size(disk)} under {store}, more than the {_size(free)} free there; use "
+                                         f"{size_text(disk)} under {store}, more than the {size_text(free)} free there; use "
                                          "fewer masks or a store on a larger disk")
 
 
@@ -287,38 +276,25 @@ class _Examples:
 
 
 class _Setup:
-    """Everything one attribution or evaluation run shares: validated arguments and the evaluation closure."""
+    """Everything one attribution or evaluation run shares: validated arguments and the evaluation closure.
+    `settings` (coar.settings.SampleSettings) is checked again with the component count once it is known."""
 
-    def __init__(self, model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device,
-                 batch_size, masks_per_pass, mechanism="auto", memory_format="auto", batchnorm="auto"):
+    def __init__(self, model, inputs, targets, components, settings: SampleSettings, device):
         self.model = _check_model(model)
         self.x, self.y = _check_data(inputs, targets)
         self.run, self.dev = _run_model(self.model, device)
         self.cset = _components(self.run, components)
-        self.alpha = _check_alpha(alpha, self.cset.size)
-        if scheme not in SCHEMES:
-            raise ArgumentError("scheme", f"must be one of {SCHEMES}, got {scheme!r}")
-        self.scheme = scheme
-        try:
-            unit_factors(np.zeros(1, dtype=bool), ablation, gamma)
-        except CoarError as e:
-            raise ArgumentError("ablation" if "mode" in str(e) else "gamma", str(e)) from None
-        self.ablation, self.gamma = ablation, float(gamma)
-        self.fn, self.output = _output(output)
+        st = settings.validate(n_components=self.cset.size, min_masks=2)
+        self.alpha, self.scheme, self.ablation, self.gamma = st.alpha, st.scheme, st.ablation, st.gamma
+        self.fn, self.output = _output(st.output)
         _check_fit(self.run, self.x, self.y, self.fn, self.output, self.dev)
-        b = None if batch_size is None else _check_int("batch_size", batch_size, 1)
-        k = None if masks_per_pass is None else _check_int("masks_per_pass", masks_per_pass, 1)
-        for name, value, allowed in (("mechanism", mechanism, MECHANISMS),
-                                     ("memory_format", memory_format, MEMORY_FORMATS), ("batchnorm", batchnorm, BATCHNORM)):
-            if value not in allowed:
-                raise ArgumentError(name, f"must be one of {allowed}, got {value!r}")
         try:
             self.engine = Engine(self.run, self.cset, self.x, self.y, self.fn, self.ablation, self.gamma,
-                                 batch_size=b, masks_per_pass=k, mechanism=mechanism, memory_format=memory_format,
-                                 batchnorm=batchnorm)
+                                 batch_size=st.batch_size, masks_per_pass=st.masks_per_pass, mechanism=st.mechanism,
+                                 memory_format=st.memory_format, batchnorm=st.batchnorm)
         except CoarError as e:  # a contradiction among the given choices: name the one that was chosen
-            name = ("batchnorm" if "batchnorm" in str(e) else "mechanism" if mechanism != "auto"
-                    else "memory_format" if memory_format != "auto" else "masks_per_pass")
+            name = ("batchnorm" if "batchnorm" in str(e) else "mechanism" if st.mechanism != "auto"
+                    else "memory_format" if st.memory_format != "auto" else "masks_per_pass")
             raise ArgumentError(name, str(e)) from None
         self.block = self.engine.plan.masks_per_call
 
@@ -352,7 +328,8 @@ def _chunks(shards: Sequence[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[n
 def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoader,
               targets: torch.Tensor | None = None, *, components: Components, masks: int, alpha: float,
               output: Output = "margin", ablation: str = "zero", gamma: float = 0.5, seed: int = 0,
-              device: str | torch.device | None = None, store: str | Path | None = None, method: str = "ols",
+              device: str | torch.device | None = None, store: str | Path | None = None,
+              method: str | FitSettings = "ols",
               scheme: str = "exact", masks_per_shard: int = MASKS_PER_SHARD, batch_size: int | None = None,
               masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto",
               batchnorm: str = "auto", progress: bool = True) -> Attributions:
@@ -380,8 +357,11 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
         device: where the forward passes run (default: the model's device).
         store: a directory for resumable shards <store>/shard-000, ... (outputs in float32, the workflow's
             format); an interrupted call resumes where it stopped. None: everything stays in memory.
-        method: "ols" (the paper's least squares; minimum-norm when masks < components) or "ridge" (penalty
-            per example by generalized cross-validation).
+        method: the regression, as `coar fit --method` offers it: "ols" (the paper's least squares; minimum-norm
+            when masks < components), "ridge" (penalty per example by generalized cross-validation), "lowrank"
+            or "lasso" with their defaults, or a coar.FitSettings with options, e.g.
+            ``coar.FitSettings("prior", prior=loo_attributions)`` (ridge shrunk toward attributions of the same
+            model, examples and components) or ``coar.FitSettings("lasso", ratios=(1, 0.1, 0.01))``.
         batch_size, masks_per_pass, mechanism, memory_format, batchnorm: how the masked forward passes run
             (default: the engine's choice for the model, device and number of examples, coar.engine.plan):
             examples and masks per pass, "weights" (one mask a pass, weight slices zeroed in place and restored
@@ -407,13 +387,18 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
         >>> attr.weights.shape, attr.bias.shape
         ((6, 8), (6,))
     """
-    masks = _check_int("masks", masks, 2)
-    seed = _check_int("seed", seed, 0)
-    per = _check_int("masks_per_shard", masks_per_shard, 1)
-    if method not in ("ols", "ridge"):
-        raise ArgumentError("method", f"must be 'ols' or 'ridge', got {method!r}")
-    s = _Setup(model, inputs, targets, components, alpha, output, ablation, gamma, scheme, device, batch_size,
-               masks_per_pass, mechanism, memory_format, batchnorm)
+    settings = SampleSettings(masks, alpha, seed, 0, scheme, output, ablation, gamma, STORE_DTYPE, "float32",
+                              batch_size, masks_per_pass, mechanism, memory_format, batchnorm).validate(min_masks=2)
+    masks, seed = settings.masks, settings.seed
+    per = check_int(masks_per_shard, "masks_per_shard", 1)
+    fit = _fit_settings(method, masks)
+    s = _Setup(model, inputs, targets, components, settings, device)
+    if fit.prior is not None:
+        try:
+            _check_provenance(fit.prior, s.model, s.cset, _examples_fingerprint(s.x, s.y), len(s.x))
+        except ArgumentError as e:
+            raise ArgumentError("method.prior", f"the prior ({fit.prior.method}) does not fit these arguments: "
+                                                f"{e}") from None
     if store is None:
         _check_room(masks, len(s.x), s.cset.size)
     else:  # the shards not yet on disk: sizes of masks_per_shard, the last one shorter
@@ -424,19 +409,19 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
     base = s.meta(_examples_fingerprint(s.x, s.y), sizes[0], seed, 0)  # fingerprints hashed once, not per shard
     metas = [normalize_meta({**base, "m": m, "shard": shard}) for shard, m in enumerate(sizes)]
     if store is not None:
-        return _attribute_store(s, Path(store), metas, method, progress)
+        return _attribute_store(s, Path(store), metas, fit, progress)
     shards = []
     with tqdm(total=masks, unit="mask", desc="coar masks", disable=not progress) as bar:
         for shard, m in enumerate(sizes):
             keep = sample_masks(s.cset.size, m, s.alpha, seed, shard, s.scheme)
             shards.append((keep, s.outputs_in_blocks(keep, bar)))
     attr = regression.fit_chunks(_chunks(shards), masks, s.cset.size, len(s.x), components=s.cset.fingerprint(),
-                                 method=method)
+                                 **fit.fit_kwargs())
     attr.meta.update(alpha=s.alpha, scheme=s.scheme, provenance=provenance.from_stores(metas))
     return attr
 
 
-def _attribute_store(s: _Setup, root: Path, metas: list[dict], method: str, progress: bool) -> Attributions:
+def _attribute_store(s: _Setup, root: Path, metas: list[dict], fit: FitSettings, progress: bool) -> Attributions:
     from .pipeline import fit_stores
     from .store import ShardStore, run_shard
 
@@ -449,7 +434,7 @@ def _attribute_store(s: _Setup, root: Path, metas: list[dict], method: str, prog
         finally:
             st.close()
         paths.append(path)
-    return fit_stores(paths, method=method)
+    return fit_stores(paths, **fit.fit_kwargs())
 
 
 def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoader,
@@ -477,11 +462,12 @@ def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor 
         if not isinstance(recorded, str) or recorded.startswith("callable:"):
             raise ArgumentError("output", f"the attributions were computed with output {recorded!r}: pass it again")
         output = recorded
-    masks = _check_int("masks", masks, 2)
-    seed = _check_int("seed", seed, 0)
-    s = _Setup(model, inputs, targets, components, alpha, output, prov.get("ablation") or "zero",
-               prov.get("gamma") if prov.get("gamma") is not None else 0.5, prov.get("scheme") or "exact", device,
-               batch_size, masks_per_pass, mechanism, memory_format, batchnorm)
+    settings = SampleSettings(masks, alpha, seed, 0, prov.get("scheme") or "exact", output,
+                              prov.get("ablation") or "zero", prov.get("gamma") if prov.get("gamma") is not None else 0.5,
+                              STORE_DTYPE, "float32", batch_size, masks_per_pass, mechanism, memory_format,
+                              batchnorm).validate(min_masks=2)
+    masks, seed = settings.masks, settings.seed
+    s = _Setup(model, inputs, targets, components, settings, device)
     _check_room(masks, len(s.x), s.cset.size, can_store=False)
     _check_provenance(attributions, s.model, s.cset, _examples_fingerprint(s.x, s.y), len(s.x))
     if recorded is not None and s.output != recorded:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CoarError
+from .errors import ArgumentError, CoarError
+from .paths import check_output_file as _out_file, check_output_path as _out_path
 from .sampling import SCHEMES
 
 
@@ -67,32 +68,6 @@ def _positive(text: str) -> int:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
     return v
-
-
-def _out_file(path: str | None, flag: str = "--out") -> None:
-    """Refuse an output file name that is an existing directory, or that cannot be written (see _out_path),
-    before any work."""
-    if path is not None and Path(path).is_dir():
-        raise CoarError(f"{flag} {path} is a directory; give a file name")
-    _out_path(path, flag)
-
-
-def _out_path(path: str | None, flag: str = "--out") -> None:
-    """Refuse, before any work, an output path (file or directory) that cannot be made: one under a file, or
-    whose nearest existing directory is not writable. Missing parent directories are created by the writers
-    (as the workflow's output paths need), so they are refused only when they cannot be."""
-    if path is None:
-        return
-    p = Path(path).absolute()
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise CoarError(f"{flag} {path}: {parent} is a file, not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise CoarError(f"{flag} {path}: the directory {parent} is not writable")
-    if p.exists() and not os.access(p, os.W_OK):
-        raise CoarError(f"{flag} {path} exists and is not writable")
 
 
 def _device(name: str | None, flag: str = "--device"):
@@ -147,12 +122,17 @@ def cmd_components(a):
 
 def cmd_prepare(a):
     from .paper.data.fashion_mnist import fashion_mnist_examples
+    from .resources import check_memory
 
     _out_file(a.out)
     seed = _given(a.seed, 0, "--seed", "without --n (the whole split is taken in order)" if a.n is None else "")
     if a.pad_to is not None and a.pad_to < 28:
         raise CoarError(f"--pad-to {a.pad_to} is smaller than Fashion-MNIST's 28 x 28 images; padding never crops "
                         "(leave it out, or give a size >= 28)")
+    side = max(28, a.pad_to or 28)
+    check_memory((a.n or 60_000) * a.channels * side * side, "--channels/--pad-to",
+                 f"{a.n or 'up to 60,000'} images of {a.channels} x {side} x {side} uint8 values", "use fewer channels, a "
+                 "smaller --pad-to or fewer --n examples")
     ex = fashion_mnist_examples(a.split, a.n, seed, a.root, pad_to=a.pad_to, channels=a.channels)
     ex.save(a.out)
     print(f"wrote {len(ex)} {a.dataset} {a.split} examples to {a.out} (fingerprint {ex.fingerprint()})")
@@ -202,58 +182,63 @@ def cmd_train(a):
     print(f"test accuracy {info['test_accuracy']:.4f} after {a.epochs} epochs ({info['seconds']:.0f} s); wrote {a.out}")
 
 
+#: Flags of `coar sample` by SampleSettings field.
+SAMPLE_FLAGS = {f: "--" + f.replace("_", "-") for f in ("masks", "alpha", "seed", "shard", "scheme", "output", "ablation",
+                                                        "gamma", "dtype", "precision", "batch_size", "masks_per_pass",
+                                                        "mechanism", "memory_format", "batchnorm")}
+
+
 def cmd_sample(a):
     from .components import component_set
     from .examples import Examples
-    from .outputs import get_output_fn
     from .pipeline import sample_store
+    from .settings import SampleSettings
     from .paper.training import load_checkpoint
 
     _out_path(a.out)
     gamma = _given(a.gamma, 0.5, "--gamma", "with --ablation zero" if a.ablation == "zero" else "")
+    st = SampleSettings(a.masks, a.alpha, a.seed, a.shard, a.scheme, a.output, a.ablation, gamma, a.dtype, a.precision,
+                        a.batch_size, a.masks_per_pass, a.mechanism, a.memory_format, a.batchnorm)
+    st = st.validate(names=SAMPLE_FLAGS)  # before reading a file
     device = _device(a.device)
     model, ck = load_checkpoint(a.checkpoint, device)
     cset = component_set(model, a.components or ck["arch"])
-    get_output_fn(a.output)  # fail on a bad output name before creating anything
-    store = sample_store(a.out, model, cset, Examples.load(a.examples), m=a.masks, alpha=a.alpha, seed=a.seed,
-                         shard=a.shard, output=a.output, scheme=a.scheme, ablation=a.ablation, gamma=gamma,
-                         dtype=a.dtype, precision=a.precision, batch_size=a.batch_size, masks_per_pass=a.masks_per_pass,
-                         mechanism=a.mechanism, memory_format=a.memory_format, batchnorm=a.batchnorm, device=device,
-                         progress=not a.quiet,
-                         log=None if a.quiet else print)
+    st = st.validate(n_components=cset.size, names=SAMPLE_FLAGS)
+    try:
+        store = sample_store(a.out, model, cset, Examples.load(a.examples), m=st.masks, alpha=st.alpha, seed=st.seed,
+                             shard=st.shard, output=st.output, scheme=st.scheme, ablation=st.ablation, gamma=st.gamma,
+                             dtype=st.dtype, precision=st.precision, batch_size=st.batch_size,
+                             masks_per_pass=st.masks_per_pass, mechanism=st.mechanism, memory_format=st.memory_format,
+                             batchnorm=st.batchnorm, device=device, progress=not a.quiet,
+                             log=None if a.quiet else print)
+    except ArgumentError as e:  # a setting judged against the model (logit:<c> and its classes): name its flag
+        raise ArgumentError(SAMPLE_FLAGS.get(e.argument, e.argument), e.problem) from None
     print(f"shard {a.out}: complete={store.is_complete} ({store.n_rows} masks x {store.n_examples} examples)")
 
 
+#: Flags of `coar fit` by FitSettings field.
+FIT_FLAGS = {"method": "--method", "lambdas": "--lambdas", "select": "--select", "ranks": "--ranks",
+             "couplings": "--couplings", "ratios": "--ratios", "l1_ratio": "--l1-ratio",
+             "holdout_fraction": "--holdout-fraction", "prior": "--prior", "standardize": "--no-standardize"}
+
+
 def cmd_fit(a):
+    from dataclasses import replace
+
     from .attributions import Attributions
     from .pipeline import fit_stores
+    from .settings import FitSettings
 
     _out_file(a.out)
-    m = a.method
-    not_for = f"with --method {m}"
-    lambdas = _given(a.lambdas, [0.1, 1, 10, 100, 1000] if m == "ridge" else None, "--lambdas",
-                     f"{not_for} (penalties of ridge, prior and lowrank)" if m in ("ols", "lasso") else "")
-    options = {}
-    select = _given(a.select, None, "--select", "" if m in ("prior", "lowrank") else f"{not_for} (prior and lowrank "
-                    "only; the lasso always selects on held-out training masks)")
-    if select is not None:
-        options["select"] = select
-    for key, flag, method in (("ranks", "--ranks", "lowrank"), ("couplings", "--couplings", "lowrank"),
-                              ("ratios", "--ratios", "lasso"), ("l1_ratio", "--l1-ratio", "lasso")):
-        value = _given(getattr(a, key), None, flag, "" if m == method else f"{not_for} ({method} only)")
-        if value is not None:
-            options[key] = value
-    uses_holdout = m in ("lowrank", "lasso") or select == "holdout"
-    frac = _given(a.holdout_fraction, None, "--holdout-fraction",
-                  "" if uses_holdout else f"{not_for} (only where held-out training masks choose the penalty)")
-    if frac is not None:
-        options["holdout_fraction"] = frac
-    prior_file = _given(a.prior, None, "--prior", "" if m == "prior" else f"{not_for} (prior only)")
-    if m == "prior" and prior_file is None:
-        raise CoarError("--method prior needs --prior FILE (attributions to shrink toward, e.g. leave-one-out)")
-    prior = Attributions.load(prior_file) if prior_file is not None else None
+    fit = FitSettings(a.method, a.lambdas, a.select, a.ranks, a.couplings, a.ratios, a.l1_ratio, a.holdout_fraction,
+                      prior=a.prior, standardize=not a.no_standardize).validate(FIT_FLAGS)  # before reading a file
+    if fit.prior is not None:
+        fit = replace(fit, prior=Attributions.load(fit.prior))
     device = None if a.device == "cpu" else str(_device(a.device))
-    attr = fit_stores(a.stores, m, lambdas, standardize=not a.no_standardize, device=device, prior=prior, **options)
+    try:
+        attr = fit_stores(a.stores, device=device, **fit.fit_kwargs())
+    except ArgumentError as e:  # a setting judged with the stores' number of masks: name its flag
+        raise ArgumentError(FIT_FLAGS.get(e.argument, e.argument), e.problem) from None
     attr.save(a.out)
     print(f"fitted {attr.method} attributions for {attr.n_examples} examples x {attr.n_components} components "
           f"from {attr.meta['n_masks']} masks; wrote {a.out}")
@@ -447,8 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--examples", required=True)
     s.add_argument("--components", help="component table (default: the checkpoint's architecture)")
-    s.add_argument("--masks", type=_positive, required=True)
-    s.add_argument("--alpha", type=_alpha, required=True)
+    s.add_argument("--masks", type=int, required=True)
+    s.add_argument("--alpha", type=float, required=True, help="fraction of the components ablated per mask")
     s.add_argument("--seed", type=_nonnegative, default=0)
     s.add_argument("--shard", type=_nonnegative, default=0)
     s.add_argument("--scheme", choices=list(SCHEMES), default="exact")

@@ -22,10 +22,12 @@ class ShapeError(CoarError):
 
 
 class ArgumentError(CoarError, ValueError):
-    """An argument of a front-door function (coar.attribute, coar.evaluate, coar.edit) is invalid.
+    """An argument or setting is invalid: a parameter of a front-door function (coar.attribute, coar.evaluate,
+    coar.edit), or a field of coar.settings' objects, named as its entry point spells it (a parameter, a --flag,
+    a config key).
 
-    ``argument`` is the parameter's name; the message starts with it."""
+    ``argument`` is that name, ``problem`` what is wrong; the message is "argument: problem"."""
 
     def __init__(self, argument: str, message: str):
-        self.argument = argument
+        self.argument, self.problem = argument, message
         super().__init__(f"{argument}: {message}")

@@ -14,7 +14,7 @@ from . import provenance, regression
 from .attributions import Attributions
 from .errors import CoarError, ShapeError
 from .correlation import correlations
-from .store import PRECISIONS, ShardStore, load_shards, read_meta, run_shard
+from .store import ShardStore, load_shards, read_meta, run_shard
 
 if TYPE_CHECKING:  # sampling needs torch; fitting and evaluating do not, and their jobs skip importing it
     import pandas as pd  # only where a table is made: sampling jobs never import it
@@ -38,14 +38,6 @@ def store_meta(model: nn.Module, cset: ComponentSet, examples: Examples, m: int,
             "dtype": dtype, "precision": precision}
 
 
-def check_alpha(alpha: float, n_components: int) -> None:
-    """Refuse an alpha at which every mask would be the same: round(alpha * C) must be in 1..C - 1
-    (coar.sampling.check_alpha)."""
-    from .sampling import check_alpha as check
-
-    check(alpha, n_components)
-
-
 def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, output: str, fn) -> None:
     """Unablated forward passes on the first example: refuse examples the model cannot take, class labels outside
     the model's classes, and a model whose outputs are random, before anything is created."""
@@ -58,6 +50,10 @@ def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, outpu
     try:
         with torch.no_grad():
             logits = logits_of(model(x[:1]))
+            if output.startswith("logit:"):
+                from .settings import check_output
+
+                check_output(output, "output", num_classes=logits.shape[-1])
             if output == "margin" and logits.dim() == 2 and y.dim() == 1:  # before indexing with the labels
                 lo, hi = int(y.min()), int(y.max())
                 if lo < 0 or hi >= logits.shape[-1]:
@@ -65,6 +61,8 @@ def check_examples_fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, outpu
                                      f"{logits.shape[-1]} classes (0..{logits.shape[-1] - 1}); give examples of "
                                      "the model's classes")
             fn(logits, y[:1])
+    except CoarError:
+        raise
     except (RuntimeError, ValueError, IndexError) as exc:
         raise ShapeError(f"the examples (inputs {tuple(x.shape)} {x.dtype}, targets {tuple(y.shape)}) do not fit "
                          f"the model with output {output!r}: {str(exc).splitlines()[0]}") from None
@@ -86,14 +84,12 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
     choices (coar.engine.plan) unless given; `log` gets the plan in words."""
     import torch
 
-    from .ablation import unit_factors
     from .engine import Engine
     from .outputs import get_output_fn
+    from .settings import SampleSettings
 
-    if precision not in PRECISIONS:
-        raise CoarError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    check_alpha(alpha, cset.size)
-    unit_factors(np.zeros(1, dtype=bool), ablation, gamma)  # refuses an unknown ablation or gamma outside [0, 1]
+    SampleSettings(m, alpha, seed, shard, scheme, output, ablation, gamma, dtype, precision, batch_size, masks_per_pass,
+                   mechanism, memory_format, batchnorm).validate(n_components=cset.size)
     fn = get_output_fn(output)
     meta = store_meta(model, cset, examples, m, alpha, seed, shard, output, scheme, ablation, gamma, dtype, precision)
     x, y = examples.tensors(device)
@@ -112,49 +108,44 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
     return store
 
 
-def fit_stores(paths: Sequence[str | Path], method: str = "ols",
-               lambdas: Sequence[float] | None = (0.1, 1, 10, 100, 1000),
+def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequence[float] | None = None,
                standardize: bool = True, device: str | None = None, max_masks: int | None = None,
                prior: Attributions | None = None, **options) -> Attributions:
     """One streaming pass over complete, verified shards and one factorisation for all examples.
 
     max_masks: use only the first max_masks masks (shards in the given order), for sample-size studies.
-    method: "ols", "ridge" (GCV over ``lambdas``) or an estimator of :mod:`coar.estimators` ("prior" with
-    ``prior`` attributions of the same model, examples and components; "lowrank"; "lasso"), which take
-    ``options`` (select, ranks, couplings, ratios, l1_ratio, holdout_fraction) and ``lambdas`` (None: a grid scaled by
-    the number of masks).
+    method, lambdas, standardize, prior and ``options`` (select, ranks, couplings, ratios, l1_ratio,
+    holdout_fraction) are those of :class:`coar.settings.FitSettings`, checked by it: "ols", "ridge" (GCV over
+    ``lambdas``, default 0.1 .. 1000) or an estimator of :mod:`coar.estimators` ("prior" with ``prior``
+    attributions of the same model, examples and components; "lowrank"; "lasso"); an option the method does
+    not take is refused.
     """
+    from .settings import FitSettings
+
     if not paths:
         raise CoarError("no mask stores given to fit")
-    if method not in regression.METHODS:
-        raise CoarError(f"regression method must be one of {', '.join(regression.METHODS)}; got {method!r}")
-    if method == "ridge" or (method in ("prior", "lowrank") and lambdas is not None):
-        lams = np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
-        if lams.size == 0 or not np.all(np.isfinite(lams)) or np.any(lams < 0):
-            raise CoarError(f"ridge penalties (lambdas) must be finite and >= 0, got {lams.tolist()}")
-    if (prior is not None) != (method == "prior"):
-        raise CoarError('a prior is needed by method "prior" and by no other method' if prior is None else
-                        f"a prior was given, but method {method!r} does not use one")
+    unknown = sorted(set(options) - set(FitSettings.__dataclass_fields__))
+    if unknown:
+        raise CoarError(f"unknown fit option(s) {unknown}; the options are those of coar.settings.FitSettings")
+    fit = FitSettings(method, lambdas, prior=prior, standardize=standardize, **options)
+    fit.validate()  # before reading the stores; again below with their number of masks
     metas = [read_meta(p) for p in paths]
     provenance.check_fit_stores(paths, metas)
     meta = metas[0]
     fp = meta["components_fingerprint"]
     if prior is not None:
-        prov = provenance.of(prior)
-        for key, what in provenance.FINGERPRINTS:
-            if prov.get(key) is not None and meta.get(key) is not None and prov[key] != meta[key]:
-                raise CoarError(f"the prior ({prior.method}) was computed for {what} {prov[key]}, the stores for "
-                                f"{meta[key]}; give a prior of the same model, examples and components")
+        provenance.check_prior(prior, meta)
     total = sum(int(mt["m"]) for mt in metas)
     if max_masks is not None and total < max_masks:
         raise CoarError(f"asked to fit on {max_masks} masks, the stores hold only {total}")
     m = total if max_masks is None else min(max_masks, total)
+    if m < 2:
+        raise CoarError(f"a fit needs at least 2 masks; the stores hold {m}")
+    fit = fit.validate(masks=m)
     used = np.cumsum([0] + [int(mt["m"]) for mt in metas])[:-1] < m  # stores that contribute masks
     prov = provenance.from_stores([mt for mt, u in zip(metas, used) if u])
-    if prior is not None:
-        options["prior"] = prior
     attr = regression.fit_chunks(load_shards(paths), m, meta["n_components"], meta["n_examples"], components=fp,
-                                 method=method, lambdas=lambdas, standardize=standardize, device=device, **options)
+                                 device=device, **fit.fit_kwargs())
     attr.meta.update(stores=[str(p) for p in paths], alpha=meta["alpha"], scheme=meta.get("scheme"), provenance=prov)
     return attr
 

@@ -133,3 +133,13 @@ def check_edit(attr: Attributions, name: str, model: nn.Module | None = None, mo
         if fp is not None and fp != examples.fingerprint():
             raise CoarError(f"attributions {name} were computed for examples {fp}, {examples_name} has examples "
                             f"{examples.fingerprint()}; give the examples the attributions were computed for")
+
+
+def check_prior(prior, meta: dict, where: str = "the stores") -> None:
+    """Refuse a prior (attributions a fit shrinks toward) computed for another model, other examples or another
+    component set than the masks it is fitted with (``meta``: a store's metadata)."""
+    prov = of(prior)
+    for key, what in FINGERPRINTS:
+        if prov.get(key) is not None and meta.get(key) is not None and prov[key] != meta[key]:
+            raise CoarError(f"the prior ({prior.method}) was computed for {what} {prov[key]}, {where} for "
+                            f"{meta[key]}; give a prior of the same model, examples and components")

@@ -16,7 +16,7 @@ import math
 import re
 
 from coar.paper.data.specs import SPECS
-from coar.errors import CoarError
+from coar.errors import ArgumentError, CoarError
 
 
 class ConfigError(CoarError):
@@ -297,7 +297,7 @@ class Plan:
         """C, the size of a setup's component set (coar.paper.counts: the model built on the meta device, shapes only,
         nothing downloaded; counted once and cached). None for a Hugging Face model used with its published
         weights: its shape is the hub's configuration, known only once loaded, so the sampling job checks its
-        alphas (coar.pipeline.check_alpha)."""
+        alphas (coar.settings.SampleSettings)."""
         from coar.paper.counts import component_count as count
         from coar.paper.models import HF_ARCHITECTURES
 
@@ -369,11 +369,36 @@ class Plan:
                             f"{corruption['name']!r} is not a corruption for {s['dataset']} (one of {', '.join(names)})")
             if s["examples"]["split"] != "test":
                 self._error(f"setups.{name}.examples.split", "corrupted examples are made from the test split")
-        if s.get("regression") == "prior" and not (s.get("estimator") or {}).get("prior"):
-            self._error(f"setups.{name}.estimator.prior", "regression prior needs the attributions it shrinks toward: "
-                                                          "estimator.prior, one of loo, gp, nc or ii")
         if len(set(s["alpha_test"])) != len(s["alpha_test"]):
             self._error(f"setups.{name}.alpha_test", f"repeated values in {s['alpha_test']}")
+        self._check_settings(name)
+
+    def _check_settings(self, name):
+        """The settings the setup's sampling and fit jobs will take, checked by the validators those jobs call
+        (coar.settings): the training masks, the evaluation masks at each alpha_test (seed + 1, shard
+        round(alpha 1e6)), logit:<c> against num_classes, and the regression with its estimator options."""
+        from coar.settings import FitSettings, SampleSettings
+
+        s, key = self.setups[name], f"setups.{name}"
+        names = {f: f"{key}.{f}" for f in ("seed", "scheme", "output", "ablation", "gamma", "dtype", "precision")}
+        classes = None if SPECS[s["dataset"]].kind == "tokens" else s["num_classes"]
+        common = dict(scheme=s["scheme"], output=s["output"], ablation=s["ablation"], gamma=s["gamma"],
+                      dtype=s["dtype"], precision=s.get("precision") or "float32")
+        try:
+            SampleSettings(s["masks"], s["alpha_train"], seed=s["seed"], shard=s["shards"] - 1, **common).validate(
+                num_classes=classes, min_masks=2, names={**names, "masks": f"{key}.masks",
+                                                         "alpha": f"{key}.alpha_train"})
+            for alpha in s["alpha_test"]:
+                spec = self.mask_settings(name, test_split(alpha), 0)
+                SampleSettings(spec["m"], alpha, seed=spec["seed"], shard=spec["shard"], **common).validate(
+                    min_masks=3, names={**names, "masks": f"{key}.test_masks", "alpha": f"{key}.alpha_test"})
+            fit = FitSettings.from_spec(s)
+            fit.validate(names=FitSettings.spec_names(key, fit.method), masks=s["masks"])
+        except ArgumentError as exc:
+            problem = exc.problem
+            if exc.argument == f"{key}.seed":
+                problem += " (evaluation masks are drawn with seed + 1)"
+            self._error(exc.argument, problem)
 
     def _check_figure_setups(self):
         for fig, spec in self.config["figures"].items():
@@ -537,6 +562,14 @@ class Plan:
         scripts read those keys with .get()."""
         spec = {k: _without_nulls(self.setups[setup][k]) for k in RULE_KEYS[rule]}
         return {k: v for k, v in spec.items() if not (k in LATE_KEYS and v is None)}
+
+    def fit_spec(self, setup, fit="coar"):
+        """setup_spec of a fit: the setup's own regression ("coar"), or ridge regression with its lambda grid
+        ("ridge", Fig. 14's comparison), without the estimator options, which belong to the setup's method."""
+        spec = self.setup_spec(setup, "fit")
+        if fit == "ridge":
+            spec = {**{k: v for k, v in spec.items() if k != "estimator"}, "regression": "ridge"}
+        return spec
 
     def examples_spec(self, setup):
         """setup_spec for the examples and held-out sets, with the setup's image_size where its image files are
