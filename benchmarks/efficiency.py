@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from coar.errors import CoarError
+from coar.paths import check_output_file
 from coar.paper.efficiency import goal, load_setup, markdown, run_setup
 from coar.paper.plots.efficiency import fig_efficiency
 from coar.paper.plots.style import save_figure
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     ap.add_argument("--csv", type=Path, help="write every row here")
     ap.add_argument("--figure", type=Path, help="plot the curves here (e.g. efficiency.pdf)")
     a = ap.parse_args(argv)
+    for path, flag in ((a.csv, "--csv"), (a.figure, "--figure")):
+        check_output_file(path, flag)  # before the study, not after it
     t0 = time.perf_counter()
     rows = []
     for setup in a.setups:

@@ -5,7 +5,8 @@ Counting builds the model on the meta device (shapes only, nothing downloaded), 
 some models, torchvision or transformers: 2 to 4 s of imports on a CPU core. The counts are therefore kept
 in a small JSON file under the user's cache directory ($XDG_CACHE_HOME or ~/.cache, coar/), named by a hash
 of the code that determines them (coar's component tables and model definitions, and the versions of torch,
-torchvision and transformers), so a plan pays the imports once, not every time. This module imports nothing
+torchvision and transformers), so a plan pays the imports once, not every time. Each count is stored with a
+checksum: a count a corruption changed is counted again, not believed. This module imports nothing
 heavy itself.
 """
 from __future__ import annotations
@@ -42,6 +43,11 @@ def _read(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _tag(key: str, count: int) -> str:
+    """A short checksum stored with each count: a count a corruption changed no longer matches it."""
+    return hashlib.sha256(f"{key}={count}".encode()).hexdigest()[:12]
+
+
 def component_count(model: str, table: str | None = None, num_classes: int = 10, in_channels: int = 3,
                     image_size: int = 32, cache: bool = True) -> int:
     """C of component table `table` (default: the model's own) on registry model `model` built with these
@@ -53,9 +59,11 @@ def component_count(model: str, table: str | None = None, num_classes: int = 10,
         return _MEMORY[key]
     path = _cache_file() if cache else None
     stored = _read(path) if path is not None else {}
-    if type(stored.get(key)) is int and stored[key] > 0:  # not a bool, a float or a count a corruption made
-        _MEMORY[key] = stored[key]
-        return stored[key]
+    entry = stored.get(key)
+    if (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int and entry[0] > 0
+            and entry[1] == _tag(key, entry[0])):  # [count, checksum]: a corrupted entry is counted again
+        _MEMORY[key] = entry[0]
+        return entry[0]
     from ..components import component_set
     from .models import build_model
 
@@ -64,7 +72,7 @@ def component_count(model: str, table: str | None = None, num_classes: int = 10,
     count = component_set(built, table).size
     _MEMORY[key] = count
     if path is not None:
-        stored = {**_read(path), key: count}
+        stored = {**_read(path), key: [count, _tag(key, count)]}
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

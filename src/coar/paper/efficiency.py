@@ -25,8 +25,10 @@ import pandas as pd
 
 from ..attributions import Attributions
 from ..correlation import pearson_columns
-from ..errors import CoarError
+from ..errors import CoarError, StoreError
+from ..provenance import check_prior
 from ..regression import fit
+from ..settings import FitSettings
 from ..store import load_shards, read_meta
 from .plan import scaled_alphas
 
@@ -36,20 +38,23 @@ FRACTIONS = (("m/16", 1 / 16), ("m/8", 1 / 8), ("m/4", 1 / 4), ("m/2", 1 / 2), (
 
 
 def estimators(priors: dict) -> dict:
-    """name -> (method, fit options, prior name or None)."""
-    out = {"ols": ("ols", {}, None), "ridge": ("ridge", {"lambdas": [0.1, 1, 10, 100, 1000]}, None)}
+    """name -> (coar.settings.FitSettings, prior name or None); every fit's settings validated as `coar fit`'s."""
+    out = {"ols": FitSettings("ols"), "ridge": FitSettings("ridge", lambdas=(0.1, 1, 10, 100, 1000))}
     for name in priors:
-        out[f"prior-{name}"] = ("prior", {"prior": priors[name]}, name)
-    out["lowrank"] = ("lowrank", {}, None)
-    out["lasso"] = ("lasso", {"ratios": LASSO_RATIOS}, None)
-    return out
+        out[f"prior-{name}"] = FitSettings("prior", prior=priors[name])
+    out["lowrank"] = FitSettings("lowrank")
+    out["lasso"] = FitSettings("lasso", ratios=LASSO_RATIOS)
+    return {k: (v.validate(), k.split("-", 1)[1] if k.startswith("prior-") else None) for k, v in out.items()}
 
 
-def fit_estimator(method: str, options: dict, keep: np.ndarray, y: np.ndarray) -> Attributions:
+def fit_estimator(settings: FitSettings, keep: np.ndarray, y: np.ndarray) -> Attributions:
     """Fit on training masks only: nothing about evaluation masks is an argument."""
-    if method == "ridge":
-        return fit((keep, y), "ridge", select="gcv", components="", **options)
-    return fit((keep, y), method, components="", **options)
+    kw = settings.fit_kwargs()
+    if settings.method == "ridge":
+        kw["select"] = "gcv"
+    if kw.get("lambdas") is None:
+        kw.pop("lambdas", None)
+    return fit((keep, y), components="", **kw)
 
 
 def chosen(attr: Attributions) -> str:
@@ -93,13 +98,18 @@ def run_setup(setup: str, train: tuple, tests: dict, priors: dict, names=None, a
     if not isinstance(tests, dict) or not tests:
         raise CoarError("tests must map each evaluation alpha to its (keep, y) pair")
     rows = []
-    for name, (method, options, prior) in estimators(priors).items():
+    known = estimators(priors)
+    unknown = sorted(set(names or ()) - set(known))
+    if unknown:
+        raise CoarError(f"unknown estimator(s) {', '.join(unknown)}; known here: {', '.join(known)} (prior-<name> "
+                        f"needs results/<setup>/attributions/<name>.npz)")
+    for name, (settings, prior) in known.items():
         if names and name not in names:
             continue
         cost = PRIOR_COST[prior](c) if prior else 0
         for label, mb in mask_counts(m, c, prior):
             t0 = time.perf_counter()
-            attr = fit_estimator(method, options, keep[:mb], y[:mb])
+            attr = fit_estimator(settings, keep[:mb], y[:mb])
             secs = time.perf_counter() - t0
             if attributions is not None:
                 attributions[(name, mb)] = attr
@@ -116,24 +126,55 @@ def run_setup(setup: str, train: tuple, tests: dict, priors: dict, names=None, a
     return rows
 
 
+def _receipt(path: Path) -> dict:
+    """A gathered split's receipt (the `gather` rule's JSON: its alpha and its stores), checked on read."""
+    try:
+        receipt = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CoarError(f"{path} is missing: gather its masks first (snakemake {path})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CoarError(f"{path} is not a readable receipt of gathered masks: {exc}") from None
+    stores = receipt.get("stores") if isinstance(receipt, dict) else None
+    if not (isinstance(stores, list) and stores and all(isinstance(x, str) for x in stores)) or not isinstance(
+            receipt.get("alpha"), (int, float)):
+        raise CoarError(f"{path} is not a receipt of gathered masks: it needs a non-empty list 'stores' and a number "
+                        "'alpha'")
+    return receipt
+
+
 def load_receipt(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """All masks and outputs of a gathered split (its receipt lists the stores, relative to ``root``)."""
-    stores = json.loads(Path(path).read_text())["stores"]
-    return tuple(np.concatenate(parts) for parts in zip(*load_shards([root / s for s in stores], dtype=np.float64)))
+    """All masks and outputs of a gathered split (its receipt lists the stores, relative to ``root``), checked
+    against the receipt: the stores' alpha is the receipt's, and they hold the masks it counts."""
+    receipt = _receipt(path)
+    paths = [root / s for s in receipt["stores"]]
+    try:
+        metas = [read_meta(p) for p in paths]
+        keep, y = (np.concatenate(parts) for parts in zip(*load_shards(paths, dtype=np.float64)))
+    except StoreError as exc:
+        raise type(exc)(f"receipt {path}: {exc}") from None
+    alphas = {float(m["alpha"]) for m in metas}
+    if alphas != {float(receipt["alpha"])}:
+        raise CoarError(f"receipt {path} says alpha {receipt['alpha']}, its stores were sampled at "
+                        f"{', '.join(map(str, sorted(alphas)))}; gather the split again (snakemake {path})")
+    if receipt.get("masks") is not None and receipt["masks"] != len(keep):
+        raise CoarError(f"receipt {path} counts {receipt['masks']} masks, its stores hold {len(keep)}; gather the split "
+                        f"again (snakemake {path})")
+    return keep, y
 
 
 def load_study(train_receipt: Path, test_receipts, prior_files, root: Path):
     """(train, tests, priors): tests maps each evaluation receipt's alpha to its (keep, y); the priors (name ->
     Attributions) are checked against the stores' component set."""
     train = load_receipt(train_receipt, root)
-    tests = {float(json.loads(Path(t).read_text())["alpha"]): load_receipt(t, root) for t in test_receipts}
-    first = Path(test_receipts[0])
-    fp = read_meta(root / json.loads(first.read_text())["stores"][0])["components_fingerprint"]
+    tests = {float(_receipt(t)["alpha"]): load_receipt(t, root) for t in test_receipts}
+    first = Path(train_receipt)
+    meta = read_meta(root / _receipt(first)["stores"][0])
     priors = {}
     for f in map(Path, prior_files):
         attr = Attributions.load(f)
-        if attr.components != fp:
+        if attr.components != meta["components_fingerprint"]:
             raise CoarError(f"{f} was computed on another component set than the masks of {first}")
+        check_prior(attr, meta, f"the masks of {first}")  # as `coar fit --method prior` does
         priors[f.stem] = Attributions(attr.weights, attr.bias, f.stem, "", attr.meta)
     return train, tests, priors
 
@@ -142,7 +183,11 @@ def load_setup(results: Path, setup: str, factors=(1.0,)):
     """A setup's stores and priors as the workflow leaves them under ``results``; evaluation masks at
     ``factors`` x alpha_train."""
     masks = results / setup / "masks"
-    alpha = float(json.loads((masks / "train.json").read_text())["alpha"])
+    alpha = float(_receipt(masks / "train.json")["alpha"])
+    for f in factors:
+        if not 0 < f * alpha < 1:
+            raise CoarError(f"alpha-test factor {f:g} x {setup}'s alpha_train {alpha:g} is not an ablation fraction "
+                            "in (0, 1)")
     paths = [masks / f"test-{a:g}.json" for a in scaled_alphas(alpha, factors)]
     for p in paths:
         if not p.exists():
