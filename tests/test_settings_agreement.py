@@ -1,4 +1,5 @@
-"""The API, the CLI and the workflow's plan agree on every drawn setting of a COAR run (coar.settings).
+"""The API, the CLI and the workflow's plan agree on every drawn setting of a COAR run (coar.settings), and
+the API and the CLI on every drawn edit.
 
 Hypothesis draws the settings of one attribution run, valid and invalid alike: the mask design (masks, alpha,
 seed, scheme), what is recorded (output, ablation, gamma) and the regression (method and its estimator
@@ -297,3 +298,72 @@ def test_api_cli_and_plan_agree_on_every_drawn_setting(world, capsys, run):
                     assert attr.weights.shape == (N, C) and np.isfinite(attr.weights).all(), (entry, run)
             else:
                 assert named in bad, (entry, run, named, bad, {e: v[0] for e, v in verdicts.items()})
+
+
+# --- edits: the API and the CLI ------------------------------------------------------------------------------------
+EDIT_CASES = 300
+INDICES = st.lists(st.integers(-1, N), max_size=3)
+
+
+@st.composite
+def edits(draw):
+    """targets, references (some overlapping, repeated, out of range or empty), k and the direction."""
+    return {"targets": draw(mostly(st.lists(st.integers(0, 1), min_size=1, max_size=2, unique=True), INDICES, 4)),
+            "references": draw(mostly(st.lists(st.integers(2, N - 1), min_size=1, max_size=2, unique=True),
+                                      INDICES, 4)),
+            "k": draw(mostly(st.integers(1, C - 1), st.sampled_from([-1, 0, C, C + 1]))),
+            "direction": draw(mostly(st.sampled_from(["increase", "decrease"]), st.just("sideways")))}
+
+
+def invalid_edit(e):
+    bad = set()
+    for key in ("targets", "references"):
+        v = e[key]
+        if not v or len(set(v)) != len(v) or not all(0 <= i < N for i in v):
+            bad.add(key)
+    if "targets" not in bad and "references" not in bad and set(e["targets"]) & set(e["references"]):
+        bad.add("references")
+    if not 1 <= e["k"] <= C - 1:
+        bad.add("k")
+    if e["direction"] not in ("increase", "decrease"):
+        bad.add("direction")
+    return bad
+
+
+@settings(max_examples=EDIT_CASES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(e=edits())
+def test_api_and_cli_agree_on_every_drawn_edit(world, capsys, e):
+    """coar.edit and `coar edit` on the same attributions (the leave-one-out file, which records this model and
+    these examples): both accept and ablate the same components, or both refuse naming an invalid setting."""
+    w, bad = world["dir"], invalid_edit(e)
+    event("valid" if not bad else "refused")
+    attr = Attributions.load(w / "loo.npz")
+    mode = {"increase": "fix", "decrease": "induce"}.get(e["direction"], e["direction"])
+    try:
+        _, ablated = coar.edit(world["model"], attr, "resnet_tiny", targets=e["targets"], references=e["references"],
+                               k=e["k"], mode=mode)
+        api = None
+    except ArgumentError as err:
+        api = {"mode": "direction"}.get(err.argument, err.argument)
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "edited.pt"
+        argv = ["edit", "--attributions", str(w / "loo.npz"), "--checkpoint", str(w / "m.pt"),
+                "--targets", ",".join(map(str, e["targets"])), "--references", ",".join(map(str, e["references"])),
+                "--k", str(e["k"]), "--direction", e["direction"], "--out", str(out)]
+        try:
+            code = main(argv)
+        except SystemExit as err:
+            code = err.code
+        err = capsys.readouterr()
+        cli = None if code == 0 else _named(err.err, {f"--{k}": k for k in ("targets", "references", "k",
+                                                                              "direction")})
+        if code == 0:
+            from coar.paper.training import load_checkpoint
+
+            assert load_checkpoint(out)[1]["meta"]["edit"]["ablated"] == ablated.tolist(), e
+        else:
+            assert code == 2 and not out.exists(), err.err
+    if bad:
+        assert api in bad and cli in bad, (e, api, cli, bad)
+    else:
+        assert api is None and cli is None, (e, api, cli)

@@ -45,7 +45,7 @@ from .engine import Engine
 from .errors import ArgumentError, CoarError, ComponentError
 from .sampling import sample_masks
 from .resources import check_memory, size_text
-from .settings import FIT_METHODS, FitSettings, SampleSettings, check_int, check_output
+from .settings import FIT_METHODS, EditSettings, FitSettings, SampleSettings, check_int, check_output
 from .store import normalize_meta
 
 if TYPE_CHECKING:
@@ -527,21 +527,8 @@ def edit(model: nn.Module, attributions: Attributions, components: Components, *
         raise ArgumentError("mode", f"must be one of {tuple(EDIT_MODES)}, got {mode!r}")
     cset = _components(model, components)
     _check_provenance(attributions, model, cset, None, None)
-    n = attributions.n_examples
-    idx = {}
-    for name, values in (("targets", targets), ("references", references)):
-        try:
-            idx[name] = editing._indices(values, name, n)
-        except (CoarError, TypeError, ValueError) as e:
-            raise ArgumentError(name, str(e)) from None
-    both = np.intersect1d(idx["targets"], idx["references"])
-    if both.size:
-        raise ArgumentError("references", f"example(s) {both.tolist()} are also targets; a reference must be another "
-                                          "example")
-    try:
-        k = editing.check_k(k, cset.size)
-    except CoarError as e:
-        raise ArgumentError("k", str(e)) from None
-    scores = editing.edit_scores(attributions, idx["targets"], idx["references"])
-    ablate = editing.select_components(scores, int(k), EDIT_MODES[mode])
+    e = EditSettings(targets, references, k, EDIT_MODES[mode]).validate(attributions.n_examples, cset.size,
+                                                                       {"direction": "mode"})
+    scores = editing.edit_scores(attributions, e.targets, e.references)
+    ablate = editing.select_components(scores, e.k, e.direction)
     return editing.apply_edit(model, cset, ablate), ablate

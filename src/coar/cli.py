@@ -302,12 +302,17 @@ def cmd_evaluate(a):
         print(summarize(table).to_string(index=False))
 
 
+#: Flags of `coar edit` by EditSettings field.
+EDIT_FLAGS = {f: "--" + f.replace("_", "-") for f in ("targets", "references", "k", "direction", "references_random",
+                                                        "seed")}
+
+
 def cmd_edit(a):
     from .attributions import Attributions
     from .components import component_set
     from .examples import Examples
-    from .editing import (apply_edit, edit_references, edit_scores, ranking, select_components, sweep_outputs,
-                          sweep_table)
+    from .editing import apply_edit, check_k, edit_scores, ranking, select_components, sweep_outputs, sweep_table
+    from .settings import EditSettings
     from .outputs import margin
     from .pipeline import check_examples_fit
     from .provenance import check_edit
@@ -334,14 +339,13 @@ def cmd_edit(a):
             check_examples_fit(model, x, y, "margin", margin)
         except CoarError as exc:
             raise CoarError(f"--examples {a.examples}: {exc}") from None
-    from .editing import check_k
-
-    check_k(a.k, cset.size, "--k")
+    e = EditSettings(a.targets, a.references, a.k, a.direction, a.references_random, seed).validate(
+        attr.n_examples, cset.size, EDIT_FLAGS)
     for k in a.sweep or []:
         check_k(k, cset.size, "--sweep", unedited=True)
-    targets, refs = edit_references(attr.n_examples, a.targets, a.references, a.references_random, seed)
+    targets, refs = e.targets, e.references
     scores = edit_scores(attr, targets, refs)
-    chosen = select_components(scores, a.k, a.direction)
+    chosen = select_components(scores, e.k, e.direction)
     labels = cset.labels()
     print(f"ablating {a.k} components ({'bottom' if a.direction == 'increase' else 'top'}-k of eq. 8):")
     for j in chosen:

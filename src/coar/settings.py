@@ -272,3 +272,46 @@ class FitSettings:
         if method == "ridge":
             names["lambdas"] = f"{prefix}.lambdas"
         return names
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """A COAR-EDIT (paper eq. 8-9): the target and reference examples (indices into the attributions; the
+    references given, or ``references_random`` of the other examples drawn with ``seed``), the number k of
+    components ablated and the direction ("increase": the k lowest scores, raising the targets' outputs
+    relative to the references; "decrease": the k highest)."""
+
+    targets: Sequence[int]
+    references: Sequence[int] | None = None
+    k: int = 1
+    direction: str = "increase"
+    references_random: int | None = None
+    seed: int = 0
+
+    def validate(self, n_examples: int, n_components: int, names: Mapping[str, str] | None = None
+                 ) -> "EditSettings":
+        """Check every field against the attributions' N examples and C components: targets and references in
+        range, none repeated, none both; k in 1..C - 1 (coar.editing.check_k); a direction. Returns the settings
+        with targets and references as index arrays (random references drawn)."""
+        from . import editing
+
+        def named(field, check, *args):
+            try:
+                return check(*args)
+            except CoarError as e:
+                _fail(names, field, str(e))
+
+        check_choice(self.direction, "direction", editing.DIRECTIONS, names)
+        k = named("k", editing.check_k, self.k, n_components)
+        if (self.references is None) == (self.references_random is None):
+            _fail(names, "references", "give either the references or a number of random references, not both or "
+                                       "neither")
+        seed = check_int(self.seed, "seed", 0, MAX_SEED, names)
+        targets = named("targets", editing._indices, self.targets, "targets", n_examples)
+        if self.references_random is not None:
+            check_int(self.references_random, "references_random", 1, names=names)
+            refs = named("references_random", editing.edit_references, n_examples, targets, None,
+                         self.references_random, seed)[1]
+        else:
+            refs = named("references", editing.check_edit_examples, n_examples, targets, self.references)[1]
+        return replace(self, targets=targets, references=refs, k=k, seed=seed, references_random=None)
