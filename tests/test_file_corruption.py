@@ -528,9 +528,8 @@ def test_shard_store_file(originals, data):
 @fuzz(200)
 @given(data=st.data())
 def test_receipt_file(originals, data):
-    """A gathered split's receipt: refused naming it, or the masks and outputs of the stores it lists. A receipt
-    whose store list was corrupted into other paths may be refused by load_shards, naming the (absent or other)
-    store under `root` it led to rather than the receipt."""
+    """A gathered split's receipt: refused naming it (also when its store list was corrupted into other paths,
+    or its counts or alpha no longer match the stores), or the masks and outputs of the stores it lists."""
     original, root = originals["receipt"], originals["receipt"].parent
     raw = original.read_bytes()
     corruption = data.draw(byte_corruptions(raw) | json_rewrites(raw))
@@ -540,7 +539,7 @@ def test_receipt_file(originals, data):
             np.testing.assert_array_equal(got, want)
 
     with corrupted_copy(original, corruption) as path:
-        assert_refused_or_valid(lambda: load_receipt(path, root), valid, path.parent, path, root)
+        assert_refused_or_valid(lambda: load_receipt(path, root), valid, path.parent, path)
 
 
 @fuzz(150)

@@ -90,7 +90,7 @@ def _study(tmp_path, prior_model="model-x"):
     W, b = rng.normal(size=(6, 30)), rng.normal(size=6)
     stores = planted_stores(tmp_path, W, b, m=60)
     for name, paths in (("train", stores[:1]), ("test", stores[1:])):
-        (tmp_path / f"{name}.json").write_text(json.dumps({"stores": paths, "alpha": 0.2}))
+        (tmp_path / f"{name}.json").write_text(json.dumps({"stores": paths, "masks": 60, "alpha": 0.2}))
     prior = Attributions(W, b, "loo", "comps-x", {"provenance": {"model_fingerprint": prior_model}})
     prior.save(tmp_path / "loo.npz")
     return tmp_path / "train.json", [tmp_path / "test.json"], [tmp_path / "loo.npz"]
@@ -114,7 +114,7 @@ def test_the_efficiency_study_refuses_unknown_estimators_and_unreadable_receipts
     with pytest.raises(CoarError, match="unknown estimator.*prior-gp"):
         run_setup("A", *data, names=["ols", "prior-gp"])
     train.write_text("{not json")
-    with pytest.raises(CoarError, match=f"{train} is not a readable receipt"):
+    with pytest.raises(CoarError, match=f"{train} is not a readable split receipt"):
         load_study(train, tests, priors, tmp_path.parent)
 
 
@@ -141,3 +141,21 @@ def test_prepare_refuses_images_that_cannot_fit_in_memory_before_reading_the_dat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--channels/--pad-to:" in err and "PiB of memory" in err and not (tmp_path / "ex.npz").exists(), err
+
+
+def test_receipts_are_read_back_with_the_rules_they_are_written_by(tmp_path):
+    from coar.paper.receipts import read_shard, read_split, write_shard, write_split
+
+    write_split(tmp_path / "split.json", ["results/A/masks/train/shard-000"], 500, 0.1)
+    assert read_split(tmp_path / "split.json")["masks"] == 500
+    with pytest.raises(CoarError, match="refusing to write the receipt .*'stores' must be a non-empty list"):
+        write_split(tmp_path / "bad.json", [], 500, 0.1)
+    assert not (tmp_path / "bad.json").exists()
+    write_shard(tmp_path / "shard.json", "s", {"m": 10, "alpha": 0.1}, {"files": {"masks.npy": "ab"}})
+    with pytest.raises(CoarError, match="shard.json is not a split receipt: 'stores'"):
+        read_split(tmp_path / "shard.json")  # a shard receipt where a split's is expected
+    with pytest.raises(CoarError, match="none.json is missing: it is written by the rule sample_shard"):
+        read_shard(tmp_path / "none.json")
+    (tmp_path / "split.json").write_text(json.dumps({"stores": ["s"], "masks": 10, "alpha": 1.5}))
+    with pytest.raises(CoarError, match="'alpha' an ablation fraction in \\(0, 1\\)"):
+        read_split(tmp_path / "split.json")

@@ -8,8 +8,6 @@ from _job import model_and_components, start  # noqa: E402
 
 device = start(sm)
 
-import json  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from coar.engine import counterfactual_outputs  # noqa: E402
@@ -17,6 +15,7 @@ from coar.examples import Examples  # noqa: E402
 from coar.correlation import pearson_columns  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
 from coar.outputs import get_output_fn  # noqa: E402
+from coar.paper.receipts import read_split  # noqa: E402
 from coar.store import load_shards  # noqa: E402
 
 spec = sm.params.spec
@@ -25,7 +24,7 @@ x, y = Examples.load(sm.input.examples).tensors(device)
 base = counterfactual_outputs(model, cset, x, y, np.ones((1, cset.size), bool), get_output_fn("margin"))[0]
 rows = [pd.DataFrame({"alpha": [0.0], "mask": [0], "accuracy": [(base > 0).mean()], "correlation": [1.0]})]
 for path in sm.input.tests:
-    split = json.load(open(path))
+    split = read_split(path)
     _, out = (np.concatenate(p) for p in zip(*load_shards(split["stores"])))
     out = out.astype(np.float64)
     corr = pearson_columns(out.T, np.repeat(base[:, None].astype(np.float64), len(out), 1))

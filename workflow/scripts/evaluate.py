@@ -7,18 +7,18 @@ from _job import start  # noqa: E402
 
 start(sm, torch=False)
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
+from coar.paper.receipts import read_split  # noqa: E402
 from coar.pipeline import scatter_table  # noqa: E402
 
 spec = sm.params.spec
 attrs = {Path(p).stem: Attributions.load(p) for p in sm.input.attributions}
-splits = [json.load(open(p)) for p in sm.input.tests]
+splits = [read_split(p) for p in sm.input.tests]
 table = pd.concat([pd.read_csv(p) for p in sm.input.tables], ignore_index=True)
 atomic_write_csv(table, sm.output.correlations)
 # the scatter shows the example whose COAR correlation is the median one at the scatter alpha: typical,

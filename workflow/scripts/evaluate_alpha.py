@@ -8,14 +8,14 @@ from _job import start  # noqa: E402
 
 start(sm, torch=False)
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
+from coar.paper.receipts import read_split  # noqa: E402
 from coar.pipeline import evaluate_stores  # noqa: E402
 
 attrs = {Path(p).stem: Attributions.load(p) for p in sm.input.attributions}
-table = evaluate_stores(attrs, json.load(open(sm.input.test))["stores"])
+table = evaluate_stores(attrs, read_split(sm.input.test)["stores"])
 atomic_write_csv(table, sm.output[0])
 print(table.groupby(["method", "alpha_test"]).correlation.mean().to_string())

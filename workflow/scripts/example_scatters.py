@@ -8,7 +8,6 @@ from _job import start  # noqa: E402
 
 start(sm, torch=False)
 
-import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -16,10 +15,11 @@ import pandas as pd  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
 from coar.io import atomic_write_csv  # noqa: E402
+from coar.paper.receipts import read_split  # noqa: E402
 from coar.pipeline import scatter_table  # noqa: E402
 
 attrs = {Path(p).stem: Attributions.load(p) for p in sm.input.attributions}
-store = json.load(open(sm.input.test))["stores"][0]
+store = read_split(sm.input.test)["stores"][0]
 n = attrs["coar"].n_examples
 picks = np.random.default_rng(sm.params.seed).choice(n, size=min(sm.params.examples, n), replace=False)
 table = pd.concat([scatter_table(attrs, store, int(i)) for i in picks], ignore_index=True)

@@ -7,15 +7,15 @@ from _job import start  # noqa: E402
 
 device = start(sm, torch=False)  # torch only to fit on a GPU
 
-import json  # noqa: E402
 from dataclasses import replace  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
+from coar.paper.receipts import read_split  # noqa: E402
 from coar.pipeline import fit_stores  # noqa: E402
 from coar.settings import FitSettings  # noqa: E402
 
 spec = sm.params.spec
-stores = json.load(open(sm.input[0]))["stores"]
+stores = read_split(sm.input[0])["stores"]
 fit = FitSettings.from_spec(spec)  # the plan validated these settings with the same rules
 if fit.method == "prior":
     fit = replace(fit, prior=Attributions.load(sm.input.prior))

@@ -7,12 +7,12 @@ from _job import model_and_components, start  # noqa: E402
 
 device = start(sm)  # Snakemake deletes a job's log before it runs: a rerun says below what it resumed
 
-import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
 
 from coar.examples import Examples  # noqa: E402
 from coar.errors import CoarError, StoreMismatchError  # noqa: E402
+from coar.paper.receipts import write_shard  # noqa: E402
 from coar.pipeline import sample_store  # noqa: E402
 from coar.store import ShardStore, verify  # noqa: E402
 
@@ -38,8 +38,4 @@ except StoreMismatchError as exc:  # settings changed since the store was made: 
     print(f"{exc}\nmoving the old store to {stale}")
     os.rename(sm.params.store, stale)
     store = sample_store(sm.params.store, model, cset, examples, **kw)
-receipt = {"store": sm.params.store, "meta": store.meta, "checksums": verify(sm.params.store)}
-tmp = sm.output[0] + ".tmp"
-with open(tmp, "w") as fh:
-    json.dump(receipt, fh, indent=1, default=str)
-os.replace(tmp, sm.output[0])
+write_shard(sm.output[0], sm.params.store, store.meta, verify(sm.params.store))

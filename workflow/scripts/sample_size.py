@@ -7,12 +7,11 @@ from _job import start  # noqa: E402
 
 start(sm, torch=False)
 
-import json  # noqa: E402
-
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coar.attributions import Attributions  # noqa: E402
+from coar.paper.receipts import read_split  # noqa: E402
 from coar.pipeline import evaluate_stores  # noqa: E402
 
 
@@ -21,7 +20,7 @@ def centred(w):  # exact-alpha masks leave w + c*1 unidentified per example: com
 
 
 full = centred(Attributions.load(sm.input.full).weights)
-stores = json.load(open(sm.input.test))["stores"]
+stores = read_split(sm.input.test)["stores"]
 parts = []
 for path in sm.input.fits:
     attr = Attributions.load(path)

@@ -16,7 +16,6 @@ stores; both read results/<setup>/masks/train.json, the evaluation stores
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ..regression import fit
 from ..settings import FitSettings
 from ..store import load_shards, read_meta
 from .plan import scaled_alphas
+from .receipts import read_split
 
 PRIOR_COST = {"loo": lambda c: c + 1, "gp": lambda c: 3}
 LASSO_RATIOS = list(np.logspace(0, -3, 7))  # a shorter path than the library's default: the lasso is slow at C = 448
@@ -126,26 +126,10 @@ def run_setup(setup: str, train: tuple, tests: dict, priors: dict, names=None, a
     return rows
 
 
-def _receipt(path: Path) -> dict:
-    """A gathered split's receipt (the `gather` rule's JSON: its alpha and its stores), checked on read."""
-    try:
-        receipt = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise CoarError(f"{path} is missing: gather its masks first (snakemake {path})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CoarError(f"{path} is not a readable receipt of gathered masks: {exc}") from None
-    stores = receipt.get("stores") if isinstance(receipt, dict) else None
-    if not (isinstance(stores, list) and stores and all(isinstance(x, str) for x in stores)) or not isinstance(
-            receipt.get("alpha"), (int, float)):
-        raise CoarError(f"{path} is not a receipt of gathered masks: it needs a non-empty list 'stores' and a number "
-                        "'alpha'")
-    return receipt
-
-
 def load_receipt(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     """All masks and outputs of a gathered split (its receipt lists the stores, relative to ``root``), checked
     against the receipt: the stores' alpha is the receipt's, and they hold the masks it counts."""
-    receipt = _receipt(path)
+    receipt = read_split(path)
     paths = [root / s for s in receipt["stores"]]
     try:
         metas = [read_meta(p) for p in paths]
@@ -156,7 +140,7 @@ def load_receipt(path: Path, root: Path) -> tuple[np.ndarray, np.ndarray]:
     if alphas != {float(receipt["alpha"])}:
         raise CoarError(f"receipt {path} says alpha {receipt['alpha']}, its stores were sampled at "
                         f"{', '.join(map(str, sorted(alphas)))}; gather the split again (snakemake {path})")
-    if receipt.get("masks") is not None and receipt["masks"] != len(keep):
+    if receipt["masks"] != len(keep):
         raise CoarError(f"receipt {path} counts {receipt['masks']} masks, its stores hold {len(keep)}; gather the split "
                         f"again (snakemake {path})")
     return keep, y
@@ -166,9 +150,9 @@ def load_study(train_receipt: Path, test_receipts, prior_files, root: Path):
     """(train, tests, priors): tests maps each evaluation receipt's alpha to its (keep, y); the priors (name ->
     Attributions) are checked against the stores' component set."""
     train = load_receipt(train_receipt, root)
-    tests = {float(_receipt(t)["alpha"]): load_receipt(t, root) for t in test_receipts}
+    tests = {float(read_split(t)["alpha"]): load_receipt(t, root) for t in test_receipts}
     first = Path(train_receipt)
-    meta = read_meta(root / _receipt(first)["stores"][0])
+    meta = read_meta(root / read_split(first)["stores"][0])
     priors = {}
     for f in map(Path, prior_files):
         attr = Attributions.load(f)
@@ -183,7 +167,7 @@ def load_setup(results: Path, setup: str, factors=(1.0,)):
     """A setup's stores and priors as the workflow leaves them under ``results``; evaluation masks at
     ``factors`` x alpha_train."""
     masks = results / setup / "masks"
-    alpha = float(_receipt(masks / "train.json")["alpha"])
+    alpha = float(read_split(masks / "train.json")["alpha"])
     for f in factors:
         if not 0 < f * alpha < 1:
             raise CoarError(f"alpha-test factor {f:g} x {setup}'s alpha_train {alpha:g} is not an ablation fraction "
