@@ -269,6 +269,7 @@ BAD_ATTRIBUTE = [
     ("components", dict(components="no_such_table")),
     ("components", dict(components=[])),
     ("components", dict(components=[coar.Rule(r"nothing", ("Linear",))])),
+    ("inputs", dict(inputs=torch.zeros(12, 4, dtype=torch.uint8))),
     ("method", dict(method="lars")),
     ("method", dict(method="prior")),
     ("method.ranks", dict(method=coar.FitSettings("ols", ranks=(1,)))),

@@ -134,6 +134,10 @@ def _check_data(inputs, targets) -> tuple[torch.Tensor, torch.Tensor]:
                                        f"{tuple(targets.shape)}")
     if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
         raise ArgumentError("inputs", "contain NaN or infinite values")
+    if inputs.dtype == torch.uint8:
+        raise ArgumentError("inputs", f"are uint8 {tuple(inputs.shape)}: raw pixel values 0..255? Give the inputs "
+                                      "as the model takes them, preprocessed as in its training (e.g. "
+                                      "x.float() / 255 and its normalization)")
     return inputs, targets
 
 
