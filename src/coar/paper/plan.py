@@ -377,7 +377,7 @@ class Plan:
         """The settings the setup's sampling and fit jobs will take, checked by the validators those jobs call
         (coar.settings): the training masks, the evaluation masks at each alpha_test (seed + 1, shard
         round(alpha 1e6)), logit:<c> against num_classes, and the regression with its estimator options."""
-        from coar.settings import FitSettings, SampleSettings
+        from coar.settings import MAX_SEED, FitSettings, SampleSettings
 
         s, key = self.setups[name], f"setups.{name}"
         names = {f: f"{key}.{f}" for f in ("seed", "scheme", "output", "ablation", "gamma", "dtype", "precision")}
@@ -388,6 +388,9 @@ class Plan:
             SampleSettings(s["masks"], s["alpha_train"], seed=s["seed"], shard=s["shards"] - 1, **common).validate(
                 num_classes=classes, min_masks=2, names={**names, "masks": f"{key}.masks",
                                                          "alpha": f"{key}.alpha_train"})
+            if s["seed"] == MAX_SEED:
+                self._error(f"{key}.seed", f"{MAX_SEED:,} leaves no seed + 1 for the evaluation masks; use at most "
+                                           f"{MAX_SEED - 1:,}")
             for alpha in s["alpha_test"]:
                 spec = self.mask_settings(name, test_split(alpha), 0)
                 SampleSettings(spec["m"], alpha, seed=spec["seed"], shard=spec["shard"], **common).validate(
@@ -395,10 +398,7 @@ class Plan:
             fit = FitSettings.from_spec(s)
             fit.validate(names=FitSettings.spec_names(key, fit.method), masks=s["masks"])
         except ArgumentError as exc:
-            problem = exc.problem
-            if exc.argument == f"{key}.seed":
-                problem += " (evaluation masks are drawn with seed + 1)"
-            self._error(exc.argument, problem)
+            self._error(exc.argument, exc.problem)
 
     def _check_figure_setups(self):
         for fig, spec in self.config["figures"].items():
