@@ -59,6 +59,8 @@ def test_sample_settings_check_both_ends_and_the_model():
     (dict(regression="lasso", masks=4, estimator={"holdout_fraction": 0.1}), "setups.A.estimator.holdout_fraction",
      ["leaves 0 held out"]),
     (dict(output="logit:10"), "setups.A.output", ["0..9"]),
+    (dict(in_channels=3), "setups.A.in_channels", ["fashion-mnist images have 1 channel(s)"]),
+    (dict(num_classes=5), "setups.A.num_classes", ["fashion-mnist has 10 classes", "labels 5..9"]),
     (dict(seed=MAX_SEED), "setups.A.seed", ["leaves no seed + 1", "9,223,372,036,854,775,806"]),
     (dict(seed=MAX_SEED + 1), "setups.A.seed", ["got 9,223,372,036,854,775,808"]),
 ])

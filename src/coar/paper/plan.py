@@ -351,6 +351,13 @@ class Plan:
         if not s["pretrained"] and data.pretrained_only:
             self._error(f"setups.{name}.pretrained", f"{s['dataset']} models are used with their published weights "
                                                      "(set pretrained: true)")
+        if data.kind != "tokens" and s["in_channels"] != data.channels:
+            self._error(f"setups.{name}.in_channels", f"{s['in_channels']}, but {s['dataset']} images have "
+                                                      f"{data.channels} channel(s): the model would not take them")
+        if data.kind != "tokens" and data.classes is not None and s["num_classes"] < data.classes:
+            self._error(f"setups.{name}.num_classes", f"{s['num_classes']}, but {s['dataset']} has {data.classes} "
+                                                      f"classes: labels {s['num_classes']}..{data.classes - 1} would "
+                                                      "have no logit")
         needs = data.output if data.kind == "tokens" else None
         text = needs is not None
         if (s["output"] != needs) if text else s["output"] in ("token_margin", "answer_margin"):
