@@ -467,6 +467,7 @@ def _valid_checkpoint(loaded):
         assert not t.is_floating_point() or bool(torch.isfinite(t).all()), f"{name} holds NaN or inf"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on a flipped protocol byte
 @fuzz(400)
 @given(data=st.data())
 def test_checkpoint_file(originals, data):

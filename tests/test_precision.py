@@ -51,7 +51,7 @@ def test_a_shard_is_never_resumed_in_the_other_precision(tmp_path, setup):
     _sample(tmp_path / "s", setup, "float32")
     with pytest.raises(StoreMismatchError, match="precision"):
         _sample(tmp_path / "s", setup, "bfloat16")
-    with pytest.raises(CoarError, match="precision must be one of"):
+    with pytest.raises(CoarError, match="precision: must be one of"):
         _sample(tmp_path / "t", setup, "float16")
 
 
