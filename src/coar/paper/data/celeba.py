@@ -12,8 +12,9 @@ attribute and partition files, in torchvision's layout:
     <root>/celeba/list_eval_partition.txt   `filename split`, split 0 train, 1 valid, 2 test
 
 The text files are parsed here (and validated: header, row lengths, values, count); downloading is left to
-torchvision.datasets.CelebA, which fetches the files from Google Drive and checks their MD5 sums. Google
-Drive often refuses these downloads (quota); the error then explains how to place the files by hand.
+torchvision.datasets.CelebA, which fetches the files from Google Drive with the gdown package (the `paper` extra:
+pip install 'coar[paper]') and checks their MD5 sums. Google Drive often refuses these downloads (quota); the
+error then explains how to place the files by hand, as it does when gdown is missing.
 Images are decoded with the ImageNet evaluation transform (coar.paper.data.images.decode_image).
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CoarError
-from .images import decode_images, seeded_subset
+from .images import PAPER_EXTRA, decode_images, import_gdown, seeded_subset
 
 BASE = "celeba"
 IMAGE_DIR = "img_align_celeba"
@@ -43,7 +44,7 @@ def _instructions(root: Path) -> str:
     return (f"Place CelebA by hand (from {PROJECT_URL}, 'Align&Cropped Images' and 'Anno'/'Eval' folders of its "
             f"Google Drive): unzip img_align_celeba.zip so that {base / IMAGE_DIR}/000001.jpg exists, and put "
             f"{ATTR_FILE} and {PARTITION_FILE} in {base}/. With download=True, torchvision.datasets.CelebA "
-            f"tries the download (it needs the `gdown` package and Google Drive's permission)")
+            f"tries the download (it needs the gdown package, `{PAPER_EXTRA}`, and Google Drive's permission)")
 
 
 def _layout_ok(base: Path) -> bool:
@@ -63,7 +64,9 @@ def ensure_celeba(root: str | os.PathLike, download: bool = True) -> Path:
         from torchvision.datasets import CelebA
 
         CelebA(str(root), split="all", target_type="attr", download=True)
-    except Exception as exc:  # gdown missing, Drive quota, network, MD5 mismatch: all need the same manual fix
+    except Exception as exc:  # Drive quota, network, MD5 mismatch: all need the same manual fix
+        # gdown missing (torchvision needs it only when files are to be fetched): say how to install it
+        import_gdown("CelebA", _instructions(root))
         raise CoarError(f"CelebA download via torchvision failed ({type(exc).__name__}: {exc}). "
                         f"{_instructions(root)}") from exc
     if not _layout_ok(base):

@@ -94,6 +94,22 @@ def decode_images(paths: Iterable[str | os.PathLike], size: int = 224, progress:
     return out
 
 
+PAPER_EXTRA = "pip install 'coar[paper]'"  # the extra holding what obtaining the paper's datasets needs
+
+
+def import_gdown(what: str, placement: str):
+    """The gdown module, which the Google Drive downloads need (CelebA through torchvision, the typographic
+    photos); it is in the `paper` extra. Missing, a CoarError says how to install it, or how to place `what`'s
+    files by hand instead (`placement`)."""
+    try:
+        import gdown
+    except ImportError as exc:
+        raise CoarError(f"{what} is downloaded from Google Drive with the gdown package, which is not installed: "
+                        f"run `{PAPER_EXTRA}` (or `pip install gdown`) and try again. Or place the files by hand: "
+                        f"{placement}") from exc
+    return gdown
+
+
 def unsafe_member(name: str) -> bool:
     """Whether an archive member's name would land outside the extraction directory (absolute or '..')."""
     return name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in Path(name).parts

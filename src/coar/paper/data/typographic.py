@@ -13,7 +13,8 @@ with the images either in an `images/` folder next to it (Defense-Prefix: <root>
 What is NOT verified (we could not open the Drive folder offline):
   * how clean (un-attacked) photos are marked. We treat an empty / missing / "none" / "clean" /
     "no attack" attack label as clean (one third-party docstring shows `"typographic attack label": ""`).
-    If the archive has no clean photos, `clean_images` is empty.
+    If no photo comes out clean, loading fails naming the folder and the labels found (the workflow's
+    examples are the clean photos), rather than returning an empty clean split.
   * the exact strings of the 8 attack labels (case of "EU", "iPad"); lookups via TypographicData.attack()
     are case-insensitive. The paper evaluates four of them: "taxi", "twitter", "EU", "iPad".
   * the zero-shot label set the paper used. Fig. 7a shows predictions flipped to "taxi" / "twitter" / "EU",
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 
 from ...errors import CoarError, ShapeError
+from .images import PAPER_EXTRA, import_gdown
 
 DATASET_URL = "https://drive.google.com/drive/folders/17v74pmQs2zHrs9sJ_8D0bfrz5ykB5ZW2"
 REPO_URL = "https://github.com/joaanna/disentangling_spelling_in_clip"
@@ -265,16 +267,14 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
 def _missing(root: Path) -> CoarError:
     return CoarError(
         f"typographic attack dataset [MTB22] not found under {root}: expected {LAYOUT}. Download the folder "
-        f"{DATASET_URL} (linked from {REPO_URL}; e.g. `pip install gdown && gdown --folder {DATASET_URL} "
+        f"{DATASET_URL} (linked from {REPO_URL}; e.g. `{PAPER_EXTRA} && gdown --folder {DATASET_URL} "
         f"-O {root / SUBDIR}`), then put the JSON annotations and the photos there.")
 
 
 def _download(root: Path) -> None:
-    try:
-        import gdown
-    except ImportError as exc:
-        raise CoarError(f"download=True needs the gdown package (pip install gdown) to fetch the Google Drive folder "
-                        f"{DATASET_URL}; or download it by hand. {_missing(root)}") from exc
+    gdown = import_gdown(f"The typographic attack dataset [MTB22] (the Google Drive folder {DATASET_URL})",
+                         f"download that folder and put its annotations JSON and photos in {root / SUBDIR} "
+                         f"(expected layout: {LAYOUT})")
     target = root / SUBDIR
     target.mkdir(parents=True, exist_ok=True)
     try:
@@ -301,6 +301,15 @@ def load_typographic(root: str | os.PathLike, size: int = 224, download: bool = 
     except (OSError, ValueError) as exc:
         raise CoarError(f"could not parse annotation file {ann_path}: {exc}") from exc
     entries = _entries(data, ann_path)
+    if not any(rec["attack"] is None for _, rec in entries):
+        found: dict[str, int] = {}
+        for _, rec in entries:
+            found[rec["attack"]] = found.get(rec["attack"], 0) + 1
+        raise CoarError(f"typographic attack dataset in {folder}: 0 clean photos among the {len(entries)} photos "
+                        f"annotated in {ann_path.name} (attack labels found: {found}). A photo is clean when its "
+                        f"{ATTACK_KEY!r} is empty, missing or one of {sorted(CLEAN_MARKERS - {''})}; the "
+                        f"experiments need the clean photos. If this copy marks them otherwise, mark them so "
+                        f"in {ann_path}")
 
     objects = sorted({rec["object"] for _, rec in entries})
     classes_path = folder / CLASSES_FILE
