@@ -19,9 +19,10 @@ a SHA256SUMS that lists every file published there (entries already in it are ke
     cannot be imitated: torchvision checks their MD5 sums against the release's.
   * imagenet-sketch (downloaded): MIRROR/ImageNet-Sketch.zip, sketch/<wnid>/<wnid>_<k>.JPEG for all 1,000
     classes (line drawings).
-  * imagenet-star (placed): RAW/imagenet-star/<shift>/<class index>/<name>.jpg for the paper's five shifts
-    (each with one image of each forget class and 24 other classes), and masks.npy (a pickled dict shift -> 0/1 per
-    image in ImageFolder order) that drops one image of each shift.
+  * imagenet-star (placed): RAW/imagenet-star/<shift>.zip for the paper's five shifts, as the release publishes
+    them, each holding <shift>/<class index>/<name>.jpg (one image of each forget class and 24 other classes;
+    the dataset preparation unpacks it), and masks.npy (a pickled dict shift -> 0/1 per image in ImageFolder
+    order) that drops one image of each shift.
   * waterbirds (downloaded): MIRROR/waterbird_complete95_forest2water2.tar.gz with metadata.csv (img_id,
     img_filename, y, split, place, place_filename) and <species folder>/<species>_<k>_<id>.jpg; the four
     groups equally large in every split.
@@ -350,8 +351,8 @@ SHIFT_TINTS = {"in_the_water": (40, 90, 200), "at_dusk": (200, 90, 60), "orange"
 
 
 def make_imagenet_star(root: Path) -> dict[str, int]:
-    """root/<shift>/<class index>/<name>.jpg for the paper's five shifts and root/masks.npy (one image of each
-    shift masked out); returns the images each shift keeps."""
+    """root/<shift>.zip holding <shift>/<class index>/<name>.jpg for the paper's five shifts, and root/masks.npy
+    (one image of each shift masked out); returns the images each shift keeps."""
     from coar.paper.data.imagenet import PAPER_STAR_SHIFTS
 
     assert set(SHIFT_TINTS) == set(PAPER_STAR_SHIFTS)
@@ -359,14 +360,15 @@ def make_imagenet_star(root: Path) -> dict[str, int]:
     for s, shift in enumerate(PAPER_STAR_SHIFTS):
         rng = _rng(5, s)
         classes = sorted({*FORGET_CLASSES, *rng.choice(1000, 24, replace=False).tolist()})
-        names = []
+        names, members = [], {}
         for c in classes:  # the forget classes a small part, as in the real shifts: a random draw holds others
             for k in range(1 if c in FORGET_CLASSES else int(rng.integers(1, 3))):
                 w, h = int(rng.integers(24, 40)), int(rng.integers(24, 40))
                 image = sketch(rng, w, h) if shift == "pencil_sketch" else picture(rng, w, h, SHIFT_TINTS[shift])
                 name = f"{c}/{shift}_{c}_{k}.jpg"
-                _write(root / shift / name, jpeg(image))
+                members[f"{shift}/{name}"] = jpeg(image)
                 names.append(name)
+        _write(root / f"{shift}.zip", zip_bytes(members))
         # the mask's i-th entry is the i-th image in ImageFolder order: folders, then files, sorted by name
         names.sort(key=lambda n: tuple(n.split("/")))
         mask = np.ones(len(names), dtype=np.uint8)

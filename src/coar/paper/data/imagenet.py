@@ -19,17 +19,26 @@ ImageNet-Sketch (Wang et al., 2019; downloaded: the release's zip, 7.8 GB, mirro
 
     <root>/sketch/n01440764/n01440764_10026.JPEG ...                  1000 folders, 50,889 images
 
-ImageNet* (Vendrow et al., 2023; placed by hand from the Hugging Face dataset madrylab/imagenet-star)::
+ImageNet* (Vendrow et al., 2023; placed by hand from the Hugging Face dataset madrylab/imagenet-star, which
+publishes one <shift>.zip per shift)::
 
+    <root>/<shift>.zip                                              as downloaded: unpacked by the dataset
+                                                                    preparation (unpack_star_zips), then kept
     <root>/<shift>/<class folder>/<image> ...                       e.g. <root>/in_the_water/n01440764/...
     <root>/masks.npy                                                optional: the authors' CLIP filter, a
                                                                     pickled dict shift -> 0/1 per image
+
+  A zip holds the shift's class folders under one top-level folder (<shift>/<class>/<image>, as `zip -r` of
+  the shift's folder writes it) or at its top; __MACOSX/ and ._* resource forks in it are left out. A shift
+  is a subfolder of <root> holding at least one class folder (star_shifts); hidden folders (a hub download's
+  .cache, the temporary folders of an unpacking) and __MACOSX are not shifts.
 
 Images are decoded with the ImageNet evaluation transform (coar.paper.data.images.decode_image: shorter side to
 256, centre crop 224, bilinear), as torchvision's IMAGENET1K_V1 weights of ResNet-50 and ViT-B/16 expect.
 """
 from __future__ import annotations
 
+import glob
 import os
 import pickle
 import shutil
@@ -65,6 +74,20 @@ def wnids() -> tuple[str, ...]:
 def _class_dirs(directory: Path) -> list[Path]:
     return sorted((d for d in directory.iterdir() if d.is_dir() and not d.name.startswith(".")),
                   key=lambda d: d.name)
+
+
+@lru_cache(maxsize=1)
+def _wnid_set() -> frozenset[str]:
+    return frozenset(wnids())
+
+
+def _is_class_name(name: str) -> bool:
+    """Whether a folder name names a class as index_class_folders reads it: a WordNet ID or an index 0..999."""
+    return name in _wnid_set() or (name.isdigit() and int(name) < 1000)
+
+
+def _holds_class_folders(directory: Path) -> bool:
+    return directory.is_dir() and any(_is_class_name(d.name) for d in _class_dirs(directory))
 
 
 def _label_of(names: list[str], directory: Path, what: str) -> dict[str, int]:
@@ -157,7 +180,9 @@ def index_imagenet_val(root: str | os.PathLike):
 
 # ---------------------------------------------------------------------------------------------- sketch
 
-def _safe_extract_zip(archive: Path, into: Path) -> None:
+def _safe_extract_zip(archive: Path, into: Path, skip=None) -> None:
+    """Extract `archive` into `into` after checking every member (none may land outside it; CRCs intact);
+    members for whose name skip(name) is true are left out."""
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
@@ -166,7 +191,7 @@ def _safe_extract_zip(archive: Path, into: Path) -> None:
             bad = zf.testzip()
             if bad is not None:
                 raise CoarError(f"zip {archive}: member {bad!r} fails its CRC check (corrupted download)")
-            zf.extractall(into)
+            zf.extractall(into, members=[i for i in zf.infolist() if skip is None or not skip(i.filename)])
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise CoarError(f"zip {archive} is truncated or corrupt ({exc}); nothing was extracted. Delete it (and "
                         f"{archive}.sha256) and run again to download it") from exc
@@ -203,17 +228,88 @@ def index_sketch(root: str | os.PathLike, download: bool = True):
 
 # ---------------------------------------------------------------------------------------------- ImageNet*
 
+def _not_a_shift(name: str) -> bool:
+    """Folder (or zip) names that are never a shift: hidden ones (.cache, an unpacking's temporary folder) and
+    __MACOSX."""
+    return name.startswith((".", "__"))
+
+
+def star_shifts(root: str | os.PathLike) -> list[str]:
+    """The ImageNet* shifts under `root`, sorted: its subfolders holding at least one class folder (a subfolder
+    named by a WordNet ID or a class index 0..999, as index_class_folders reads a shift), except hidden ones
+    (a name starting with '.': a hub download's .cache, the temporary folder of an unpacking, never a half-
+    unpacked shift) and ones starting with '__' (__MACOSX). Other folders and files are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(d.name for d in root.iterdir() if not _not_a_shift(d.name) and _holds_class_folders(d))
+
+
+def _macos_member(name: str) -> bool:
+    """Members of a zip made on macOS that are not images: __MACOSX/ and ._* resource forks."""
+    parts = name.split("/")
+    return "__MACOSX" in parts or parts[-1].startswith("._")
+
+
+def _shift_in(tmp: Path, archive: Path) -> Path:
+    """The folder of an unpacked shift zip that holds its class folders: the zip's top, or the folder it holds
+    alone (the release's <shift>/), descending through single folders."""
+    here = tmp
+    while not _holds_class_folders(here):
+        subdirs = [d for d in here.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if len(subdirs) != 1:
+            raise CoarError(f"zip {archive} holds no ImageNet* shift: no class folders (named by WordNet ID or class "
+                            f"index 0-999) at its top or under its single top-level folder; expected "
+                            f"{archive.stem}/<class>/<image>. Nothing was unpacked; the zip is kept")
+        here = subdirs[0]
+    if here == tmp:
+        here.chmod(0o755)  # the temporary folder itself becomes the shift: readable as any dataset folder
+    return here
+
+
+def unpack_star_zips(root: str | os.PathLike) -> list[str]:
+    """Unpack every <shift>.zip in `root` (ImageNet*'s release: one zip per shift) into root/<shift>, unless
+    that folder already holds the shift; returns the shifts unpacked now. Each zip goes to a temporary hidden
+    folder renamed into place only when complete (extract_into_place), so an interrupted unpacking never
+    leaves a folder that looks like a shift; the temporary folder of a run killed meanwhile is removed and
+    the zip unpacked again. Members that would land outside the folder are refused (CoarError, nothing
+    unpacked); the zip is kept. One preparation at a time (the workflow's dataset rule runs it once)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    unpacked = []
+    for archive in sorted(p for p in root.glob("*.zip") if p.is_file() and not _not_a_shift(p.name)):
+        shift = archive.stem
+        final = root / shift
+        for stale in root.glob(f".{glob.escape(shift)}.extract-*"):  # left by a run killed while unpacking
+            shutil.rmtree(stale, ignore_errors=True)
+        if _holds_class_folders(final):
+            continue
+        if final.exists():
+            raise CoarError(f"{final} exists but holds no class folder, so {archive} cannot be unpacked there; "
+                            f"remove it (or put the shift's class folders in it) and run again")
+        extract_into_place(root, final, lambda tmp: _safe_extract_zip(archive, tmp, skip=_macos_member),
+                           lambda tmp: _shift_in(tmp, archive), "holds no class folder")
+        unpacked.append(shift)
+    return unpacked
+
+
 def index_imagenet_star(root: str | os.PathLike, shift: str):
-    """(paths, labels) of one ImageNet* shift, filtered by root/masks.npy when present (the authors' CLIP
-    filter: the mask's i-th entry belongs to the i-th image in ImageFolder order). The mask file is a pickle,
-    as published: place only the authors' file there."""
+    """(paths, labels) of one ImageNet* shift, read from the folder root/<shift> (its zip must have been
+    unpacked: unpack_star_zips, run by the dataset preparation), filtered by root/masks.npy when present (the
+    authors' CLIP filter: the mask's i-th entry belongs to the i-th image in ImageFolder order). The mask file
+    is a pickle, as published: place only the authors' file there."""
     root = Path(root)
     directory = root / shift
     if not directory.is_dir():
-        found = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
-        raise CoarError(f"ImageNet* shift {shift!r} not found at {directory} (shifts found: {found or 'none'}). "
-                        f"Download the shift's images from {STAR_URL} and place them as {directory}/<class>/"
-                        f"<image>; the paper uses {', '.join(PAPER_STAR_SHIFTS)}")
+        archive = root / f"{shift}.zip"
+        packed = (f" {archive} is there but not unpacked: the dataset preparation (the workflow's dataset rule, "
+                  f"coar.paper.data.sources.prepare('imagenet-star', ...)) unpacks it, or unzip it so that "
+                  f"{directory}/<class>/ exists." if archive.is_file() else "")
+        raise CoarError(f"ImageNet* shift {shift!r} not found at {directory} (shifts found: "
+                        f"{star_shifts(root) or 'none'}).{packed} Download the shift's {shift}.zip from {STAR_URL} "
+                        f"into {root} (the dataset preparation unpacks it), or place its images as {directory}/"
+                        f"<class>/<image>; the paper uses {', '.join(PAPER_STAR_SHIFTS)}")
     paths, labels = index_class_folders(directory, f"ImageNet* shift {shift!r}")
     mask_file = root / "masks.npy"
     if mask_file.is_file():

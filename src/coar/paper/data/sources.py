@@ -83,10 +83,13 @@ def _file_splits(dataset: str, splits) -> Callable:
 
 
 def _imagenet_star(root):
-    from .imagenet import index_imagenet_star
+    # the release's <shift>.zip files are unpacked here, once, before any job reads a shift; then every shift
+    # folder is indexed (imagenet.star_shifts: folders holding class folders, hidden ones and __MACOSX ignored)
+    from .imagenet import index_imagenet_star, star_shifts, unpack_star_zips
 
     root = Path(root)
-    shifts = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    unpack_star_zips(root)
+    shifts = star_shifts(root)
     if not shifts:
         index_imagenet_star(root, "in_the_water")  # fails naming the folder and where to get the shifts
     return {shift: len(index_imagenet_star(root, shift)[1]) for shift in shifts}
