@@ -10,9 +10,17 @@ Downloads go to a temporary file beside the destination and are moved into place
 when a SHA-256 is known, verified). When no SHA-256 is known, the hash of the first complete download is
 recorded in `<dest>.sha256` and later uses are checked against that record, so a file modified or corrupted
 after download is reported, never used.
+
+Where a file's directory cannot be written (a copy placed in a shared read-only dataset directory), its record
+is kept instead in a records directory: `data/datasets/checksums/` relative to the current working directory
+(the workflow's working directory, beside the data manifests), or the directory the environment variable
+COAR_CHECKSUM_DIR names. The record there is named `<file name>.<first 16 hex digits of the SHA-256 of the
+file's absolute path>.sha256`, so files of the same name in different directories get records of their own.
+A later use checks every record it finds, beside the file and in the records directory.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -152,8 +160,64 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+CHECKSUM_DIR_ENV = "COAR_CHECKSUM_DIR"
+DEFAULT_CHECKSUM_DIR = Path("data") / "datasets" / "checksums"  # relative to the workflow's working directory
+
+
+def checksum_dir() -> Path:
+    """Where the hash records of files in directories that cannot be written are kept (see the module docstring),
+    as an absolute path."""
+    return Path(os.path.abspath(os.environ.get(CHECKSUM_DIR_ENV) or DEFAULT_CHECKSUM_DIR))
+
+
 def _record_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".sha256")
+
+
+def _elsewhere_path(dest: Path) -> Path:
+    """The record of `dest` in the records directory, named after its absolute path."""
+    absolute = os.path.abspath(dest)
+    return checksum_dir() / f"{Path(absolute).name}.{hashlib.sha256(absolute.encode()).hexdigest()[:16]}.sha256"
+
+
+def hash_records(path: str | os.PathLike) -> list[Path]:
+    """The hash records of `path` that exist: beside it, then in the records directory."""
+    path = Path(path)
+    return [r for r in (_record_path(path), _elsewhere_path(path)) if r.exists()]
+
+
+def _unwritable(exc: OSError) -> bool:
+    return isinstance(exc, PermissionError) or exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _record_hash(path: Path, digest: str) -> Path:
+    """Record `path`'s SHA-256 beside it, or in the records directory when its directory cannot be written;
+    returns the record."""
+    try:
+        _write_record(_record_path(path), digest, path.name)
+        return _record_path(path)
+    except OSError as exc:
+        if not _unwritable(exc):
+            raise
+        beside = exc
+    record = _elsewhere_path(path)
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        _write_record(record, digest, os.path.abspath(path))
+    except OSError as exc:
+        raise CoarError(f"cannot record the SHA-256 of {path}: its directory cannot be written ({beside}), nor "
+                        f"can the records directory {record.parent} ({exc}); set {CHECKSUM_DIR_ENV} to a writable "
+                        f"directory") from exc
+    return record
+
+
+def _mismatch(path: Path, digest: str) -> tuple[Path, str] | None:
+    """(record, recorded hash) of the first record of `path` that does not hold `digest`, or None."""
+    for record in hash_records(path):
+        recorded = _read_record(record)
+        if recorded != digest:
+            return record, recorded
+    return None
 
 
 def _read_record(record: Path) -> str:
@@ -203,20 +267,21 @@ def _fetch(url: str, target: Path) -> str:
 
 
 def check_recorded(path: str | os.PathLike, refetch: str = "place it again") -> Path:
-    """A file downloaded or placed earlier, checked against the SHA-256 recorded beside it (`<path>.sha256`);
-    without a record, its hash is recorded now (the first use is trusted). A mismatch raises CoarError naming
-    both hashes and what to do (`refetch`): the file is reported, never used."""
+    """A file downloaded or placed earlier, checked against the SHA-256 recorded beside it (`<path>.sha256`)
+    or, for a file in a directory that cannot be written, in the records directory (module docstring); without
+    a record, its hash is recorded now (the first use is trusted). A mismatch raises CoarError naming both
+    hashes and what to do (`refetch`): the file is reported, never used."""
     path = Path(path)
-    record = _record_path(path)
     try:
         found = sha256_file(path)
     except OSError as exc:  # a directory in its place, unreadable
-        raise CoarError(f"cannot read {path} to check it against {record}: {exc}; {refetch}") from None
-    if not record.exists():
-        _write_record(record, found, path.name)
+        raise CoarError(f"cannot read {path} to check it against its hash record: {exc}; {refetch}") from None
+    if not hash_records(path):
+        _record_hash(path, found)
         return path
-    recorded = _read_record(record)
-    if found != recorded:
+    bad = _mismatch(path, found)
+    if bad is not None:
+        record, recorded = bad
         raise CoarError(f"{path} is corrupted or was modified: its SHA-256 is {found}, but {record} recorded "
                         f"{recorded} when it was first used. Delete {path} (and {record} to accept a new "
                         f"version) and {refetch}")
@@ -230,11 +295,11 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str | None = No
     hashes); a file already at `dest` is re-verified and downloaded again when it does not match.
     sha256 None: the hash of the first complete download is recorded in `<dest>.sha256`; a file at `dest`
     that no longer matches its record is reported (CoarError: delete it), never used. A file found at `dest`
-    without a record (placed by hand) is trusted and its hash recorded.
+    without a record (placed by hand) is trusted and its hash recorded (in the records directory when its
+    directory cannot be written: check_recorded).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    record = _record_path(dest)
     expected = sha256.lower() if sha256 is not None else None
     if expected is not None and (len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected)):
         raise CoarError(f"sha256 for {url} must be 64 hex digits, got {sha256!r}")
@@ -254,14 +319,14 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str | None = No
             raise CoarError(f"download of {url} failed verification: expected SHA-256 {expected}, found {found}; "
                             f"the file was deleted")
         if expected is None:
-            if record.exists():
-                recorded = _read_record(record)
-                if found != recorded:
-                    raise CoarError(f"download of {url} does not match the hash recorded in {record} at the first "
-                                    f"download: expected SHA-256 {recorded}, found {found}; the file was deleted. "
-                                    f"If the server's file changed on purpose, delete {record} and run again")
-            else:
-                _write_record(record, found, dest.name)
+            bad = _mismatch(dest, found)
+            if bad is not None:
+                record, recorded = bad
+                raise CoarError(f"download of {url} does not match the hash recorded in {record} at the first "
+                                f"download: expected SHA-256 {recorded}, found {found}; the file was deleted. "
+                                f"If the server's file changed on purpose, delete {record} and run again")
+            if not hash_records(dest):
+                _record_hash(dest, found)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset file is ordinary readable data
         os.replace(tmp, dest)
     finally:
