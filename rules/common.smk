@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from coar.paper.data.sources import source_root, sources
+from coar.paper.hub import ASSETS
 from coar.paper.plan import (ConfigError, Plan, check_duplicate_keys, check_schema, drawing, resolve_parents,
                              suptitle, unknown_figure, unknown_figure_pattern)
 
@@ -99,6 +100,18 @@ def setup_source(setup):
 @_workflow_errors
 def model_sources(setup):
     return [ancient(path) for path in PLAN.model_sources(setup)]
+
+
+@_workflow_errors
+def model_inputs(setup):
+    """A model job's data sources and the published weights it loads (ordering only, as source_manifest)."""
+    return [ancient(path) for path in PLAN.model_sources(setup) + PLAN.weights_manifests(setup, "model")]
+
+
+@_workflow_errors
+def examples_inputs(setup):
+    """An examples job's data source and the tokenizer it encodes text with."""
+    return [setup_source(setup)] + [ancient(path) for path in PLAN.weights_manifests(setup, "examples")]
 
 
 @_workflow_errors

@@ -22,9 +22,26 @@ rule dataset:
         "../workflow/scripts/prepare_dataset.py"
 
 
+rule weights:
+    """Fetch one set of published weights (torchvision) or one Hugging Face model with its tokenizer into the
+    libraries' caches, check every file's hash and record them (coar.paper.hub). A local rule, like `dataset`:
+    it runs on the submitting machine, and the jobs that load the weights run offline and wait for it."""
+    output:
+        "data/weights/{asset}.json",
+    wildcard_constraints:
+        asset="|".join(re.escape(a) for a in ASSETS),
+    localrule: True
+    log:
+        "logs/weights/{asset}.log",
+    conda:
+        ENV
+    script:
+        "../workflow/scripts/fetch_weights.py"
+
+
 rule examples:
     input:
-        lambda w: setup_source(w.setup),
+        lambda w: examples_inputs(w.setup),
     output:
         "data/{setup}/examples.npz",
     params:
@@ -43,7 +60,7 @@ rule examples:
 rule heldout_examples:
     """Examples disjoint from a setup's own: the next n of the same seeded permutation (edit evaluation)."""
     input:
-        lambda w: setup_source(w.setup),
+        lambda w: examples_inputs(w.setup),
     output:
         "data/{setup}/heldout-{n}.npz",
     params:

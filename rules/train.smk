@@ -3,7 +3,7 @@
 
 rule model:
     input:
-        lambda w: model_sources(w.setup),
+        lambda w: model_inputs(w.setup),
     output:
         "results/{setup}/model.pt",
     # every other job of a setup waits for its model, and training is the longest job: start it first

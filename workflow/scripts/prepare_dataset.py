@@ -7,7 +7,7 @@ sm = snakemake  # noqa: F821
 sys.path.insert(0, sm.scriptdir)
 from _job import start  # noqa: E402
 
-start(sm)
+start(sm, online=True)  # a local rule: it downloads (TinyStories through huggingface_hub)
 
 from coar.paper.data.sources import prepare  # noqa: E402
 from coar.io import atomic_write_text  # noqa: E402

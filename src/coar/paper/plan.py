@@ -744,6 +744,13 @@ class Plan:
         s = self.setups[setup]
         return [self.source_manifest(s["dataset"])] if not s["pretrained"] or s["model"] == "clip_zeroshot" else []
 
+    def weights_manifests(self, setup, rule):
+        """Manifests of the published weights and tokenizers a job of `rule` ("model", "examples") for a setup
+        reads (coar.paper.hub; fetched by the local rule `weights`)."""
+        from coar.paper import hub
+
+        return [hub.manifest_path(name) for name in hub.setup_assets(self.setups[setup], rule)]
+
     # --- edits -------------------------------------------------------------------------------------------------
 
     def edit_setup(self, edit, kinds=None):

@@ -56,7 +56,7 @@ def mirrored(url: str) -> str:
     return url if base is None else _join(base, file_name(url))
 
 
-def _read(url: str) -> bytes | None:
+def _read(url: str, env: str = ENV) -> bytes | None:
     """The bytes at `url`, or None when it does not exist there (HTTP 404, a missing file)."""
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
@@ -64,23 +64,27 @@ def _read(url: str) -> bytes | None:
     except urllib.error.HTTPError as exc:
         if exc.code in (404, 410):
             return None
-        raise CoarError(f"reading {url} from the data mirror ({ENV}) failed: {exc!r}") from exc
+        raise CoarError(f"reading {url} from the mirror ({env}) failed: {exc!r}") from exc
     except urllib.error.URLError as exc:
         if isinstance(exc.reason, FileNotFoundError):
             return None
-        raise CoarError(f"reading {url} from the data mirror ({ENV}) failed: {exc!r}") from exc
+        raise CoarError(f"reading {url} from the mirror ({env}) failed: {exc!r}") from exc
     except OSError as exc:
-        raise CoarError(f"reading {url} from the data mirror ({ENV}) failed: {exc!r}") from exc
+        raise CoarError(f"reading {url} from the mirror ({env}) failed: {exc!r}") from exc
 
 
 def mirror_sha256(url: str) -> str | None:
     """The SHA-256 the mirror's SHA256SUMS lists for the file of `url`; None when no mirror is set, it has no
     SHA256SUMS, or that file is not listed. A malformed entry for the file raises CoarError."""
     base = mirror_base()
-    if base is None:
-        return None
+    return None if base is None else listed_sha256(base, url, ENV)
+
+
+def listed_sha256(base: str, url: str, env: str = ENV) -> str | None:
+    """The SHA-256 that `<base>/SHA256SUMS` lists for the file name of `url` (None: no such file or entry); `env`
+    names the variable the mirror came from, for messages (coar.paper.hub's weights mirror uses this too)."""
     sums_url = _join(base, SUMS)
-    data = _read(sums_url)
+    data = _read(sums_url, env)
     if data is None:
         return None
     name = file_name(url)
