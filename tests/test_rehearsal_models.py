@@ -45,8 +45,10 @@ out = {}
 
 
 def same(state, reference):
-    """All tensors of `reference` are in `state` with equal values (and nothing is missing)."""
-    return set(reference) <= set(state) and all(torch.equal(state[k], reference[k]) for k in reference)
+    """All tensors of `reference` are in `state` with equal values (and nothing is missing); a reference stored
+    in a narrower dtype (Phi-2's float16) is compared at the state's dtype, which holds its values exactly."""
+    return set(reference) <= set(state) and all(torch.equal(state[k], reference[k].to(state[k].dtype))
+                                                for k in reference)
 
 
 def round_trip(model, arch, kwargs, path):
@@ -71,6 +73,8 @@ for name, hub in (("gpt2", "gpt2"), ("phi2", "microsoft/phi-2")):
     model = build_model(name, pretrained=True)
     ref = load_file(snap[hub] / "model.safetensors")
     out[name] = {"class": type(model).__name__, "equal": same(model.state_dict(), ref),
+                 "file_dtypes": sorted({str(v.dtype) for v in ref.values()}),
+                 "dtypes": sorted({str(v.dtype) for v in model.state_dict().values() if v.is_floating_point()}),
                  "vocab_size": model.config.vocab_size, "components": len(component_set(model, name)),
                  "round_trip": round_trip(model, name, {"num_classes": 10, "in_channels": 3, "image_size": 32},
                                           Path(paths["tmp"]) / f"{name}.pt")}
@@ -201,6 +205,14 @@ def test_hugging_face_models_load_offline_and_equal_the_fixture_weights(loaded):
     assert loaded["phi2"]["components"] == 2 * (4 * 8 + 32 + 8)
     assert loaded["clip"]["components"] == 2 * (4 * 64 + 256 + 64)
     assert loaded["clip"]["logits"] == [3, 2] and loaded["clip"]["finite"]
+
+
+def test_phi2_is_published_in_float16_and_read_exactly_into_float32(loaded):
+    # the fixture is stored as microsoft/phi-2 is (float16); the load reads those values and holds them in float32
+    # whatever transformers' default dtype (float32 before 5.0, "auto" = the published float16 since)
+    assert loaded["phi2"]["file_dtypes"] == ["torch.float16"] and loaded["gpt2"]["file_dtypes"] == ["torch.float32"]
+    assert loaded["phi2"]["dtypes"] == ["torch.float32"] and loaded["gpt2"]["dtypes"] == ["torch.float32"]
+    assert loaded["phi2"]["equal"]
 
 
 def test_checkpoints_of_the_hub_models_load_into_their_own_architecture(loaded):

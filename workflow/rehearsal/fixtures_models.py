@@ -323,7 +323,8 @@ def make_hf_models(hub_cache: Path) -> dict[str, Path]:
     torch.manual_seed(SEED + 3)
     clip = t.CLIPModel(t.CLIPConfig(text_config=CLIP_TEXT, vision_config=CLIP_VISION, projection_dim=CLIP_PROJECTION))
     return {"gpt2": put_hub_repo(hub_cache, "model", "gpt2", {**_saved(gpt2), **gpt2_tok}),
-            "microsoft/phi-2": put_hub_repo(hub_cache, "model", "microsoft/phi-2", {**_saved(phi), **phi_tok}),
+            # microsoft/phi-2 publishes float16 weights (its config.json says torch_dtype float16): so does this
+            "microsoft/phi-2": put_hub_repo(hub_cache, "model", "microsoft/phi-2", {**_saved(phi.half()), **phi_tok}),
             "openai/clip-vit-base-patch16": put_hub_repo(hub_cache, "model", "openai/clip-vit-base-patch16",
                                                          {**_saved(clip), **clip_tok})}
 
@@ -414,12 +415,12 @@ def make_torchvision_weights(torch_home: Path) -> dict[str, Path]:
 
 
 # ------------------------------------------------------------------------------------------------ data sets
-def make_tinystories(raw: Path) -> Path:
-    """TinyStoriesV2-GPT4-valid.txt in the dataset-repo cache layout under raw/tinystories (the cache_dir of
-    coar.paper.data.hf_text.find_tinystories in the workflow)."""
+def make_tinystories(raw: Path, cache: Path | None = None) -> Path:
+    """TinyStoriesV2-GPT4-valid.txt in the dataset-repo cache layout under `cache` (default raw/tinystories, the
+    cache_dir of coar.paper.data.hf_text.find_tinystories in the workflow)."""
     from coar.paper.data.hf_text import TINYSTORIES_FILE, TINYSTORIES_REPO
 
-    snap = put_hub_repo(Path(raw) / "tinystories", "dataset", TINYSTORIES_REPO,
+    snap = put_hub_repo(Path(cache) if cache is not None else Path(raw) / "tinystories", "dataset", TINYSTORIES_REPO,
                         {TINYSTORIES_FILE: tinystories_text().encode("utf-8")}, lfs=(TINYSTORIES_FILE,))
     return snap / TINYSTORIES_FILE
 
@@ -445,13 +446,17 @@ def make_boolq_mirror(mirror: Path) -> Path:
     return path
 
 
-def make_models(torch_home: Path, hf_home: Path, raw: Path, mirror: Path) -> dict[str, str]:
-    """Local weight files and text data for an offline rehearsal. Returns the environment variables to run
-    the workflow with (TORCH_HOME, HF_HOME, HF_HUB_OFFLINE=1, ...)."""
+def make_models(torch_home: Path, hf_home: Path, raw: Path, mirror: Path, tinystories_cache: Path | None = None
+                ) -> dict[str, str]:
+    """Local weight files and text data for an offline rehearsal. Returns the environment variables to load
+    them from where they were written (TORCH_HOME, HF_HOME, HF_HUB_OFFLINE=1, ...). tinystories_cache: the hub
+    cache the TinyStories dataset repository goes to (default: raw/tinystories, where the workflow's dataset rule
+    reads it; the rehearsal puts it beside the models instead, which hub_server.py serves, so the rule downloads
+    it)."""
     torch_home, hf_home, raw, mirror = (Path(p).resolve() for p in (torch_home, hf_home, raw, mirror))
     make_torchvision_weights(torch_home)
     make_hf_models(hf_home / "hub")
-    make_tinystories(raw)
+    make_tinystories(raw, tinystories_cache)
     make_boolq_mirror(mirror)
     return {
         "TORCH_HOME": str(torch_home),  # torch.hub: $TORCH_HOME/hub/checkpoints

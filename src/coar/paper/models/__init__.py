@@ -23,6 +23,12 @@ IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet18_w8", "resnet18_w32",
 TEXT_MODELS = {"gpt2", "gpt2_tiny", "gpt2_bytes", "phi2", "phi2_tiny"}
 MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
 HUB_IDS = {"gpt2": "gpt2", "phi2": "microsoft/phi-2", "clip_vit_b_16": "openai/clip-vit-base-patch16"}
+# The dtype each hub model's weights are published in (its config.json's torch_dtype), read as such: Phi-2 ships
+# float16, GPT-2 and CLIP float32. The paper names no dtype; the evaluation harness it follows for Phi-2 (Gao et
+# al., dtype "auto") loads the published one. The weights are then held in float32, which represents every float16
+# value exactly, so each job computes in float32 (or in the precision its sampling settings ask for) on the
+# published values, whatever transformers' own default is (float32 before 5.0, the published dtype since).
+PUBLISHED_DTYPES = {"gpt2": "float32", "phi2": "float16", "clip_vit_b_16": "float32"}
 
 
 def _hf():
@@ -133,7 +139,7 @@ def _build(name, num_classes, in_channels, image_size, pretrained, config=None):
         if name not in HUB_IDS:
             raise CoarError(f"{name} is a test configuration without published weights")
         try:
-            return cls.from_pretrained(HUB_IDS[name])
+            return cls.from_pretrained(HUB_IDS[name], dtype=getattr(torch, PUBLISHED_DTYPES[name])).float()
         except Exception as exc:
             raise CoarError(f"could not load {HUB_IDS[name]} from the Hugging Face hub: {exc}") from exc
     return cls(cls.config_class.from_dict(config) if config is not None else _hf_config(name))

@@ -155,7 +155,7 @@ def _load_pretrained(hub_id: str, model, tokenizer):
     transformers.logging.set_verbosity_error()
     try:
         if model is None:
-            model = transformers.CLIPModel.from_pretrained(hub_id)
+            model = transformers.CLIPModel.from_pretrained(hub_id, dtype=torch.float32)  # as published
         if tokenizer is None:
             tokenizer = transformers.CLIPTokenizer.from_pretrained(hub_id)
     except Exception as exc:
