@@ -510,7 +510,7 @@ def make_mimic(root: Path) -> dict[str, int]:
     from coar.paper.data import mimic
 
     rng = _rng(8)
-    base = root / mimic.RELEASE
+    base = root / "mimic-cxr-jpg" / "2.0.0"  # the loader reads the current release, 2.1.0 (mimic.RELEASE), too
     meta, split_rows, chexpert, negbio, counts = [], [], [], [], {}
     cells = ["1.0", "0.0", "-1.0", ""]
     subjects = sorted(10_000_000 + rng.choice(10_000_000, sum(MIMIC_SUBJECTS.values()), replace=False))

@@ -1,25 +1,28 @@
-"""MIMIC-CXR-JPG 2.0.0 (Johnson et al., 2019, PhysioNet): chest X-rays as JPEGs with the 14 CheXpert-labeler
-findings per study, the data of the paper's Fig. 12 panel whose model output is the "Cardiomegaly" logit of a
-multi-label chest X-ray classifier (a fine-tuned ResNet-50).
+"""MIMIC-CXR-JPG 2.1.0 or 2.0.0 (Johnson et al., 2019, PhysioNet): chest X-rays as JPEGs with the 14
+CheXpert-labeler findings per study, the data of the paper's Fig. 12 panel whose model output is the
+"Cardiomegaly" logit of a multi-label chest X-ray classifier (a fine-tuned ResNet-50).
 
 MIMIC-CXR-JPG is credentialed-access data: it is never downloaded here. A credentialed PhysioNet user who
 signed the data use agreement downloads it by hand (see PHYSIONET_URL); the loader only reads the files and
-explains what is missing. Under a root directory the release reads:
+explains what is missing. The current release is 2.1.0 (March 2024); 2.0.0 is read as well. Both have the
+same layout and file names (2.1.0 keeps 2.0.0's table names, mimic-cxr-2.0.0-*.csv.gz); when both are present
+the newest is used, and the dataset manifest's location names the release directory read. Under a root
+directory the release reads:
 
-    <root>/mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv.gz   one row per image: dicom_id, subject_id,
+    <root>/mimic-cxr-jpg/<version>/mimic-cxr-2.0.0-metadata.csv.gz   one row per image: dicom_id, subject_id,
         study_id, PerformedProcedureStepDescription, ViewPosition (PA, AP, LATERAL, LL, ..., sometimes
         empty), Rows, Columns, StudyDate, StudyTime, ProcedureCodeSequence_CodeMeaning,
         ViewCodeSequence_CodeMeaning, PatientOrientationCodeSequence_CodeMeaning
-    <root>/mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-chexpert.csv.gz   one row per STUDY: subject_id, study_id and
+    <root>/mimic-cxr-jpg/<version>/mimic-cxr-2.0.0-chexpert.csv.gz   one row per STUDY: subject_id, study_id and
         the 14 LABELS, each 1.0 (positive), 0.0 (negative), -1.0 (uncertain) or empty (not mentioned)
-    <root>/mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-split.csv.gz      one row per image: dicom_id, study_id,
+    <root>/mimic-cxr-jpg/<version>/mimic-cxr-2.0.0-split.csv.gz      one row per image: dicom_id, study_id,
         subject_id, split in {train, validate, test}
-    <root>/mimic-cxr-jpg/2.0.0/SHA256SUMS.txt                    `<sha256>  <relative path>` per file
-    <root>/mimic-cxr-jpg/2.0.0/files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg
+    <root>/mimic-cxr-jpg/<version>/SHA256SUMS.txt                    `<sha256>  <relative path>` per file
+    <root>/mimic-cxr-jpg/<version>/files/p10/p10000032/s50414267/02aa804e-bde0afdd-112c0b34-7bc16630-4e384014.jpg
         i.e. files/p<first two digits of subject_id>/p<subject_id>/s<study_id>/<dicom_id>.jpg
 
-`root` may also be the release directory itself (…/mimic-cxr-jpg/2.0.0, or any directory holding the csv.gz
-files and files/), or the directory where a plain `wget -r` was run (…/physionet.org/files/mimic-cxr-jpg/2.0.0).
+`root` may also be the release directory itself (…/mimic-cxr-jpg/<version>, or any directory holding the csv.gz
+files and files/), or the directory where a plain `wget -r` was run (…/physionet.org/files/mimic-cxr-jpg/<version>).
 
 Labels come back as float32 [N, 14] in LABELS order with 1.0, 0.0, -1.0 as in the file and NaN for "not
 mentioned" (an empty cell, or a study without a row in the CheXpert table). `cardiomegaly_task` turns them
@@ -45,10 +48,11 @@ import numpy as np
 from ...errors import CoarError
 from .images import decode_images, seeded_subset, sha256_file
 
-VERSION = "2.0.0"
+VERSIONS = ("2.1.0", "2.0.0")  # the releases read, newest first (the newest present is used)
+VERSION = VERSIONS[0]  # the current release, the one the instructions download
 RELEASE = Path("mimic-cxr-jpg") / VERSION
-PHYSIONET_URL = "https://physionet.org/content/mimic-cxr-jpg/2.0.0/"
-FILES_URL = "https://physionet.org/files/mimic-cxr-jpg/2.0.0/"
+PHYSIONET_URL = f"https://physionet.org/content/mimic-cxr-jpg/{VERSION}/"
+FILES_URL = f"https://physionet.org/files/mimic-cxr-jpg/{VERSION}/"
 METADATA_FILE = "mimic-cxr-2.0.0-metadata.csv.gz"
 CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
 SPLIT_FILE = "mimic-cxr-2.0.0-split.csv.gz"
@@ -75,10 +79,24 @@ _READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError, csv.Error)
 
 # --------------------------------------------------------------------------------------------- instructions
 
-_ACCESS = (f"MIMIC-CXR-JPG {VERSION} is credentialed-access data on PhysioNet and is never downloaded "
-           f"automatically: become a credentialed PhysioNet user (identity check and the required CITI "
-           f"human-subjects research training) and sign the data use agreement on {PHYSIONET_URL}, then download "
-           f"it by hand")
+_ACCESS = (f"MIMIC-CXR-JPG is credentialed-access data on PhysioNet and is never downloaded automatically: become "
+           f"a credentialed PhysioNet user (identity check and the required CITI human-subjects research training) "
+           f"and sign the data use agreement on {PHYSIONET_URL} (release {VERSION}; "
+           + "; ".join(f"release {v}, https://physionet.org/content/mimic-cxr-jpg/{v}/, is read as well"
+                       for v in VERSIONS[1:])
+           + "), then download it by hand")
+
+
+def release_version(base: str | os.PathLike) -> str:
+    """The release a release directory holds, from its name (…/mimic-cxr-jpg/2.1.0); VERSION when the name
+    does not tell (the csv.gz files and files/ directly in a folder of another name)."""
+    name = Path(base).name
+    return name if name in VERSIONS else VERSION
+
+
+def _files_url(base: Path) -> str:
+    """The download URL of the release in `base`."""
+    return f"https://physionet.org/files/mimic-cxr-jpg/{release_version(base)}/"
 
 
 def _instructions(root: Path) -> str:
@@ -92,39 +110,46 @@ def _instructions(root: Path) -> str:
 def _resume_hint(base: Path) -> str:
     """How to complete an interrupted download of the release found in `base`."""
     return (f"{_ACCESS}; to complete the download in place run `cd {base} && wget -r -N -c -np -nH --cut-dirs=3 "
-            f"--user <physionet-user> --ask-password {FILES_URL}` (-N -c skip or resume the files already there)")
+            f"--user <physionet-user> --ask-password {_files_url(base)}` (-N -c skip or resume the files already "
+            f"there)")
 
 
 def _file_hint(base: Path, relative: str) -> str:
     """How to (re-)download one file of the release into `base`."""
     target = base / relative
     return (f"download it again by hand (credentialed PhysioNet access, see {PHYSIONET_URL}), e.g. `wget -N -c "
-            f"--user <physionet-user> --ask-password -P {target.parent} {FILES_URL}{relative}`")
+            f"--user <physionet-user> --ask-password -P {target.parent} {_files_url(base)}{relative}`")
 
 
 def _missing_file(base: Path, relative: str) -> CoarError:
     return CoarError(f"MIMIC-CXR-JPG: {base / relative} does not exist; the release in {base} is incomplete. "
                      f"{_ACCESS}, e.g. `wget -N -c --user <physionet-user> --ask-password -P {base} "
-                     f"{FILES_URL}{relative}`")
+                     f"{_files_url(base)}{relative}`")
 
 
 # --------------------------------------------------------------------------------------------- layout
 
 def candidate_dirs(root: str | os.PathLike) -> list[Path]:
-    """The directories tried, in order, as the release directory for `root`."""
+    """The directories tried, in order, as the release directory for `root`: each release's spellings, newest
+    release first, then `root` itself."""
     root = Path(root)
-    return [root / RELEASE, root, root / VERSION, root / "physionet.org" / "files" / RELEASE]
+    tried = []
+    for version in VERSIONS:
+        release = Path("mimic-cxr-jpg") / version
+        tried += [root / release, root / version, root / "physionet.org" / "files" / release]
+    return [*tried, root]
 
 
 def find_release(root: str | os.PathLike) -> Path:
-    """The release directory (the one holding METADATA_FILE) for any accepted spelling of `root`."""
+    """The release directory (the one holding METADATA_FILE) for any accepted spelling of `root`, the newest
+    release present (VERSIONS) preferred."""
     root = Path(root)
     tried = candidate_dirs(root)
     for base in tried:
         if (base / METADATA_FILE).is_file():
             return base
-    raise CoarError(f"MIMIC-CXR-JPG not found: none of {[str(b / METADATA_FILE) for b in tried]} exists. "
-                    f"{_instructions(root)}")
+    raise CoarError(f"MIMIC-CXR-JPG not found (releases read: {', '.join(VERSIONS)}): none of "
+                    f"{[str(b / METADATA_FILE) for b in tried]} exists. {_instructions(root)}")
 
 
 def image_path(base: str | os.PathLike, subject_id: int, study_id: int, dicom_id: str) -> Path:
@@ -152,7 +177,7 @@ def _read_sums(sums: Path, names: Sequence[str]) -> dict[str, str]:
                 if relative in wanted:
                     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                         raise CoarError(f"{sums}, line {number}: the entry for {relative} holds {parts[0]!r}, not a "
-                                        f"SHA-256; download {FILES_URL}{SUMS_FILE} again")
+                                        f"SHA-256; download {_files_url(sums.parent)}{SUMS_FILE} again")
                     found[relative] = digest
                     if len(found) == len(wanted):
                         break
@@ -161,7 +186,8 @@ def _read_sums(sums: Path, names: Sequence[str]) -> dict[str, str]:
     absent = [n for n in names if n not in found]
     if absent:
         raise CoarError(f"{sums} lists no SHA-256 for {absent}; it is not the {SUMS_FILE} of MIMIC-CXR-JPG "
-                        f"{VERSION}. Download {FILES_URL}{SUMS_FILE} again (or delete it to skip verification)")
+                        f"{release_version(sums.parent)}. Download {_files_url(sums.parent)}{SUMS_FILE} again (or "
+                        f"delete it to skip verification)")
     return found
 
 
@@ -202,7 +228,7 @@ def _rows(path: Path, columns: Sequence[str]) -> Iterator[tuple[int, list[str]]]
             missing = [c for c in columns if c not in header]
             if missing:
                 raise CoarError(f"{path} lacks the column(s) {missing} (has {header}); it is not the "
-                                f"MIMIC-CXR-JPG {VERSION} table {path.name}")
+                                f"MIMIC-CXR-JPG table {path.name}")
             index = [header.index(c) for c in columns]
             width = len(header)
             for row in reader:

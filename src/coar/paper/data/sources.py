@@ -82,6 +82,13 @@ def _file_splits(dataset: str, splits) -> Callable:
     return prepare
 
 
+def _mimic(root):
+    # the location is the release directory read (…/mimic-cxr-jpg/2.1.0 or 2.0.0: the newest present)
+    from .mimic import find_release
+
+    return {**_file_splits("mimic-cxr", ("train", "val", "test"))(root), "location": str(find_release(root))}
+
+
 def _imagenet_star(root):
     # the release's <shift>.zip files are unpacked here, once, before any job reads a shift; then every shift
     # folder is indexed (imagenet.star_shifts: folders holding class folders, hidden ones and __MACOSX ignored)
@@ -120,7 +127,7 @@ _PREPARE: dict[str, Callable] = {
     "fashion-mnist": _fashion_mnist, "os-text": _os_text, "cifar10": _cifar10, "cifar10-c": _cifar10c,
     "waterbirds": _file_splits("waterbirds", ("train", "val", "test")),
     "celeba-blond": _file_splits("celeba-blond", ("train", "val", "test")),
-    "mimic-cxr": _file_splits("mimic-cxr", ("train", "val", "test")),
+    "mimic-cxr": _mimic,
     "imagenet": _file_splits("imagenet", ("val",)),
     "imagenet-sketch": _file_splits("imagenet-sketch", ("test",)),
     "imagenet-star": _imagenet_star, "typographic": _typographic, "tinystories": _tinystories, "boolq": _boolq,
