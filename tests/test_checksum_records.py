@@ -97,22 +97,23 @@ def test_checksum_records_dir_follows_coar_checksum_dir_and_names_do_not_collide
     assert "COAR_CHECKSUM_DIR" in images.__doc__
 
 
-def test_checksum_beside_a_writable_file_is_unchanged(tmp_path, monkeypatch):
+def _first_use_in_a_writable_directory(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     placed = tmp_path / "raw" / "test_batch"
     placed.parent.mkdir()
     placed.write_bytes(b"x" * 1000)
     check_recorded(placed)
+    return placed
+
+
+def test_checksum_beside_a_writable_file_is_unchanged(tmp_path, monkeypatch):
+    placed = _first_use_in_a_writable_directory(tmp_path, monkeypatch)
     assert Path(f"{placed}.sha256").read_text() == f"{sha256_file(placed)}  test_batch\n"
     assert not (tmp_path / "data").exists()
 
 
 def test_checksum_recorded_beside_is_checked_even_when_the_directory_became_read_only(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    placed = tmp_path / "raw" / "test_batch"
-    placed.parent.mkdir()
-    placed.write_bytes(b"x" * 1000)
-    check_recorded(placed)
+    placed = _first_use_in_a_writable_directory(tmp_path, monkeypatch)
     _refuse_writes_in(placed.parent, monkeypatch)
     placed.write_bytes(b"y" * 1000)
     with pytest.raises(CoarError, match="corrupted or was modified"):

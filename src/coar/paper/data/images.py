@@ -211,13 +211,16 @@ def _record_hash(path: Path, digest: str) -> Path:
     return record
 
 
-def _mismatch(path: Path, digest: str) -> tuple[Path, str] | None:
-    """(record, recorded hash) of the first record of `path` that does not hold `digest`, or None."""
-    for record in hash_records(path):
+def _check_or_record(path: Path, digest: str, refused: Callable[[Path, str], str]) -> None:
+    """Check `digest` against every hash record of `path`, raising CoarError(refused(record, recorded hash)) at
+    a mismatch; without any record, record it (the first use is trusted)."""
+    records = hash_records(path)
+    for record in records:
         recorded = _read_record(record)
         if recorded != digest:
-            return record, recorded
-    return None
+            raise CoarError(refused(record, recorded))
+    if not records:
+        _record_hash(path, digest)
 
 
 def _read_record(record: Path) -> str:
@@ -276,15 +279,9 @@ def check_recorded(path: str | os.PathLike, refetch: str = "place it again") -> 
         found = sha256_file(path)
     except OSError as exc:  # a directory in its place, unreadable
         raise CoarError(f"cannot read {path} to check it against its hash record: {exc}; {refetch}") from None
-    if not hash_records(path):
-        _record_hash(path, found)
-        return path
-    bad = _mismatch(path, found)
-    if bad is not None:
-        record, recorded = bad
-        raise CoarError(f"{path} is corrupted or was modified: its SHA-256 is {found}, but {record} recorded "
-                        f"{recorded} when it was first used. Delete {path} (and {record} to accept a new "
-                        f"version) and {refetch}")
+    _check_or_record(path, found, lambda record, recorded: (
+        f"{path} is corrupted or was modified: its SHA-256 is {found}, but {record} recorded {recorded} when it "
+        f"was first used. Delete {path} (and {record} to accept a new version) and {refetch}"))
     return path
 
 
@@ -319,14 +316,10 @@ def download_verified(url: str, dest: str | os.PathLike, sha256: str | None = No
             raise CoarError(f"download of {url} failed verification: expected SHA-256 {expected}, found {found}; "
                             f"the file was deleted")
         if expected is None:
-            bad = _mismatch(dest, found)
-            if bad is not None:
-                record, recorded = bad
-                raise CoarError(f"download of {url} does not match the hash recorded in {record} at the first "
-                                f"download: expected SHA-256 {recorded}, found {found}; the file was deleted. "
-                                f"If the server's file changed on purpose, delete {record} and run again")
-            if not hash_records(dest):
-                _record_hash(dest, found)
+            _check_or_record(dest, found, lambda record, recorded: (
+                f"download of {url} does not match the hash recorded in {record} at the first download: "
+                f"expected SHA-256 {recorded}, found {found}; the file was deleted. If the server's file changed "
+                f"on purpose, delete {record} and run again"))
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; a dataset file is ordinary readable data
         os.replace(tmp, dest)
     finally:
