@@ -9,13 +9,15 @@ tinystories    GPT-2 tokens of TinyStories validation stories (Hugging Face hub)
 waterbirds     Sagawa et al.'s release (downloaded), groups 2 * bird + background (coar.paper.data.waterbirds)
 typographic    the clean photos of the typographic-attack dataset (by hand: coar.paper.data.typographic); paired
                examples add our synthetic attacks
-celeba-blond   CelebA (torchvision's download or by hand), blond hair with gender groups (coar.paper.data.celeba)
+celeba-blond   CelebA (torchvision's download, which needs gdown: the `paper` extra; or by hand), blond hair with
+               gender groups (coar.paper.data.celeba)
 imagenet       manual: the validation set laid out as root/val/<wnid>/*.JPEG, or the two official archives in
                root (it cannot be downloaded without an account); anything else fails with instructions
-mimic-cxr      MIMIC-CXR-JPG (credentialed: placed by hand), frontal views, binary Cardiomegaly labels (uncertain
-               ones left out); coar.paper.data.mimic
-imagenet-sketch  ImageNet-Sketch (downloaded), split "test"; imagenet-star: an ImageNet* shift placed by hand,
-               the split names the shift (e.g. in_the_water); both in coar.paper.data.imagenet
+mimic-cxr      MIMIC-CXR-JPG 2.1.0 or 2.0.0 (credentialed: placed by hand), frontal views, binary Cardiomegaly
+               labels (uncertain ones left out); coar.paper.data.mimic
+imagenet-sketch  ImageNet-Sketch (downloaded), split "test"; imagenet-star: an ImageNet* shift placed by hand
+               (the release's <shift>.zip, which the dataset preparation unpacks, or its folder), the split names
+               the shift (e.g. in_the_water); both in coar.paper.data.imagenet
 """
 from __future__ import annotations
 
