@@ -24,6 +24,7 @@ include: "rules/evaluate.smk"
 include: "rules/edit.smk"
 include: "rules/figures.smk"
 include: "rules/efficiency.smk"
+include: "rules/preflight.smk"
 
 
 rule all:

@@ -372,6 +372,16 @@ def cmd_demo(a):
     run_demo(a.out, cfg)
 
 
+def cmd_preflight(a):
+    from .paper.preflight import main as preflight
+
+    if a.json:
+        _out_file(a.json, "--json")
+    status = preflight(a.configfile, a.profile, a.target, a.calibrate, a.login_node, a.jobs, a.json)
+    if status:
+        raise SystemExit(status)  # 1: a check failed (the table names it); 0 falls through to main's
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -522,6 +532,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep", type=_ints, help="more k values to report (with --examples)")
     s.add_argument("--out", help="write the edited checkpoint here")
     s.set_defaults(func=cmd_edit)
+
+    s = sub.add_parser("preflight", help="check this site before a workflow run (data, weights, GPUs, disk, SLURM "
+                                         "profile) and print the run's cost plan; exit status 1 if a check fails")
+    s.add_argument("--configfile", nargs="+", required=True, metavar="FILE",
+                   help="the workflow's config file(s), as snakemake --configfile takes them (config/paper.yaml)")
+    s.add_argument("--profile", help="the SLURM profile the run will use (workflow/profiles/slurm): its partitions "
+                                     "and time limits are checked")
+    s.add_argument("--target", action="append", metavar="FILE",
+                   help="a file the run makes (repeatable; default: every figure the preset configures)")
+    s.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the sampling engine and training here (cached in ~/.cache/coar/); --no-calibrate "
+                        "takes the rates docs/benchmarks.md records")
+    s.add_argument("--login-node", action="store_true",
+                   help="this machine has no GPU but submits to GPU nodes: with --profile, the GPU check is "
+                        "deferred to the GPU partition")
+    s.add_argument("--jobs", type=_positive, help="jobs at a time for the wall-time estimate (default: the GPUs "
+                                                  "here, else the CPU cores)")
+    s.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    s.set_defaults(func=cmd_preflight)
     return p
 
 
