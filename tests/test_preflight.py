@@ -150,9 +150,25 @@ def test_login_node_defers_the_gpu_check_to_the_partition(site, bf16_config, mon
     report = preflight.run(bf16_config, profile=PROFILE, targets=["figures/fig2.pdf"], calibrate=False,
                            login_node=True, figures=False)
     gpu = [c for c in report.checks if c.check == "GPU"]
-    assert report.ok and len(gpu) == 1 and gpu[0].item == "deferred", report.check_table()
-    assert "gpu:h100:4" in gpu[0].detail and "B " in gpu[0].detail
+    assert report.ok and len(gpu) == 1 and gpu[0].item == "gpu", report.check_table()
+    assert "gpu:h100:4" in gpu[0].detail and "B " in gpu[0].detail and "hold every" in gpu[0].detail
     assert {c.item for c in report.checks if c.check == "profile"} == {"cpu", "gpu"}
+
+
+def test_partition_gpus_too_small_for_a_need_fail(monkeypatch):
+    """Setup C of the paper preset: its fit's regression arrays (105.6 GiB, docs/benchmarks.md) fit an H200, not an
+    H100: a partition of H100s fails naming C, one with both says to ask for the H200 there."""
+    plan = preflight.load_plan([ROOT / "config" / "paper.yaml"])
+    costing = preflight.Costing(plan, preflight.Rates(False, False), gpus=True)
+    needs = [preflight.gpu_need(costing, s) for s in ("A", "C")]
+    assert needs[1].what == "fit" and round(needs[1].bytes / 2 ** 30, 1) == 105.6
+    monkeypatch.setattr(preflight, "_have_sinfo", lambda: True)
+    monkeypatch.setattr(preflight, "_sinfo", lambda args: (True, "gpu:h100:4(S:0-1)\n"))
+    row = preflight.deferred_gpu_check(needs, "gpu", "")
+    assert not row.ok and "C needs 106 GiB" in row.detail and "A needs" not in row.detail
+    monkeypatch.setattr(preflight, "_sinfo", lambda args: (True, "gpu:h100:4\ngpu:h200:8\n"))
+    row = preflight.deferred_gpu_check(needs, "gpu", "")
+    assert row.ok and "C (106 GiB) only on h200" in row.detail
 
 
 def test_profile_names_an_unset_gpu_partition(site, monkeypatch):
@@ -277,3 +293,19 @@ def test_bad_arguments_get_one_line(args, words, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("coar preflight: error: ") and len(err.strip().splitlines()) == 1, err
     assert all(w in err for w in words) and "Traceback" not in err
+
+
+def test_each_visible_gpu_is_checked_against_the_needs(site, bf16_config, monkeypatch):
+    import torch
+
+    props = types.SimpleNamespace(name="Tiny GPU", total_memory=2 * 1024 ** 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: props.name)
+    report = preflight.run(bf16_config, targets=["figures/fig2.pdf"], calibrate=False, figures=False)
+    gpu = [c for c in report.checks if c.check == "GPU"]
+    assert [c.item for c in gpu] == ["cuda:0"] and not gpu[0].ok
+    assert "B needs" in gpu[0].detail and "rows a pass fit" in gpu[0].detail
+    props.total_memory = 80 * 1024 ** 3
+    report = preflight.run(bf16_config, targets=["figures/fig2.pdf"], calibrate=False, figures=False)
+    assert report.ok, report.check_table()

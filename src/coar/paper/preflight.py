@@ -548,16 +548,13 @@ def _read_cache() -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _write_cache(key: str, value: dict) -> None:
-    path = _cache_path()
-    data = {**_read_cache(), key: value}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+def _write_cache(key: str, value) -> None:
+    from ..io import atomic_write_text
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_text(_cache_path(), json.dumps({**_read_cache(), key: value}, indent=1, sort_keys=True))
     except OSError:  # a read-only home: calibrate again next time
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 def device_name(device: str) -> str:
@@ -743,6 +740,7 @@ class Rates:
             if not (isinstance(rate, dict) and rate.get("rows_per_s", 0) > 0):
                 rate = calibrate_sampling(shape, n_pass, device)
                 rate["source"] = f"calibrated on {device_name(device)}"
+                rate["load"] = os.getloadavg()[0] / (os.cpu_count() or 1)  # runnable processes per core
                 if not spec["pretrained"] or (spec["train"] or {}).get("from_pretrained"):
                     rate.update(calibrate_training(shape, spec, device))
                     rate["train_source"] = rate["source"]
@@ -1231,10 +1229,7 @@ def check_gpus(costing: Costing, jobs: list[Job], gpu_setups: list[str], login_n
     count = torch.cuda.device_count()
     if count == 0:
         if login_node and profile is not None:
-            part = _gpu_partition(profile, jobs)
-            return [Check("GPU", "deferred", True, f"no GPU on this login node: deferred to the GPU partition "
-                                                   f"{part or '(unset)'}'s GRES ({_gres(part)}). Each GPU must hold: "
-                                                   f"{need_text}")]
+            return [deferred_gpu_check(needs, _gpu_partition(profile, jobs), need_text)]
         hint = ("add --profile workflow/profiles/slurm to defer this check to the GPU partition" if login_node
                 else "run preflight where the jobs will run (a GPU node), or on a cluster's login node with "
                      "--login-node --profile workflow/profiles/slurm")
@@ -1262,13 +1257,40 @@ def _gpu_partition(profile: dict, jobs: list[Job]) -> str | None:
     return None
 
 
-def _gres(part: str | None) -> str:
-    if not _have_sinfo():
-        return "sinfo not found: check its GRES (e.g. gpu:h100:4) by hand"
+#: GPU memory by the GRES type names SLURM sites commonly give (bytes; the smaller model where a name covers two).
+GRES_MEMORY = {"h200": 141e9, "h100": 80e9, "a100": 40e9, "a100_80gb": 80e9, "a100-80gb": 80e9, "l40s": 48e9,
+               "l40": 48e9, "a40": 48e9, "a6000": 48e9, "v100": 16e9, "v100-32gb": 32e9, "a10": 24e9, "t4": 16e9}
+
+
+def deferred_gpu_check(needs: list, part: str | None, need_text: str) -> Check:
+    """The GPU row of a login node: the GPU partition's GRES from sinfo, and where its GPU types are known
+    (GRES_MEMORY), whether each GPU setup's need fits on one of them."""
     if not part:
-        return "its partition variable is unset"
+        return Check("GPU", "deferred", True, "no GPU on this login node: deferred to the GPU partition, whose "
+                                              f"variable is unset (see the profile rows). Each GPU must hold: {need_text}")
+    if not _have_sinfo():
+        return Check("GPU", part, True, f"no GPU on this login node, and no sinfo to read partition {part}'s GRES: "
+                                        f"check by hand that its GPUs hold: {need_text}")
     ok, out = _sinfo(["-h", "-p", part, "-o", "%G"])
-    return f"sinfo reports {', '.join(sorted(set(out.split()))) or 'no GRES'}" if ok else f"sinfo failed: {out}"
+    if not ok:
+        return Check("GPU", part, True, f"no GPU on this login node; sinfo failed ({out}): check by hand that "
+                                        f"partition {part}'s GPUs hold: {need_text}")
+    gres = sorted({g for g in out.split() if g.startswith("gpu")})
+    types = {t: GRES_MEMORY[t] for g in gres for t in [g.split(":")[1].lower()] if g.count(":") >= 2 and
+             t in GRES_MEMORY}
+    if not types:
+        return Check("GPU", part, bool(gres), f"partition {part} has GRES {', '.join(gres) or 'none'}"
+                     + (f"; check that its GPUs hold: {need_text}" if gres else
+                        ": no GPUs; set $COAR_GPU_PARTITION to a partition with GPUs"))
+    too_big = [g for g in needs if all(g.bytes > m for m in types.values())]
+    picky = [f"{g.setup} ({_bytes(g.bytes)}) only on {', '.join(t for t, m in types.items() if g.bytes <= m)}"
+             for g in needs if g not in too_big and any(g.bytes > m for m in types.values())]
+    detail = f"partition {part} has {', '.join(gres)}: " + (
+        "; ".join(f"{g.setup} needs {_bytes(g.bytes)} ({g.detail}): {g.remedy(int(max(types.values())))}"
+                  for g in too_big) if too_big else f"its GPUs hold every GPU setup's need ({need_text})")
+    if picky:
+        detail += "; ask for the larger GPU where needed (a gpu_model resource in the profile): " + "; ".join(picky)
+    return Check("GPU", part, not too_big, detail)
 
 
 def check_disk(total_bytes: int, where: Path = Path(".")) -> Check:
@@ -1375,21 +1397,37 @@ def _expand(value) -> tuple[str, list[str]]:
     return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(0)), text), unset
 
 
+def local_rules(root: Path | None = None) -> set:
+    """Rules the workflow runs on the submitting machine (`localrule: True` in rules/*.smk)."""
+    out = set()
+    for f in sorted(((root or workflow_root()) / "rules").glob("*.smk")):
+        for block in re.split(r"^(?=rule \w+:)", f.read_text(), flags=re.M):
+            m = re.match(r"rule (\w+):", block)
+            if m and re.search(r"^\s+localrule:\s*True", block, flags=re.M):
+                out.add(m.group(1))
+    return out
+
+
 def check_profile(profile: dict, jobs: list[Job]) -> list[Check]:
+    """The partitions the profile sends the planned jobs' rules to (local rules stay on the login node), its
+    variables expanded from the environment, and with sinfo each partition's existence and time limit."""
     defaults = profile.get("default-resources") or {}
     per_rule = profile.get("set-resources") or {}
-    rules = sorted({j.rule for j in jobs if not j.local})
-    rows, partitions, unset_all = [], {}, []
+    local = local_rules()
+    rules = sorted({j.rule for j in jobs if not j.local and j.rule not in local})
+    rows, partitions, unset_rules = [], {}, {}
     for rule in rules:
         res = {**defaults, **(per_rule.get(rule) or {})}
         part, unset = _expand(res.get("slurm_partition", ""))
         account, unset_a = _expand(res.get("slurm_account", ""))
-        unset_all += unset + unset_a
-        runtime = _minutes(res.get("runtime", 0))
-        partitions.setdefault(part, []).append((rule, runtime, res.get("mem_mb"), account))
-    for var in sorted(set(unset_all)):
-        rows.append(Check("profile", f"${var}", False, f"${var} is unset, and the profile passes it on literally "
-                                                       f"(sbatch would refuse the jobs): export {var}=<value> first"))
+        for var in unset + unset_a:
+            unset_rules.setdefault(var, []).append(rule)
+        if not unset:
+            partitions.setdefault(part, []).append((rule, _minutes(res.get("runtime", 0)), res.get("mem_mb")))
+    for var, users in sorted(unset_rules.items()):
+        rows.append(Check("profile", f"${var}", False, f"${var} is unset, and the profile passes it on literally, so "
+                                                       f"sbatch would refuse the jobs of {_shorten(users, 8)}: export "
+                                                       f"{var}=<value> first"))
     have_sinfo = _have_sinfo()
     limits, sinfo_error = {}, None
     if have_sinfo:
@@ -1404,9 +1442,10 @@ def check_profile(profile: dict, jobs: list[Job]) -> list[Check]:
     for part, uses in sorted(partitions.items()):
         longest = max(uses, key=lambda u: u[1] or 0)
         described = (f"{len(uses)} rule(s): " + ", ".join(
-            f"{r} {rt:g} min/{_mem(mem)}" if rt is not None else f"{r} ?/{_mem(mem)}" for r, rt, mem, _ in uses))
-        if _VAR.search(part) or not part:
-            rows.append(Check("profile", part or "(no partition)", False, f"partition unset: {described}"))
+            f"{r} {rt:g} min/{_mem(mem)}" if rt is not None else f"{r} ?/{_mem(mem)}" for r, rt, mem in uses))
+        if not part:
+            rows.append(Check("profile", "(no partition)", False, f"no slurm_partition for {described}: set one in "
+                                                                  f"{profile['_file']}"))
             continue
         if not have_sinfo or sinfo_error is not None:
             why = "sinfo not found" if not have_sinfo else f"sinfo failed ({sinfo_error})"
@@ -1531,6 +1570,11 @@ def run(config, profile=None, targets=None, calibrate: bool = True, login_node: 
                      f"run at {SHARED_CPU:g} of the calibrated rate (docs/results.md: 60-85%)")
     if calibrate:
         notes.append(f"calibrated rates are cached in {_cache_path()} (delete it to measure again)")
+        busy = max((v.get("load", 0.0) for v in rates.table.values()), default=0.0)
+        if busy > 1.0:
+            notes.append(f"some rates were calibrated with {busy:.1f} runnable processes per core (load average): "
+                         "other work slowed them down, so the times above may be too long; measure again on a "
+                         "quiet machine, or compare with --no-calibrate")
     device = device_name("cuda") if gpu_here else device_name("cpu")
     return Report(config_paths, plan.config["preset"], targets, checks, setups, fig_costs, total,
                   {k: {kk: v[kk] for kk in ("rows_per_s", "source", "train_per_s", "train_unit", "train_source")
