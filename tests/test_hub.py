@@ -221,3 +221,20 @@ def test_mirror_checksum_listing_is_shared_with_the_data_mirror(tmp_path):
         assert hub.weights_url("https://download.pytorch.org/models/x.pth") == "http://127.0.0.1:9/models/x.pth"
     finally:
         del os.environ[hub.WEIGHTS_MIRROR]
+
+
+def test_transformers_and_huggingface_hub_are_pinned_to_the_tested_series():
+    """The text and dev extras pin the same series, and this environment is inside it (what the tests ran on)."""
+    import tomllib
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for package in ("transformers", "huggingface_hub"):
+        specs = {str(Requirement(r).specifier) for extra in ("text", "dev") for r in extras[extra]
+                 if Requirement(r).name.replace("-", "_") == package}
+        assert len(specs) == 1, (package, specs)
+        spec = Requirement(f"{package}{specs.pop()}").specifier
+        assert any(s.operator == "<" for s in spec), f"{package}: no upper bound in {spec}"
+        assert version(package) in spec, (package, version(package), str(spec))
