@@ -229,7 +229,7 @@ class Report:
                "baselines", "count 3 a row). GPU-rule h: hours of the jobs of rules that ask for a GPU; job h: every "
                f"job; wall h: {self.slots} job(s)", f"at a time in dependency order. Each figure counts every job "
                "it needs; setups and the total count each job once.", self.cost_table(), "",
-               f"Rates (this machine: {self.device}; training: images/s, or optimizer steps/s of a language model)",
+               f"Rates (preflight ran on {self.device}; training: images/s, or optimizer steps/s of a language model)",
                self.rate_table()]
         if self.notes:
             out += [""] + [f"note: {n}" for n in self.notes]
@@ -1580,7 +1580,7 @@ def run(config, profile=None, targets=None, calibrate: bool = True, login_node: 
                      f"float32 forward passes at {FLOAT32_FRACTION:g} of the bf16 figures); a GPU job's start is "
                      "not counted")
     if shared < 1:
-        notes.append(f"{slots} single-threaded jobs at a time fill this machine's {os.cpu_count()} cores: engine rows "
+        notes.append(f"{slots} single-threaded jobs at a time fill the {os.cpu_count()} CPU cores: engine rows "
                      f"run at {SHARED_CPU:g} of the calibrated rate (docs/results.md: 60-85%)")
     if calibrate:
         notes.append(f"calibrated rates are cached in {_cache_path()} (delete it to measure again)")
