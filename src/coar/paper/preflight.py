@@ -916,16 +916,20 @@ class Costing:
         c.seconds += c.train_images / r["train_per_s"] + test / r["rows_per_s"]
 
     def _examples(self, job, c, setup):
-        n = self.n_examples(setup)
-        c.store_bytes = n * self.input_bytes(setup)
         from .data.specs import SPECS
 
+        n = self.n_examples(setup)
+        c.store_bytes = n * self.input_bytes(setup)
         if SPECS[self.spec(setup)["dataset"]].decodable:
             c.seconds += n / 200.0  # JPEG decoding and resizing at 224 px: about 200 images/s (4 threads)
 
     def _heldout_examples(self, job, c, setup):
+        from .data.specs import SPECS
+
         n = int(job.wildcards.get("n") or 0)
         c.store_bytes = n * self.input_bytes(setup)
+        if SPECS[self.spec(setup)["dataset"]].decodable:
+            c.seconds += n / 200.0
 
     def _shifted_examples(self, job, c, setup):
         n = int(self.plan.shift_spec(job.wildcards["edit"], job.wildcards["shift"]).get("n") or 1000)
