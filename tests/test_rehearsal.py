@@ -65,3 +65,31 @@ def test_every_setup_has_attributions_and_every_edit_its_tables(rehearsal):
         else:
             summary = pd.read_csv(base / "summary.csv")
             assert len(summary), name
+
+
+def test_every_download_went_through_the_real_fetch_code_into_empty_caches(rehearsal):
+    """The local rules fetched the weights, Hugging Face repositories, TinyStories and the mirrored data files from
+    the server on 127.0.0.1 (workflow/rehearsal/hub_server.py) into the rehearsal's own caches, which started
+    empty; every manifest's files are there with the SHA-256 it recorded."""
+    from coar.paper import hub
+
+    d, r = rehearsal
+    assert r.returncode == 0, r.stdout[-3000:]
+    report = json.loads((d / "report.json").read_text())
+    assert report["jobs"]["weights"] == len(hub.ASSETS) and report["jobs"]["dataset"] >= 10
+    served = report["served"]
+    assert served["download.pytorch.org"] == 2  # ResNet-50 and ViT-B/16, once each
+    assert served["huggingface"] >= 3 * 4 + 1  # config, weights, vocabulary, merges of 3 models; TinyStories
+    assert served["data mirror"] >= 5  # CIFAR-10, CIFAR-10-C, ImageNet-Sketch, Waterbirds, BoolQ
+    requests = (d / "server.log").read_text().splitlines()
+    assert "GET /datasets/roneneldan/TinyStories/resolve/" in "\n".join(requests)
+    work, caches = d / "work", d / "caches"
+    for name in hub.ASSETS:
+        manifest = json.loads((work / hub.manifest_path(name)).read_text())
+        assert Path(manifest["location"]).is_relative_to(caches), name
+        folder = Path(manifest["location"])
+        for f in manifest["files"]:
+            path = folder / f["path"] if folder.is_dir() else folder
+            assert hub.sha256_file(path) == f["sha256"], (name, f["path"])
+    tinystories = json.loads((work / "data" / "datasets" / "tinystories.json").read_text())
+    assert "datasets--roneneldan--TinyStories" in tinystories["location"]

@@ -3,7 +3,11 @@
     python workflow/rehearsal/rehearse.py DIR [--config config/paper.yaml] [--cores N] [-- SNAKEMAKE_ARGS...]
 
 1. makes the fixtures under DIR/fixtures: every data source in its real on-disk format (fixtures_data.py),
-   published weights as local files with random values and the text data (fixtures_models.py);
+   published weights as local files with random values and the text data (fixtures_models.py); what a real
+   run downloads (weights, Hugging Face repositories, TinyStories, the mirrored data files) is served by a
+   server on 127.0.0.1 (hub_server.py) under the real URL paths, and the workflow's local rules fetch it from
+   there into empty caches (DIR/caches) through the real download code, with its hash checks; the compute
+   jobs run offline;
 2. derives the rehearsal preset from the paper config (preset.py) into DIR/rehearsal.yaml;
 3. plans the paper config and the rehearsal, runs snakemake on the rehearsal in DIR/work (your results/ and
    data/ are not touched), and checks that every rule the paper config plans has executed;
@@ -40,24 +44,56 @@ def _snakemake() -> str:
 
 
 def make_fixtures(directory: Path) -> dict[str, str]:
-    """The fixtures (once) and the environment variables the workflow runs with."""
+    """The fixtures (once): the "published" files the local server (hub_server.py) serves, and the data sources
+    placed by hand. Returns their folders."""
     done = directory / ".complete"
     if done.exists():
-        return json.loads(done.read_text())
+        made = json.loads(done.read_text())
+        if "published_hf" in made:
+            return made
     from fixtures_data import make_data
     from fixtures_models import make_models
 
     shutil.rmtree(directory, ignore_errors=True)  # a half-made tree from an interrupted run
     raw, mirror = directory / "data" / "raw", directory / "mirror"
-    torch_home, hf_home = directory / "torch-home", directory / "hf-home"
-    for d in (raw, mirror, torch_home, hf_home):
+    published_torch, published_hf = directory / "published" / "torch-home", directory / "published" / "hf-home"
+    for d in (raw, mirror, published_torch, published_hf):
         d.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    env = make_models(torch_home, hf_home, raw, mirror)  # first: the ImageNet fixture is labelled with ResNet-50
-    env.update(make_data(raw, mirror, torch_home))
+    # first: the ImageNet fixture is labelled with ResNet-50; TinyStories goes to the hub the server publishes
+    make_models(published_torch, published_hf, raw, mirror, tinystories_cache=published_hf / "hub")
+    make_data(raw, mirror, published_torch)
     print(f"[rehearse] fixtures made in {time.time() - start:.0f} s under {directory}", flush=True)
-    done.write_text(json.dumps(env, indent=1))
-    return env
+    made = {"published_hf": str(published_hf / "hub"), "published_torch": str(published_torch / "hub" / "checkpoints"),
+            "mirror": str(mirror)}
+    done.write_text(json.dumps(made, indent=1))
+    return made
+
+
+def environment(directory: Path, server) -> dict[str, str]:
+    """The environment the workflow runs with: empty caches of its own (TORCH_HOME, HF_HOME), which the local
+    rules fill through the real download code from the local server (HF_ENDPOINT, COAR_WEIGHTS_MIRROR,
+    COAR_DATA_MIRROR); network access left on, as on a login node (the compute jobs turn it off themselves)."""
+    drop = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_HUB_CACHE",
+            "HF_DATASETS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    caches = directory / "caches"
+    return {**env, "TORCH_HOME": str(caches / "torch-home"), "HF_HOME": str(caches / "hf-home"),
+            "HF_HUB_CACHE": str(caches / "hf-home" / "hub"), "HF_HUB_DISABLE_TELEMETRY": "1",
+            **server.environment(), "PYTHONUNBUFFERED": "1"}
+
+
+def served(requests: list[str]) -> dict[str, int]:
+    """Files downloaded from the local server (GET, status 200), counted by host stood in for."""
+    out = {"huggingface": 0, "download.pytorch.org": 0, "data mirror": 0}
+    for line in requests:
+        method, path, status = line.split(" ")
+        if method != "GET" or status != "200" or path.startswith("/api/") or path.endswith("SHA256SUMS"):
+            continue
+        host = ("download.pytorch.org" if path.startswith("/models/") else
+                "data mirror" if path.startswith("/mirror/") else "huggingface")
+        out[host] += 1
+    return out
 
 
 def planned_rules(config: Path, workdir: Path, env: dict) -> set[str]:
@@ -117,7 +153,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("snakemake_args", nargs="*", help="more snakemake arguments (after --)")
     args = ap.parse_args(argv)
     d = args.directory.resolve()
-    env = {**os.environ, **make_fixtures(d / "fixtures"), "PYTHONUNBUFFERED": "1"}
+    made = make_fixtures(d / "fixtures")
+    from hub_server import Server
+
+    (d / "server.log").unlink(missing_ok=True)
+    with Server(made["published_hf"], made["published_torch"], made["mirror"], d / "server.log") as server:
+        return rehearse(args, d, environment(d, server), server)
+
+
+def rehearse(args, d: Path, env: dict, server) -> int:
     import yaml
 
     cfg_path = d / "rehearsal.yaml"
@@ -144,9 +188,11 @@ def main(argv: list[str]) -> int:
               "rehearsal_rules": sorted(rehearsal_rules), "executed_rules": sorted(ran),
               "not_executed": sorted(paper_rules - ran),
               "job_seconds": {k: round(sum(v), 1) for k, v in sorted(times.items(), key=lambda kv: -sum(kv[1]))},
-              "jobs": {k: len(v) for k, v in times.items()}}
+              "jobs": {k: len(v) for k, v in times.items()}, "served": served(server.requests())}
     (d / "report.json").write_text(json.dumps(report, indent=1))
     print(f"[rehearse] snakemake exit {r.returncode} after {wall:.0f} s ({sum(report['jobs'].values())} jobs)")
+    print("[rehearse] downloaded from the local server: "
+          + ", ".join(f"{n} files as {host}" for host, n in report["served"].items()))
     print(f"{'rule':28s} {'jobs':>5s} {'job-seconds':>12s}")
     for rule, secs in report["job_seconds"].items():
         print(f"{rule:28s} {report['jobs'][rule]:5d} {secs:12.1f}")
