@@ -36,7 +36,6 @@ in dependency order (Snakemake's way: priority first).
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import heapq
@@ -112,11 +111,6 @@ JOB_SECONDS = {
 }
 #: A figure or table job of a rule not listed above.
 FIGURE_SECONDS = 3.0
-#: Rules whose jobs predict outputs from attributions on evaluation masks (M x C x N multiply-adds per method).
-PREDICT_RULES = ("evaluate_alpha", "evaluate_on", "example_scatters", "sample_size_table")
-#: Rules that run the sampling engine or train (their start costs the Python + torch imports, calibrated).
-TORCH_RULES = ("sample_shard", "baseline", "model", "edit_single", "edit_forget", "edit_backdoor",
-               "ablation_effect", "backdoor_saliency")
 #: fix / induce edits with `targets: null` fix every error: this share of the examples is assumed wrong.
 ERROR_SHARE = 0.1
 #: Tokens a BoolQ prompt is padded to (the longest prompt: not known before its examples are made).
@@ -227,7 +221,7 @@ class Report:
                + ("" if self.ok else f"; FAIL: {', '.join(sorted({c.check for c in self.checks if not c.ok}))}"), "",
                "Cost plan: every job from scratch. Rows: one example under one mask (forward passes; gradient "
                "baselines", "count 3 a row). GPU-rule h: hours of the jobs of rules that ask for a GPU; job h: every "
-               f"job; wall h: {self.slots} job(s)", f"at a time in dependency order. Each figure counts every job "
+               f"job; wall h: {self.slots} job(s)", "at a time in dependency order. Each figure counts every job "
                "it needs; setups and the total count each job once.", self.cost_table(), "",
                f"Rates (preflight ran on {self.device}; training: images/s, or optimizer steps/s of a language model)",
                self.rate_table()]
@@ -844,8 +838,7 @@ class Costing:
 
     # the rules
     def cost(self, job: Job) -> JobCost:
-        w, rule = job.wildcards, job.rule
-        setup = job_setup(self.plan, job)
+        rule, setup = job.rule, job_setup(self.plan, job)
         base = JOB_SECONDS.get(rule, FIGURE_SECONDS if rule.startswith("fig") else 1.0)
         c = JobCost(base, job.gpu, setup)
         fn = getattr(self, f"_{rule}", None)
