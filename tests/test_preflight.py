@@ -309,3 +309,16 @@ def test_each_visible_gpu_is_checked_against_the_needs(site, bf16_config, monkey
     props.total_memory = 80 * 1024 ** 3
     report = preflight.run(bf16_config, targets=["figures/fig2.pdf"], calibrate=False, figures=False)
     assert report.ok, report.check_table()
+
+
+def test_the_workflow_rule_writes_the_report_and_fails_with_a_check(site):
+    """rules/preflight.smk's body: the report goes to the log; a failed check fails the job."""
+    log = site / "logs" / "preflight.log"
+    preflight.workflow_preflight([str(DEFAULT)], str(log), calibrate=False)
+    assert "5 of 5 checks ok" in log.read_text() and "Cost plan" in log.read_text()
+    (site / "data" / "datasets" / "os-text.json").unlink()
+    with pytest.raises(preflight.CoarError, match="a check failed"):
+        preflight.workflow_preflight([str(DEFAULT)], str(log), calibrate=False)
+    assert "FAIL" in log.read_text()
+    assert "rule preflight:" in (ROOT / "rules" / "preflight.smk").read_text()
+    assert 'include: "rules/preflight.smk"' in (ROOT / "Snakefile").read_text()

@@ -1604,13 +1604,14 @@ def main(config, profile=None, targets=None, calibrate=True, login_node=False, s
     return report.exit_status
 
 
-def workflow_preflight(configfiles, log, slurm: bool = False) -> None:
+def workflow_preflight(configfiles, log, slurm: bool = False, calibrate: bool = True) -> None:
     """The workflow's `preflight` rule: the report printed and written to the log; raises CoarError when a check
     fails. Under the SLURM executor the checks are those of a login node with workflow/profiles/slurm."""
     import io
 
     buf = io.StringIO()
-    status = main(configfiles, "workflow/profiles/slurm" if slurm else None, login_node=slurm, out=buf)
+    profile = str(workflow_root() / "workflow" / "profiles" / "slurm") if slurm else None
+    status = main(configfiles, profile, calibrate=calibrate, login_node=slurm, out=buf)
     text = buf.getvalue()
     print(text, flush=True)
     Path(log).parent.mkdir(parents=True, exist_ok=True)
