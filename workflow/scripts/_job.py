@@ -21,7 +21,7 @@ def start(sm, torch: bool = True, online: bool = False) -> str:
         os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
         from coar.paper.hub import require, required_by
 
-        for name in required_by(sm.input):  # published weights / tokenizers this job loads: in the cache?
+        for name in required_by(getattr(sm, "input", ())):  # published weights / tokenizers this job loads: in the cache?
             require(name)
     os.environ.setdefault("TQDM_MININTERVAL", "15")  # a progress line every 15 s in the log, not every step
     if not torch and not (sm.resources.get("gpu", 0) and cuda_possible()):
