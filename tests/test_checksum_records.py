@@ -120,3 +120,32 @@ def test_checksum_recorded_beside_is_checked_even_when_the_directory_became_read
         check_recorded(placed)
     assert not (tmp_path / "data").exists()
 
+
+
+def test_a_modified_read_only_cifar_copy_is_refused_before_it_is_unpickled(tmp_path, monkeypatch):
+    """CIFAR-10 (pickles) checks the recorded hashes before unpickling anything: records kept in the records
+    directory, because the copy's directory refuses writes, count as well as records beside the files."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_backdoor import _write_cifar10
+
+    from coar.paper.data import cifar
+    from coar.paper.data.registry import load_images
+
+    root = tmp_path / "cifar10"
+    _write_cifar10(root)
+    folder = root / "cifar-10-batches-py"
+    _refuse_writes_in(folder, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COAR_CHECKSUM_DIR", raising=False)
+    load_images("cifar10", "test", root, download=False)  # first use: records under data/datasets/checksums
+    assert not list(folder.glob("*.sha256")) and len(list(_records_dir(tmp_path).iterdir())) == 7
+    with open(folder / "data_batch_3", "ab") as fh:
+        fh.write(b"x")
+    unpickled = []
+    original = cifar._unpickle
+    monkeypatch.setattr(cifar, "_unpickle", lambda path: unpickled.append(Path(path).name) or original(path))
+    with pytest.raises(CoarError, match=r"data_batch_3 is corrupted or was modified"):
+        load_images("cifar10", "test", root, download=False)
+    assert unpickled == []

@@ -102,7 +102,7 @@ def _batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def read_placed(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 [N, 3, 32, 32], int64 [N]) of a split ("train" or "test") from the seven files under
     root/cifar-10-batches-py: all of them checked (structure, and the SHA-256 recorded at their first use)."""
-    from .images import check_recorded
+    from .images import check_recorded, hash_records
 
     if split not in ("train", "test"):
         raise CoarError(f"CIFAR-10 split must be train or test, got {split!r}")
@@ -112,7 +112,7 @@ def read_placed(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.nda
     if absent:
         raise CoarError(f"CIFAR-10 placed copy in {folder} is incomplete: {absent} missing")
     refetch = f"place it again (or delete {folder} to download the release)"
-    recorded = [p for p in paths if Path(f"{p}.sha256").exists()]
+    recorded = [p for p in paths if hash_records(p)]  # beside it, or in the records directory
     for p in recorded:  # hashes first: a file changed since its first use is never unpickled
         check_recorded(p, refetch)
     meta = _unpickle(folder / META_FILE)

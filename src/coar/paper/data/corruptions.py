@@ -102,7 +102,7 @@ def load_cifar10c(root: str | Path, name: str, severity: int, download: bool = T
     d = Path(root) / "CIFAR-10-C"
     if not (d / f"{name}.npy").exists() and download:
         d = download_cifar10c(root)
-    from .images import check_recorded
+    from .images import check_recorded, hash_records
 
     files = (d / f"{name}.npy", d / "labels.npy")
     for f in files:
@@ -111,7 +111,7 @@ def load_cifar10c(root: str | Path, name: str, severity: int, download: bool = T
     # no checksum is published with the release: a file's SHA-256 is recorded at its first valid use and
     # checked on every later one, so a file changed or damaged since is reported, never used
     refetch = f"download {CIFAR10C_URL} again"
-    recorded = [f for f in files if Path(f"{f}.sha256").exists()]
+    recorded = [f for f in files if hash_records(f)]  # beside it, or in the records directory
     for f in recorded:
         check_recorded(f, refetch)
     try:
