@@ -39,6 +39,14 @@ rule weights:
         "../workflow/scripts/fetch_weights.py"
 
 
+rule fetch:
+    """Every data source and every set of published weights the preset reads, obtained and verified: the one
+    command to run on a cluster's login node before submitting (`snakemake --cores 1 fetch`, docs/cluster.md)."""
+    input:
+        fetch_manifests(),
+    localrule: True
+
+
 rule examples:
     input:
         lambda w: examples_inputs(w.setup),

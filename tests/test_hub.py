@@ -21,6 +21,7 @@ import yaml
 pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "workflow" / "rehearsal"))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import fixtures_models as fm  # noqa: E402
 from hub_server import Server  # noqa: E402
@@ -184,12 +185,10 @@ def test_compute_jobs_run_offline_and_check_their_weights_first(tmp_path, monkey
 
 
 def test_the_paper_preset_fetches_every_asset_in_a_local_rule_before_its_jobs():
-    from coar.paper.plan import Plan, resolve_parents
+    from test_plan import load
 
     def plan(path):
-        cfg = yaml.safe_load((ROOT / path).read_text())
-        resolve_parents(cfg)
-        return Plan(cfg)
+        return load({"config/paper.yaml": "paper", "config/config.yaml": "default"}[path])
 
     paper = plan("config/paper.yaml")
     assert hub.needed(paper) == ["resnet50", "vit_b_16", "clip-vit-base-patch16", "gpt2", "phi-2"]
@@ -200,6 +199,15 @@ def test_the_paper_preset_fetches_every_asset_in_a_local_rule_before_its_jobs():
     assert paper.weights_manifests("G", "examples") == ["data/weights/gpt2.json"]  # its tokenizer
     assert paper.weights_manifests("P", "examples") == ["data/weights/phi-2.json"]
     assert hub.needed(plan("config/config.yaml")) == []  # the offline default needs no published weights
+    # the `fetch` target (login node): every source the paper's jobs read (11: as many `dataset` jobs as its
+    # full DAG has) and every asset
+    fetch = paper.fetch_manifests()
+    assert {p for p in fetch if p.startswith("data/weights/")} == {hub.manifest_path(n) for n in hub.ASSETS}
+    sources = sorted(p for p in fetch if p.startswith("data/datasets/"))
+    assert len(sources) == 11 and "data/datasets/imagenet-sketch.json" in sources  # a forget edit's shifted set
+    assert "data/datasets/cifar10-c.json" in sources and "data/datasets/boolq.json" in sources
+    assert plan("config/config.yaml").fetch_manifests() == ["data/datasets/fashion-mnist.json",
+                                                            "data/datasets/os-text.json"]
     assert hub.required_by(["data/datasets/boolq.json", "data/weights/phi-2.json", "x/weights/gpt2.json"]) == ["phi-2"]
     rules = (ROOT / "rules" / "data.smk").read_text()
     block = rules[rules.index("rule weights:"):rules.index("rule examples:")]

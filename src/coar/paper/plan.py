@@ -751,6 +751,20 @@ class Plan:
 
         return [hub.manifest_path(name) for name in hub.setup_assets(self.setups[setup], rule)]
 
+    def fetch_manifests(self):
+        """Every data source and every published weights manifest the setups and edits read: what the local rules
+        `dataset` and `weights` obtain (the `fetch` target, run on a login node before anything is submitted)."""
+        from coar.paper import hub
+
+        out = []
+        for s in self.setups:
+            out += [self.setup_source(s), *self.model_sources(s)]
+        for name, e in self.config.get("edits", {}).items():
+            for shift in e.get("shifts", {}):
+                spec = self.shift_spec(name, shift)
+                out.append(self.source_manifest(spec["dataset"], spec["corruption"]))
+        return list(dict.fromkeys(out + [hub.manifest_path(n) for n in hub.needed(self)]))
+
     # --- edits -------------------------------------------------------------------------------------------------
 
     def edit_setup(self, edit, kinds=None):
