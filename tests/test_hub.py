@@ -98,6 +98,10 @@ def test_huggingface_model_is_fetched_through_the_hub_api_and_loads_offline(site
     assert "LOADED 64 512" in r.stdout, r.stderr[-2000:]
     assert len(site.server.requests()) == before  # nothing asked of the network
     assert run(site, CHECK, "gpt2").stdout.startswith("OK")
+    # coar preflight costs the shape that will load: the fetched configuration (here the tiny one)
+    shape = run(site, "from coar.paper.hub import cached_architecture as c\nprint('SHAPE', c('gpt2')['n_embd'], "
+                      "c('phi2'), c('resnet50'))")
+    assert "SHAPE 64 None None" in shape.stdout, shape.stderr[-2000:]
 
 
 def test_torchvision_weights_are_fetched_with_the_mirrors_hash_check(site, published):

@@ -59,6 +59,7 @@ def fake_hub(monkeypatch, needed, missing=()):
     hub = types.ModuleType("coar.paper.hub")
     hub.needed = lambda plan: list(needed)
     hub.manifest_path = lambda name: f"data/weights/{name}.json"
+    hub.cached_architecture = lambda model: None
     hub.status = lambda name: ((False, f"published weights {name}: not fetched. Fetch them: `snakemake --cores 1 "
                                        f"data/weights/{name}.json`") if name in missing else (True, f"verified in /x/{name}"))
     import coar.paper

@@ -291,6 +291,25 @@ def status(name: str) -> tuple[bool, str]:
     return True, f"verified in {where}"
 
 
+def cached_architecture(model: str) -> dict | None:
+    """build_model's `config=` for a registry model whose published weights are in the local cache (coar preflight
+    builds the shape that will load, a rehearsal's tiny stand-in included); None when they are not fetched or the
+    model's shape is fixed by its registry name."""
+    a = ASSETS.get(MODEL_ASSET.get(model, ""))
+    if a is None or a.kind != "huggingface":
+        return None
+    try:
+        where = require(a.name)
+        config = json.loads((where / "config.json").read_text())
+    except (CoarError, OSError, ValueError):
+        return None
+    if model == "clip_zeroshot":
+        return {"vision_config": config.get("vision_config", {}), "projection_dim": config.get("projection_dim", 512)}
+    if model == "clip_vit_b_16":
+        return config.get("vision_config")
+    return config
+
+
 def required_by(inputs) -> list[str]:
     """Assets whose manifests are among a job's input files (data/weights/<name>.json)."""
     names = []
@@ -301,4 +320,4 @@ def required_by(inputs) -> list[str]:
 
 
 __all__ = ["ASSETS", "MODEL_ASSET", "fetch", "require", "status", "needed", "setup_assets", "manifest_path",
-           "fetch_command", "weights_url", "required_by"]
+           "fetch_command", "weights_url", "required_by", "cached_architecture"]

@@ -440,11 +440,13 @@ class Shape:
     image_size: int
     tokens: int | None  # text models: tokens per example
     precision: str
+    hub_config: str | None = None  # a fetched hub model's configuration (JSON): the shape that will load
 
     @property
     def key(self) -> str:
         size = f"{self.tokens} tokens" if self.tokens else f"{self.in_channels}x{self.image_size}px"
-        return f"{self.model} {size}" + (f" {self.precision}" if self.precision != "float32" else "")
+        hub = "" if self.hub_config is None else f" config {hashlib.sha256(self.hub_config.encode()).hexdigest()[:8]}"
+        return f"{self.model} {size}" + (f" {self.precision}" if self.precision != "float32" else "") + hub
 
 
 def _text(spec) -> bool:
@@ -455,15 +457,20 @@ def _text(spec) -> bool:
 
 def shape_of(spec: dict) -> Shape:
     tokens = (spec["examples"].get("length") or TEXT_TOKENS.get(spec["dataset"], 256)) if _text(spec) else None
+    from .hub import cached_architecture
+
+    hub = cached_architecture(spec["model"]) if spec.get("pretrained") else None
     return Shape(spec["model"], spec.get("components"), int(spec["num_classes"]), int(spec["in_channels"]),
-                 int(spec["image_size"]), tokens, spec.get("precision") or "float32")
+                 int(spec["image_size"]), tokens, spec.get("precision") or "float32",
+                 None if hub is None else json.dumps(hub, sort_keys=True))
 
 
 def _build(shape: Shape, device):
     from .models import build_model
 
+    config = None if shape.hub_config is None else json.loads(shape.hub_config)
     return build_model(shape.model, num_classes=shape.num_classes, in_channels=shape.in_channels,
-                       image_size=shape.image_size, device=device)
+                       image_size=shape.image_size, device=device, config=config)
 
 
 def _example_input(shape: Shape, n: int, device, generator=None):
@@ -471,6 +478,8 @@ def _example_input(shape: Shape, n: int, device, generator=None):
 
     if shape.tokens:
         vocab = 256 if shape.model.endswith(("bytes", "tiny")) else 1000
+        if shape.hub_config is not None:  # a fetched model's own vocabulary (a rehearsal's stand-in has 512)
+            vocab = min(vocab, int(json.loads(shape.hub_config).get("vocab_size", vocab)))
         return torch.randint(0, vocab, (n, shape.tokens), device=device, generator=generator)
     return torch.randn(n, shape.in_channels, shape.image_size, shape.image_size, device=device, generator=generator)
 
