@@ -112,6 +112,11 @@ def test_torchvision_weights_are_fetched_with_the_mirrors_hash_check(site, publi
     # fetched again: found in the cache and hashed, not downloaded again
     fetched(site, "resnet50")
     assert site.server.requests().count(f"GET /models/{RESNET50_FILE} 200") == 1
+    # a cached file that does not match (torch.hub itself never checks a cached file): fetched again
+    dest.write_bytes(b"truncated")
+    assert fetched(site, "resnet50")["files"][0]["size"] == 4096
+    assert site.server.requests().count(f"GET /models/{RESNET50_FILE} 200") == 2
+    assert dest.read_bytes() == (published / "torch" / RESNET50_FILE).read_bytes()
 
 
 def test_a_download_that_fails_its_hash_check_is_refused_and_leaves_nothing(site, published):
