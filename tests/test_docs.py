@@ -124,6 +124,11 @@ RUN_BY = {
                                    "tests/test_cuda.py"],
     r"^python benchmarks/efficiency\.py": ["tests/test_workflow.py::test_ci_preset_end_to_end"],
     r"^snakemake --cores 1 figures/efficiency\.pdf": ["tests/test_workflow.py::test_ci_preset_end_to_end"],
+    r"^snakemake --cores 1 fetch --configfile=config/paper\.yaml$": [
+        "tests/test_rehearsal.py::test_every_download_went_through_the_real_fetch_code_into_empty_caches"],
+    r"^coar preflight --configfile config/paper\.yaml --login-node --profile workflow/profiles/slurm$": [
+        "tests/test_preflight.py::test_login_node_defers_the_gpu_check_to_the_partition",
+        "tests/test_rehearsal.py::test_every_download_went_through_the_real_fetch_code_into_empty_caches"],
     r"^python workflow/rehearsal/rehearse\.py": [
         "tests/test_rehearsal.py::test_every_rule_of_the_paper_preset_runs_and_every_figure_is_built"],
 }

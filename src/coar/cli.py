@@ -9,6 +9,7 @@
   coar baseline --method loo --checkpoint m.pt --examples test.npz --out attributions/loo.npz
   coar evaluate --attributions attributions/*.npz --stores stores/test/* --out results/corr.csv
   coar edit --attributions coar.npz --checkpoint m.pt --targets 3 --references-random 50 --k 3 --out edited.pt
+  coar preflight --configfile config/paper.yaml     a site checked before a run, and what the run will cost
 """
 from __future__ import annotations
 
