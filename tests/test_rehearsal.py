@@ -6,6 +6,7 @@ so it runs in CI (CI=true) and when asked (COAR_REHEARSAL=1); COAR_REHEARSAL=0 s
     COAR_REHEARSAL=1 python -m pytest tests/test_rehearsal.py -s"""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,13 @@ def test_every_download_went_through_the_real_fetch_code_into_empty_caches(rehea
     d, r = rehearsal
     assert r.returncode == 0, r.stdout[-3000:]
     report = json.loads((d / "report.json").read_text())
+    # the login node's step (`snakemake fetch`) obtained everything; then, with the server stopped, coar preflight
+    # passed on the site and every other job ran (none could have downloaded anything)
+    assert report["fetch_returncode"] == 0 and report["preflight_returncode"] == 0
+    preflight = (d / "preflight.txt").read_text()
+    assert re.search(r"^(\d+) of \1 checks ok$", preflight, re.M), preflight[-3000:]
+    fetched = set(re.findall(r"^(?:local)?rule (\w+):$", (d / "fetch.log").read_text(), re.M))
+    assert {"dataset", "weights", "fetch"} <= fetched
     assert report["jobs"]["weights"] == len(hub.ASSETS) and report["jobs"]["dataset"] >= 10
     served = report["served"]
     assert served["download.pytorch.org"] == 2  # ResNet-50 and ViT-B/16, once each

@@ -6,8 +6,9 @@
    published weights as local files with random values and the text data (fixtures_models.py); what a real
    run downloads (weights, Hugging Face repositories, TinyStories, the mirrored data files) is served by a
    server on 127.0.0.1 (hub_server.py) under the real URL paths, and the workflow's local rules fetch it from
-   there into empty caches (DIR/caches) through the real download code, with its hash checks; the compute
-   jobs run offline;
+   there into empty caches (DIR/caches) through the real download code, with its hash checks: first the
+   `fetch` target alone, as on a cluster's login node (DIR/fetch.log); then the server is stopped, `coar
+   preflight` checks the site (DIR/preflight.txt) and every other job runs with nothing left to download from;
 2. derives the rehearsal preset from the paper config (preset.py) into DIR/rehearsal.yaml;
 3. plans the paper config and the rehearsal, runs snakemake on the rehearsal in DIR/work (your results/ and
    data/ are not touched), and checks that every rule the paper config plans has executed;
@@ -145,6 +146,17 @@ def job_times(log: str) -> dict[str, list[float]]:
     return times
 
 
+def _run_snakemake(cfg_path: Path, d: Path, log_path: Path, env: dict, args, *targets: str):
+    with open(log_path, "w") as fh:
+        return subprocess.run([_snakemake(), *targets, "--snakefile", str(ROOT / "Snakefile"),
+                               f"--configfile={cfg_path}", "--directory", str(d / "work"), "--cores", str(args.cores),
+                               "--keep-going",
+                               # the ILP scheduler runs a solver process after every finished job: on 2 cores its
+                               # rounds took CPU time from the jobs of a run of a few hundred short jobs
+                               "--scheduler", "greedy",
+                               *args.snakemake_args], stdout=fh, stderr=subprocess.STDOUT, text=True, env=env)
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("directory", type=Path)
@@ -154,41 +166,42 @@ def main(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     d = args.directory.resolve()
     made = make_fixtures(d / "fixtures")
-    from hub_server import Server
-
-    (d / "server.log").unlink(missing_ok=True)
-    with Server(made["published_hf"], made["published_torch"], made["mirror"], d / "server.log") as server:
-        return rehearse(args, d, environment(d, server), server)
-
-
-def rehearse(args, d: Path, env: dict, server) -> int:
     import yaml
+    from hub_server import Server
 
     cfg_path = d / "rehearsal.yaml"
     with open(args.config) as fh:
         derived = preset.derive(yaml.safe_load(fh), d / "fixtures")
     cfg_path.write_text(yaml.safe_dump(derived, sort_keys=False, width=120))
-    paper_rules = planned_rules(args.config.resolve(), d / "plan-paper", env)
-    rehearsal_rules = planned_rules(cfg_path, d / "work", env)
+    (d / "server.log").unlink(missing_ok=True)
     start = time.time()
-    log_path = d / "snakemake.log"  # written as it runs: `tail -f` it to follow the rehearsal
-    print(f"[rehearse] running the rehearsal in {d / 'work'} (log: {log_path})", flush=True)
-    with open(log_path, "w") as fh:
-        r = subprocess.run([_snakemake(), "--snakefile", str(ROOT / "Snakefile"), f"--configfile={cfg_path}",
-                            "--directory", str(d / "work"), "--cores", str(args.cores), "--keep-going",
-                            # the ILP scheduler runs a solver process after every finished job: on 2 cores its
-                            # rounds took CPU time from the jobs of a run of a few hundred short jobs
-                            "--scheduler", "greedy",
-                            *args.snakemake_args], stdout=fh, stderr=subprocess.STDOUT, text=True, env=env)
+    # 1. the login node: every data source and published weight fetched from the (local) internet
+    with Server(made["published_hf"], made["published_torch"], made["mirror"], d / "server.log") as server:
+        env = environment(d, server)
+        paper_rules = planned_rules(args.config.resolve(), d / "plan-paper", env)
+        rehearsal_rules = planned_rules(cfg_path, d / "work", env)
+        print(f"[rehearse] fetching on the 'login node' (log: {d / 'fetch.log'})", flush=True)
+        fetch = _run_snakemake(cfg_path, d, d / "fetch.log", env, args, "fetch")
+        requests = server.requests()
+    # 2. the server is gone: nothing after this point can download. The preflight check, then every other job.
+    pre = subprocess.run([sys.executable, "-m", "coar.cli", "preflight", "--configfile", str(cfg_path),
+                          "--no-calibrate", "--json", str(d / "preflight.json")], cwd=d / "work", env=env,
+                         capture_output=True, text=True)
+    (d / "preflight.txt").write_text(pre.stdout + pre.stderr)
+    print(f"[rehearse] coar preflight exit {pre.returncode} (DIR/preflight.txt); running the rehearsal in "
+          f"{d / 'work'} (log: {d / 'snakemake.log'})", flush=True)
+    r = _run_snakemake(cfg_path, d, d / "snakemake.log", env, args) if fetch.returncode == 0 else fetch
     wall = time.time() - start
-    log = log_path.read_text()
+    log = (d / "fetch.log").read_text() + "\n" + (d / "snakemake.log").read_text() if fetch.returncode == 0 \
+        else (d / "fetch.log").read_text()
     times = job_times(log)
     ran = set(times)
-    report = {"seconds": round(wall, 1), "returncode": r.returncode, "paper_rules": sorted(paper_rules),
+    report = {"seconds": round(wall, 1), "returncode": r.returncode, "fetch_returncode": fetch.returncode,
+              "preflight_returncode": pre.returncode, "paper_rules": sorted(paper_rules),
               "rehearsal_rules": sorted(rehearsal_rules), "executed_rules": sorted(ran),
               "not_executed": sorted(paper_rules - ran),
               "job_seconds": {k: round(sum(v), 1) for k, v in sorted(times.items(), key=lambda kv: -sum(kv[1]))},
-              "jobs": {k: len(v) for k, v in times.items()}, "served": served(server.requests())}
+              "jobs": {k: len(v) for k, v in times.items()}, "served": served(requests)}
     (d / "report.json").write_text(json.dumps(report, indent=1))
     print(f"[rehearse] snakemake exit {r.returncode} after {wall:.0f} s ({sum(report['jobs'].values())} jobs)")
     print("[rehearse] downloaded from the local server: "
@@ -201,9 +214,11 @@ def rehearse(args, d: Path, env: dict, server) -> int:
               f"{sorted(paper_rules - rehearsal_rules)}, only in the rehearsal's {sorted(rehearsal_rules - paper_rules)}")
     if report["not_executed"]:
         print(f"[rehearse] rules of the paper config that did not execute: {report['not_executed']}")
+    if pre.returncode != 0:
+        print((pre.stdout + pre.stderr)[-4000:])
     if r.returncode != 0:
         print(log[-6000:])
-    ok = r.returncode == 0 and not report["not_executed"] and paper_rules == rehearsal_rules
+    ok = r.returncode == 0 and not report["not_executed"] and paper_rules == rehearsal_rules and pre.returncode == 0
     return 0 if ok else 1
 
 
