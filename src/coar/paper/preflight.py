@@ -1117,10 +1117,10 @@ def used_setups(plan, jobs: list[Job]) -> list[str]:
 MANUAL_HINTS = {
     "imagenet": "the ImageNet validation images as <root>/val/<wnid>/*.JPEG, or ILSVRC2012_img_val.tar and "
                 "ILSVRC2012_devkit_t12.tar.gz in <root> (docs/workflow.md, Data)",
-    "imagenet-star": "ImageNet* as <root>/<shift>/<class>/<image>, from the Hugging Face dataset "
-                     "madrylab/imagenet-star (docs/workflow.md, Data)",
-    "mimic-cxr": "MIMIC-CXR-JPG 2.0.0 (credentialed PhysioNet access) as <root>/mimic-cxr-jpg/2.0.0/ with its "
-                 ".csv.gz tables, SHA256SUMS.txt and files/ (docs/workflow.md, Data)",
+    "imagenet-star": "ImageNet*'s <shift>.zip files from the Hugging Face dataset madrylab/imagenet-star in <root> "
+                     "(the dataset rule unpacks them; or <root>/<shift>/<class>/<image>; docs/workflow.md, Data)",
+    "mimic-cxr": "MIMIC-CXR-JPG 2.1.0 (or 2.0.0; credentialed PhysioNet access) as <root>/mimic-cxr-jpg/2.1.0/ "
+                 "with its .csv.gz tables, SHA256SUMS.txt and files/ (docs/workflow.md, Data)",
 }
 
 
