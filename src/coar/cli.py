@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the sampling engine and training here (cached in ~/.cache/coar/); --no-calibrate "
                         "takes the rates docs/benchmarks.md records")
     s.add_argument("--login-node", action="store_true",
-                   help="this machine has no GPU but submits to GPU nodes: with --profile, the GPU check is "
+                   help="preflight runs on a login node without a GPU that submits to GPU nodes: with --profile, the GPU check is "
                         "deferred to the GPU partition")
     s.add_argument("--jobs", type=_positive, help="jobs at a time for the wall-time estimate (default: the GPUs "
                                                   "here, else the CPU cores)")

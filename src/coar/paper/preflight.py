@@ -28,7 +28,7 @@ empty scratch directory, so every job from scratch) gives each job's rule, wildc
 whether it asks for a GPU. Each job is costed from the plan (coar.paper.plan.Plan: masks per shard, examples,
 components, edits) and a rate per model shape: rows (one example under one mask) per second of the real sampling
 engine (coar.engine.Engine), images per second of training (coar.paper.training), measured by a short
-calibration on this machine with random weights (cached in ~/.cache/coar/) or taken from docs/benchmarks.md
+calibration on the machine preflight runs on, with random weights (cached in ~/.cache/coar/) or taken from docs/benchmarks.md
 (REFERENCE_* below). Jobs that read and write tables cost what they cost in the measured default-preset run
 (JOB_SECONDS) plus their arithmetic. Wall time is estimated by scheduling the jobs on `slots` parallel workers
 in dependency order (Snakemake's way: priority first).
