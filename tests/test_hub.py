@@ -259,3 +259,30 @@ def test_transformers_and_huggingface_hub_are_pinned_to_the_tested_series():
                  if not r.startswith("-")]
         assert [str(Requirement(r).specifier) for r in conda if Requirement(r).name.replace("-", "_") == package] \
             == [str(spec)], f"environment.yml pins {package} otherwise than pyproject.toml"
+
+
+def test_a_hub_blob_is_hashed_once_and_checked_against_its_name(tmp_path, monkeypatch):
+    """An LFS blob is named by its content's SHA-256, so the manifest's digest is the check's: the file is read once;
+    a git blob (SHA-1 name) is hashed again; a blob whose content does not match its name is refused."""
+    from coar.paper.data import hf_text
+
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    content = b"weights" * 1000
+    lfs = blobs / hashlib.sha256(content).hexdigest()
+    lfs.write_bytes(content)
+    link = tmp_path / "model.safetensors"
+    link.symlink_to(lfs)
+    monkeypatch.setattr(hf_text, "sha256_file", lambda p: pytest.fail(f"{p} hashed a second time"))
+    assert hf_text.hub_blob_sha256(link) == lfs.name
+
+    text = b'{"n_layer": 2}'
+    git = blobs / hashlib.sha1(b"blob %d\0" % len(text) + text).hexdigest()
+    git.write_bytes(text)
+    (tmp_path / "config.json").symlink_to(git)
+    monkeypatch.setattr(hf_text, "sha256_file", lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest())
+    assert hf_text.hub_blob_sha256(tmp_path / "config.json") == hashlib.sha256(text).hexdigest()
+
+    lfs.write_bytes(content + b"!")
+    with pytest.raises(CoarError, match="corrupted in the Hugging Face cache"):
+        hf_text.hub_blob_sha256(link)

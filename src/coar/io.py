@@ -1,11 +1,21 @@
-"""Atomic file writes: a crash never leaves a half-written file under its final name."""
+"""Atomic file writes (a crash never leaves a half-written file under its final name) and file hashes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (the one file hash of stores, data sources and weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_savez(path: str | os.PathLike, header: dict | None = None, **arrays) -> None:

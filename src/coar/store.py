@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import math
 import numbers
@@ -44,6 +43,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from .errors import ShapeError, StoreError, StoreMismatchError
+from .io import sha256_file
 from .sampling import SCHEMES, iter_mask_chunks
 
 __all__ = [
@@ -250,14 +250,7 @@ def _clean_stale_tmp_dirs(path: Path) -> None:
 
 
 def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(_HASH_BLOCK)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+    return sha256_file(path, _HASH_BLOCK)
 
 
 def _check_array_file(path: Path, shape: tuple, dtype: np.dtype) -> None:

@@ -29,7 +29,6 @@ Mirrors (an internal server, or the rehearsal's server on 127.0.0.1):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CoarError
+from ..io import sha256_file
 
 MANIFEST_DIR = "data/weights"
 WEIGHTS_MIRROR = "COAR_WEIGHTS_MIRROR"
@@ -143,24 +143,18 @@ def _mirror_sha256(url: str) -> str | None:
     return listed_sha256(base, url, WEIGHTS_MIRROR) if base else None
 
 
-def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch_torchvision(a: Asset) -> dict:
     import torch.hub
 
     url = _weights(a).url
     dest = _torch_checkpoints() / os.path.basename(url)
     prefix = _mirror_sha256(url) or torch.hub.HASH_REGEX.search(dest.name).group(1)
-    if dest.is_file() and not sha256_file(dest).startswith(prefix):
+    digest = sha256_file(dest) if dest.is_file() else None
+    if digest is not None and not digest.startswith(prefix):
         print(f"{dest} does not match its expected SHA-256 ({prefix}...): fetching it again", flush=True)
         dest.unlink()
-    if not dest.is_file():
+        digest = None
+    if digest is None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         source = weights_url(url)
         print(f"downloading {source} to {dest}", flush=True)
@@ -168,8 +162,9 @@ def _fetch_torchvision(a: Asset) -> dict:
             torch.hub.download_url_to_file(source, str(dest), hash_prefix=prefix, progress=True)
         except Exception as exc:
             raise CoarError(f"downloading {a.name} weights from {source} failed: {exc}") from exc
+        digest = sha256_file(dest)  # torch.hub checked only the prefix while downloading; the manifest keeps it all
     return {"location": str(dest), "url": weights_url(url), "revision": a.ref,
-            "files": [{"path": dest.name, "size": dest.stat().st_size, "sha256": sha256_file(dest)}]}
+            "files": [{"path": dest.name, "size": dest.stat().st_size, "sha256": digest}]}
 
 
 # ---------------------------------------------------------------------------------------------------- Hugging Face
@@ -192,7 +187,7 @@ def _hub_cache() -> Path:
 
 def _fetch_huggingface(a: Asset) -> dict:
     import huggingface_hub
-    from .data.hf_text import verify_hub_blob
+    from .data.hf_text import hub_blob_sha256
 
     try:
         info = huggingface_hub.HfApi().model_info(a.ref)
@@ -210,8 +205,7 @@ def _fetch_huggingface(a: Asset) -> dict:
         path = snap / name
         if not path.is_file():
             raise CoarError(f"{a.ref}: {name} is missing from {snap} after the download")
-        verify_hub_blob(path)
-        records.append({"path": name, "size": path.stat().st_size, "sha256": sha256_file(path)})
+        records.append({"path": name, "size": path.stat().st_size, "sha256": hub_blob_sha256(path)})
     return {"location": str(snap), "url": f"{huggingface_hub.constants.ENDPOINT}/{a.ref}", "revision": info.sha,
             "files": records}
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import CoarError
+from ...io import sha256_file
 from ...examples import Examples
 
 TINYSTORIES_REPO = "roneneldan/TinyStories"
@@ -132,7 +133,7 @@ def verify_hub_blob(path: Path) -> Path:
 
     blob = path.resolve()
     name = blob.name
-    if blob.parent.name != "blobs" or len(name) not in (40, 64) or any(c not in "0123456789abcdef" for c in name):
+    if not _is_blob(blob):
         return path  # not a content-addressed cache entry: nothing to check against
     digest = hashlib.sha256() if len(name) == 64 else hashlib.sha1(f"blob {blob.stat().st_size}\0".encode())
     with open(blob, "rb") as fh:
@@ -142,6 +143,20 @@ def verify_hub_blob(path: Path) -> Path:
         raise CoarError(f"{path} is corrupted in the Hugging Face cache: its content hashes to {digest.hexdigest()}, "
                         f"not to its blob name {name}. Delete {blob} and run again to download it")
     return path
+
+
+def _is_blob(blob: Path) -> bool:
+    name = blob.name
+    return blob.parent.name == "blobs" and len(name) in (40, 64) and all(c in "0123456789abcdef" for c in name)
+
+
+def hub_blob_sha256(path: Path) -> str:
+    """The SHA-256 of a Hugging Face cache file, checked against its blob name (verify_hub_blob) and read once: an
+    LFS blob is named by the SHA-256 of its content, so the check's digest is the answer; other files (git blobs,
+    named by SHA-1) are hashed again with SHA-256."""
+    verify_hub_blob(path)
+    blob = path.resolve()
+    return blob.name if _is_blob(blob) and len(blob.name) == 64 else sha256_file(path)
 
 
 def load_tinystories(root: str | os.PathLike | None = None, download: bool = True) -> tuple[list[str], Path]:
@@ -259,7 +274,6 @@ def _download_boolq(target: Path, url: str, expected: int | None, sha256: str | 
         if size is not None and int(size) != got:
             raise CoarError(f"BoolQ download {tmp} is incomplete: {got} of {size} bytes; {manual}")
         if sha256 is not None:
-            from .images import sha256_file
 
             found = sha256_file(tmp)
             if found != sha256:

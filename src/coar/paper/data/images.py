@@ -37,6 +37,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ...errors import CoarError
+from ...io import sha256_file  # noqa: F401 (data sources import it from here)
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
 _USER_AGENT = "coar-reproduction (python urllib)"
@@ -149,15 +150,6 @@ def seeded_subset(count: int, n: int | None, seed: int, what: str) -> np.ndarray
     if n <= 0 or n > count:
         raise CoarError(f"{what}: n={n} must be between 1 and the split size {count}")
     return np.sort(np.random.default_rng(seed).choice(count, size=n, replace=False))
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 CHECKSUM_DIR_ENV = "COAR_CHECKSUM_DIR"
