@@ -1,7 +1,8 @@
 """The linear algebra under every estimator: the streaming Gram accumulator (X^T X, X^T Y and the sums of a
-mask store, in float64) and its one factorisation (the eigendecomposition of the centred, standardised Gram).
-coar.regression's least squares and ridge and coar.estimators' shrinkage, low-rank and sparse fits all solve
-on these; see coar.regression for the derivation."""
+mask store, on the host or on a torch device), the Cholesky solve of least squares and ridge at given penalties
+(solve_cholesky), and the eigendecomposition of the centred, standardised Gram (factorize) for the fits that need
+the spectrum. coar.regression's least squares and ridge and coar.estimators' shrinkage, low-rank and sparse fits
+all solve on these; see coar.regression for the derivation."""
 from __future__ import annotations
 
 import os
@@ -110,12 +111,51 @@ def _array_problem(arrays: dict) -> str | None:
 
 
 # ----------------------------------------------------------------------- accumulation
+_FLOAT_STATS = ("sum_y", "xty", "sum_yy")
+
+
+def _torch_dtype_name(t) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def _host_to_device(array: np.ndarray, dev):
+    """One host-to-device copy of ``array`` in its own dtype (bool / uint8 masks and float32 outputs stay as they
+    are stored; the cast to the accumulation dtypes happens on the device)."""
+    import torch
+
+    if not (array.flags.c_contiguous or array.flags.f_contiguous) or any(st < 0 for st in array.strides):
+        array = np.ascontiguousarray(array)  # torch cannot wrap negative strides; same dtype
+    return torch.from_numpy(array).to(dev)
+
+
+def _device_input(x, dev, name: str, what: str):
+    """``x`` (torch tensor anywhere, numpy array or array-like) as a torch tensor on ``dev``."""
+    if hasattr(x, "detach") and hasattr(x, "to"):
+        return x.detach().to(dev)
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise CoarError(f"{what}: {name} must hold numbers (bool, integers or floats), got dtype {a.dtype}")
+    return _host_to_device(a, dev)
+
+
 class GramAccumulator:
     """Streaming sufficient statistics of (masks, outputs) for all examples at once.
 
     After any number of :meth:`add` calls (one pass, any chunking) it holds
     ``m`` (masks seen), ``sum_x`` [C] and ``xtx`` [C, C] (int64, exact counts),
     ``sum_y`` [N], ``xty`` [C, N] and ``sum_yy`` [N] (float64).
+
+    ``device=None``: the statistics are numpy arrays and every chunk is summed on the host.
+    ``device`` a torch device (``"cuda"``, ``"cpu"``, ...): the statistics live on that device as torch tensors
+    for the whole stream. :meth:`add` then takes tensors already there without any host round trip, or host
+    arrays / tensors, which are copied once in their stored dtype (bool or uint8 masks, float16/float32 outputs)
+    and cast on the device; the 0/1 and finiteness checks run on the device (one scalar comes back per chunk).
+    Per chunk of fewer than 2^24 masks, X^T X is a float32 matrix product of the 0/1 masks: 0 and 1 are exact in
+    float32, TF32 and bfloat16 and every product is accumulated in float32, so each count (< 2^24) is exact
+    under any ``torch.set_float32_matmul_precision`` setting; the counts are summed into an int64 tensor. X^T Y
+    is a float64 product on the device (the 0/1 x float32 products are exact; the sums are float64 ones), and
+    so are the output sums. The attributes ``xtx``, ``xty``, ... then return read-only host (numpy) copies, made
+    when first asked for after a change; the solvers of this module read the device tensors directly.
     """
 
     def __init__(self, n_components: int, n_examples: int, device=None):
@@ -130,21 +170,71 @@ class GramAccumulator:
         self._ops = _Ops(device)
         C, N = self.n_components, self.n_examples
         self.m = 0
-        self.sum_x = np.zeros(C, dtype=np.int64)
-        self.xtx = np.zeros((C, C), dtype=np.int64)
-        self.sum_y = np.zeros(N, dtype=np.float64)
-        self.xty = np.zeros((C, N), dtype=np.float64)
-        self.sum_yy = np.zeros(N, dtype=np.float64)
+        self._host: dict = {}
+        self._dev: dict | None = None
+        if device is None:
+            self._host = {"sum_x": np.zeros(C, dtype=np.int64), "xtx": np.zeros((C, C), dtype=np.int64),
+                          "sum_y": np.zeros(N, dtype=np.float64), "xty": np.zeros((C, N), dtype=np.float64),
+                          "sum_yy": np.zeros(N, dtype=np.float64)}
+        else:
+            torch = self._ops.torch
+            dev = self._ops.dev
+            self._dev = {"sum_x": torch.zeros(C, dtype=torch.int64, device=dev),
+                         "xtx": torch.zeros((C, C), dtype=torch.int64, device=dev),
+                         "sum_y": torch.zeros(N, dtype=torch.float64, device=dev),
+                         "xty": torch.zeros((C, N), dtype=torch.float64, device=dev),
+                         "sum_yy": torch.zeros(N, dtype=torch.float64, device=dev)}
+
+    # -- the statistics: numpy arrays (host) or device tensors with host copies on demand -----------------
+    def _get(self, name: str) -> np.ndarray:
+        if self._dev is None:
+            return self._host[name]
+        cached = self._host.get(name)
+        if cached is None:
+            cached = self._dev[name].cpu().numpy()
+            cached.flags.writeable = False  # a copy: writing to it would not reach the device statistics
+            self._host[name] = cached
+        return cached
+
+    def _set(self, name: str, value) -> None:
+        if self._dev is None:
+            self._host[name] = value
+            return
+        dtype = np.int64 if name in ("sum_x", "xtx") else np.float64
+        self._dev[name] = _device_input(np.asarray(_to_numpy(value, name), dtype=dtype), self._ops.dev, name,
+                                        "GramAccumulator")
+        self._host.pop(name, None)
+
+    sum_x = property(lambda self: self._get("sum_x"), lambda self, v: self._set("sum_x", v))
+    xtx = property(lambda self: self._get("xtx"), lambda self, v: self._set("xtx", v))
+    sum_y = property(lambda self: self._get("sum_y"), lambda self, v: self._set("sum_y", v))
+    xty = property(lambda self: self._get("xty"), lambda self, v: self._set("xty", v))
+    sum_yy = property(lambda self: self._get("sum_yy"), lambda self, v: self._set("sum_yy", v))
+
+    def tensors(self, device=None) -> dict:
+        """The statistics (without m) as torch tensors on ``device`` (default: the accumulator's device; for a
+        host accumulator, wrapping the numpy arrays without a copy on the CPU)."""
+        import torch
+
+        dev = torch.device(device if device is not None else (self.device or "cpu"))
+        if self._dev is not None:
+            return {name: t.to(dev) for name, t in self._dev.items()}
+        return {name: torch.from_numpy(a).to(dev) for name, a in self._host.items()}
 
     def __repr__(self) -> str:
-        return f"GramAccumulator(C={self.n_components}, N={self.n_examples}, m={self.m})"
+        where = "" if self.device is None else f", device={self.device!r}"
+        return f"GramAccumulator(C={self.n_components}, N={self.n_examples}, m={self.m}{where})"
 
     @classmethod
     def from_arrays(cls, keep, y, chunk_size: int = 8192, device=None) -> "GramAccumulator":
-        keep = _to_numpy(keep, "keep")
-        y = _to_numpy(y, "y")
+        if device is None:
+            keep = _to_numpy(keep, "keep")
+            y = _to_numpy(y, "y")
+        elif not hasattr(keep, "detach"):
+            keep, y = np.asarray(keep), (y if hasattr(y, "detach") else np.asarray(y))
         if keep.ndim != 2 or y.ndim != 2:
-            raise ShapeError(f"keep must be [M, C] and y [M, N], got shapes {keep.shape} and {y.shape}")
+            raise ShapeError(f"keep must be [M, C] and y [M, N], got shapes {tuple(keep.shape)} and "
+                             f"{tuple(y.shape)}")
         acc = cls(keep.shape[1], y.shape[1], device=device)
         for s in range(0, keep.shape[0], chunk_size):
             acc.add(keep[s : s + chunk_size], y[s : s + chunk_size])
@@ -152,19 +242,68 @@ class GramAccumulator:
 
     def add(self, keep, y) -> "GramAccumulator":
         """Add a batch: ``keep`` [b, C] binary, ``y`` [b, N] outputs of the N examples."""
+        if self._dev is not None:
+            return self._add_device(keep, y)
         keep, y = _check_batch(keep, y, self.n_components, self.n_examples)
         b = keep.shape[0]
         if b == 0:
             return self
+        h = self._host
         for s in range(0, b, _F32_EXACT_ROWS - 1):
             kb = keep[s : s + _F32_EXACT_ROWS - 1]
-            self.xtx += self._ops.mask_gram(kb)
+            h["xtx"] += self._ops.mask_gram(kb)
         kf = keep.astype(np.float64)
-        self.xty += self._ops.mm(kf.T, y)
-        self.sum_x += keep.sum(axis=0, dtype=np.int64)
-        self.sum_y += y.sum(axis=0)
-        self.sum_yy += np.einsum("ij,ij->j", y, y)
+        h["xty"] += self._ops.mm(kf.T, y)
+        h["sum_x"] += keep.sum(axis=0, dtype=np.int64)
+        h["sum_y"] += y.sum(axis=0)
+        h["sum_yy"] += np.einsum("ij,ij->j", y, y)
         self.m += b
+        return self
+
+    def _add_device(self, keep, y, what: str = "batch") -> "GramAccumulator":
+        torch = self._ops.torch
+        dev = self._ops.dev
+        C, N = self.n_components, self.n_examples
+        keep = _device_input(keep, dev, "keep masks", what)
+        y = _device_input(y, dev, "outputs y", what)
+        if keep.dim() != 2 or keep.shape[1] != C:
+            raise ShapeError(f"{what}: keep masks must have shape [b, C={C}], got shape {tuple(keep.shape)}")
+        if y.dim() != 2 or tuple(y.shape) != (keep.shape[0], N):
+            raise ShapeError(f"{what}: outputs y must have shape [b={keep.shape[0]}, N={N}] to match keep "
+                             f"{tuple(keep.shape)}, got shape {tuple(y.shape)}")
+        if y.dtype.is_complex or keep.dtype.is_complex:
+            raise CoarError(f"{what}: keep masks and outputs must be real, got {keep.dtype} and {y.dtype}")
+        b = keep.shape[0]
+        if b == 0:
+            return self
+        flags = [torch.zeros((), dtype=torch.bool, device=dev)] * 2
+        if keep.dtype != torch.bool:
+            flags[0] = ((keep != 0) & (keep != 1)).any()
+        if y.dtype.is_floating_point:
+            flags[1] = ~torch.isfinite(y).all()
+        nonbinary, nonfinite = torch.stack(flags).tolist()  # the one value that comes back per chunk
+        if nonbinary:
+            raise CoarError(f"{what}: keep masks must be binary (0/1 or bool), got values outside {{0, 1}} "
+                            f"(dtype {_torch_dtype_name(keep)})")
+        if nonfinite:
+            bad = ~torch.isfinite(y)
+            row, col = (int(v) for v in bad.nonzero()[0].tolist())
+            raise CoarError(f"{what}: outputs y contain NaN or inf ({int(bad.sum())} of {y.numel()} values; the "
+                            f"first at mask {row}, example {col}, is {float(y[row, col])})")
+        d = self._dev
+        yd = y.to(torch.float64)
+        for s in range(0, b, _F32_EXACT_ROWS - 1):
+            kf = keep[s : s + _F32_EXACT_ROWS - 1].to(torch.float32)
+            d["xtx"] += (kf.T @ kf).to(torch.int64)  # integer counts < 2^24: exact in float32
+            del kf
+        kd = keep.to(torch.float64)
+        d["xty"].addmm_(kd.T, yd)
+        del kd
+        d["sum_x"] += keep.sum(dim=0, dtype=torch.int64)
+        d["sum_y"] += yd.sum(dim=0)
+        d["sum_yy"] += (yd * yd).sum(dim=0)
+        self.m += b
+        self._host.clear()
         return self
 
     def merge(self, other: "GramAccumulator") -> "GramAccumulator":
@@ -177,11 +316,14 @@ class GramAccumulator:
                 f"into ({self.n_components}, {self.n_examples})"
             )
         self.m += other.m
-        self.sum_x += other.sum_x
-        self.xtx += other.xtx
-        self.sum_y += other.sum_y
-        self.xty += other.xty
-        self.sum_yy += other.sum_yy
+        if self._dev is None:
+            for name in _STATISTICS:
+                if name != "m":
+                    self._host[name] += getattr(other, name)
+            return self
+        for name, t in other.tensors(self._ops.dev).items():
+            self._dev[name] += t
+        self._host.clear()
         return self
 
     def problem(self) -> str | None:
@@ -417,10 +559,61 @@ class Factorization:
         return w, b
 
 
+def _standard_scale(acc: GramAccumulator, standardize: bool):
+    """(dinv [C] or None, var [C]) from the integer column sums alone: the diagonal of the centred Gram is
+    (m sx - sx^2) / m, bitwise the one :meth:`GramAccumulator.centered` forms, so dinv is the same."""
+    m = acc.m
+    sx = np.asarray(acc.sum_x, dtype=np.int64)
+    var = (m * sx - sx * sx).astype(np.float64) / m / m
+    if not standardize:
+        return None, var
+    dinv = np.zeros_like(var)
+    nz = var > 0
+    dinv[nz] = 1.0 / np.sqrt(var[nz])
+    return dinv, var
+
+
+def _device_gram(acc: GramAccumulator, dev, cols, scale):
+    """The centred Gram of ``acc`` restricted to the columns ``cols`` (int64 index array, None for all), scaled
+    by ``scale`` [len(cols)] on both sides (None: unscaled), as a float64 torch tensor on ``dev``. m X^T X -
+    sx sx^T is exact in float64 while m^2 < 2^53 (formed in int64 otherwise), so the only roundings are the
+    division by m and the scaling, as on the host."""
+    import torch
+
+    xtx = acc._dev["xtx"].to(dev) if acc._dev is not None else torch.from_numpy(acc.xtx).to(dev)
+    sx = acc.tensors(dev)["sum_x"] if acc._dev is not None else torch.from_numpy(np.asarray(acc.sum_x)).to(dev)
+    if cols is not None:
+        idx = torch.as_tensor(cols, device=dev)
+        xtx, sx = xtx.index_select(0, idx).index_select(1, idx), sx.index_select(0, idx)
+    m = acc.m
+    if m < (1 << 26):
+        A = xtx.to(torch.float64)
+        sxf = sx.to(torch.float64)
+        A.mul_(m).sub_(torch.outer(sxf, sxf))
+    else:  # pragma: no cover - more masks than any store holds
+        A = (m * xtx - torch.outer(sx, sx)).to(torch.float64)
+    del xtx
+    A.div_(m)
+    if scale is not None:
+        st = torch.as_tensor(scale, dtype=torch.float64, device=dev)
+        A.mul_(st[:, None]).mul_(st[None, :])
+    return A
+
+
 def factorize(acc: GramAccumulator, standardize: bool = True, rcond: float | None = None, device=None) -> Factorization:
-    """Eigendecompose the (standardized) centred Gram of ``acc`` once (C x C, float64)."""
+    """Eigendecompose the (standardized) centred Gram of ``acc`` once (C x C, float64).
+
+    This is the factorisation for fits that need the spectrum: ridge with the penalty chosen by GCV or on held-out
+    masks, the low-rank, lasso and prior estimators. Its cost is O(C^3) with a large constant (a symmetric
+    eigendecomposition takes about ten times the time of a Cholesky factorisation of the same matrix), plus a
+    C x C matrix of eigenvectors; least squares and ridge at given penalties solve by :func:`solve_cholesky`
+    instead. ``device`` (default: the accumulator's own device) runs it in torch float64 there; an accumulator
+    that lives on a device is centred and decomposed there without a host copy of its C x C statistics.
+    """
     if not isinstance(acc, GramAccumulator):
         raise TypeError(f"factorize needs a GramAccumulator, got {type(acc).__name__}")
+    if acc._dev is not None:
+        return _factorize_device(acc, standardize, rcond, acc.device if device is None else device)
     ops = _Ops(device)
     sxx, sxy, syy, xbar, ybar = acc.centered()
     dinv = None
@@ -455,6 +648,242 @@ def factorize(acc: GramAccumulator, standardize: bool = True, rcond: float | Non
         standardize=bool(standardize),
         device=device,
     )
+
+
+def _host_vectors(acc: GramAccumulator):
+    """(xbar [C], ybar [N], syy [N]) on the host: the small vectors every fit needs."""
+    m = acc.m
+    if m < 2:
+        raise CoarError(f"need at least 2 masks to fit, the accumulator holds m={m}")
+    sum_y = acc.sum_y
+    ybar = sum_y / m
+    return np.asarray(acc.sum_x).astype(np.float64) / m, ybar, np.maximum(acc.sum_yy - sum_y * ybar, 0.0)
+
+
+def _factorize_device(acc: GramAccumulator, standardize: bool, rcond, device) -> Factorization:
+    import torch
+
+    dev = torch.device(device)
+    xbar, ybar, syy = _host_vectors(acc)
+    dinv, _ = _standard_scale(acc, standardize)
+    A = _device_gram(acc, dev, None, dinv)
+    evals, evecs = torch.linalg.eigh(A)
+    del A
+    rc = _default_rcond(acc.m, acc.n_components) if rcond is None else float(rcond)
+    emax = float(evals.max()) if evals.numel() else 0.0
+    cutoff = rc * emax
+    kept = evals > max(cutoff, 0.0)
+    evals, evecs = evals[kept], evecs[:, kept].contiguous()
+    q = torch.empty((evals.numel(), acc.n_examples), dtype=torch.float64, device=dev)
+    t = acc.tensors(dev)
+    xb = torch.as_tensor(xbar, device=dev)
+    dv = None if dinv is None else torch.as_tensor(dinv, device=dev)
+    for s in range(0, acc.n_examples, _N_BLOCK):
+        sxy = t["xty"][:, s : s + _N_BLOCK] - torch.outer(xb, t["sum_y"][s : s + _N_BLOCK])
+        if dv is not None:
+            sxy.mul_(dv[:, None])
+        q[:, s : s + _N_BLOCK] = evecs.T @ sxy
+    return Factorization(m=acc.m, n_components=acc.n_components, n_examples=acc.n_examples, xbar=xbar, ybar=ybar,
+                         syy=syy, dinv=dinv, evals=evals.cpu().numpy(), evecs=evecs.cpu().numpy(),
+                         q=q.cpu().numpy(), cutoff=cutoff, rcond=rc, standardize=bool(standardize), device=device)
+
+
+# --------------------------------------------------------------------- Cholesky solve
+_N_BLOCK = 4096  # examples solved at a time (bounds the [C, block] float64 right-hand sides)
+#: The Cholesky solve is trusted when the smallest eigenvalue of the matrix it factorised is above this many
+#: times the eigenvalue cut-off (rcond * largest eigenvalue); below it the eigendecomposition decides.
+_CHOLESKY_MARGIN = 1e3
+
+
+class SingularGram(CoarError):
+    """The centred Gram is singular beyond what :func:`solve_cholesky` removes exactly; ``reason`` says how."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"the Cholesky solve does not apply: {reason}")
+        self.reason = reason
+
+
+class _Dense:
+    """float64 dense linear algebra of the Cholesky solve: numpy / scipy on the host (device None) or torch."""
+
+    def __init__(self, device=None):
+        self.torch = None
+        if device is not None:
+            import torch
+
+            self.torch, self.dev = torch, torch.device(device)
+
+    def array(self, a):
+        if self.torch is None:
+            return np.asarray(a, dtype=np.float64)
+        return self.torch.as_tensor(np.ascontiguousarray(a), dtype=self.torch.float64, device=self.dev)
+
+    def host(self, a) -> np.ndarray:
+        return a if self.torch is None else a.cpu().numpy()
+
+    def cholesky(self, A):
+        """Lower Cholesky factor of A, or None when A is not (numerically) positive definite."""
+        if self.torch is None:
+            import scipy.linalg
+
+            try:
+                return scipy.linalg.cholesky(A, lower=True, check_finite=False)
+            except np.linalg.LinAlgError:
+                return None
+        L, info = self.torch.linalg.cholesky_ex(A)
+        return None if int(info) else L
+
+    def cho_solve(self, L, B):
+        if self.torch is None:
+            import scipy.linalg
+
+            return scipy.linalg.cho_solve((L, True), B, check_finite=False)
+        return self.torch.cholesky_solve(B, L)
+
+    def orth(self, X):
+        return np.linalg.qr(X)[0] if self.torch is None else self.torch.linalg.qr(X).Q
+
+    def add_diag(self, A, value: float):
+        if self.torch is None:
+            A[np.diag_indices_from(A)] += value
+        else:
+            A.diagonal().add_(value)
+
+
+def _null_direction(acc: GramAccumulator) -> bool:
+    """Whether every mask keeps the same number of components (sum_j x_j constant, as with exact-alpha masks),
+    decided exactly from the integer statistics: X^T X 1 = s sum_x with s = sum(sum_x) / m, i.e.
+    m (X^T X 1) == sum_x * sum(sum_x). Then the centred Gram has the null direction 1 (in standardized
+    coordinates u_j = std_j)."""
+    m = acc.m
+    C = acc.n_components
+    if m * m * C >= (1 << 62):  # pragma: no cover - beyond int64; the factorisation then finds the direction
+        return False
+    if acc._dev is not None:
+        xtx, sx = acc._dev["xtx"], acc._dev["sum_x"]
+        return bool((m * xtx.sum(dim=1) == sx * sx.sum()).all())
+    sx = np.asarray(acc.sum_x, dtype=np.int64)
+    return bool(np.array_equal(m * acc.xtx.sum(axis=1), sx * sx.sum()))
+
+
+def _extreme_eigenvalues(la: _Dense, matvec, L, n: int, iters: int = 10, k: int = 4):
+    """(largest eigenvalue of the operator ``matvec``, smallest eigenvalue of the one L L^T factorises), both by
+    block (inverse) subspace iteration with a Rayleigh-Ritz step: O(k n^2) per iteration, next to the n^3 / 3 of
+    the factorisation. The smallest is an upper estimate that converges fast exactly when it is small."""
+    rng = np.random.default_rng(0)
+    k = min(k, n)
+    X = la.orth(la.array(rng.standard_normal((n, k))))
+    for _ in range(iters):
+        X = la.orth(matvec(X))
+    top = float(np.linalg.eigvalsh(la.host(X.T @ matvec(X))).max())
+    if L is None:
+        return top, None
+    X = la.orth(la.array(rng.standard_normal((n, k))))
+    for _ in range(iters):
+        X = la.orth(la.cho_solve(L, X))
+    T = la.host(X.T @ matvec(X))
+    return top, float(np.linalg.eigvalsh((T + T.T) / 2).min())
+
+
+def solve_cholesky(acc: GramAccumulator, lam_per_example=None, standardize: bool = True, rcond: float | None = None,
+                   device=None):
+    """(weights [C, N], bias [N], meta) of least squares (``lam_per_example`` None) or ridge (a scalar or [N]
+    penalties) by a float64 Cholesky factorisation of the (standardized) centred Gram A, on ``device``
+    (default: the accumulator's own; numpy/scipy on the host when both are None).
+
+    The solution is the one :func:`factorize`'s eigendecomposition gives, without it (n^3 / 3 flops instead of
+    about ten times that): columns that never vary are dropped (weight 0, as their zero rows and columns of A
+    give there); when every mask keeps the same number of components (:func:`_null_direction`, exact on the
+    integer statistics) A u = 0 for u = std (1 unstandardized), and (A + c u u^T) w = b with c u^T u = m (A's
+    diagonal) is solved instead: b = Z^T y_c is orthogonal to u, so w is A's pseudo-inverse times b, the
+    minimum-norm solution (projected on u's complement to rounding). Raises :class:`SingularGram` when the
+    matrix factorised is not positive definite or its smallest eigenvalue (estimated by inverse iteration) is
+    within ``_CHOLESKY_MARGIN`` of the eigenvalue cut-off rcond * largest eigenvalue (other rank deficiency, e.g.
+    fewer masks than components or components always ablated together): the eigendecomposition then decides.
+    """
+    if not isinstance(acc, GramAccumulator):
+        raise TypeError(f"solve_cholesky needs a GramAccumulator, got {type(acc).__name__}")
+    dev = acc.device if device is None else device
+    la = _Dense(dev)
+    m, C, N = acc.m, acc.n_components, acc.n_examples
+    xbar, ybar, _ = _host_vectors(acc)
+    lam = np.zeros(N) if lam_per_example is None else np.broadcast_to(
+        np.asarray(lam_per_example, dtype=np.float64), (N,))
+    if np.any(~np.isfinite(lam)) or np.any(lam < 0):
+        raise CoarError(f"ridge penalties must be finite and >= 0, got {np.unique(lam).tolist()}")
+    dinv, var = _standard_scale(acc, standardize)
+    cols = np.nonzero(var > 0)[0]
+    rc = _default_rcond(m, C) if rcond is None else float(rcond)
+    meta = {"solver": "primal-cholesky", "standardize": bool(standardize), "n_masks": m, "rcond": float(rc)}
+    w = np.zeros((C, N))
+    if cols.size == 0:  # no component ever varies: every weight 0, the mean output is the bias
+        return w, ybar.copy(), {**meta, "rank": 0}
+    scale = dinv[cols] if standardize else None
+    null = _null_direction(acc)
+    if la.torch is None:
+        sx = np.asarray(acc.sum_x, dtype=np.int64)[cols]
+        A = (m * acc.xtx[np.ix_(cols, cols)] - np.outer(sx, sx)).astype(np.float64) / m
+        if scale is not None:
+            A = A * scale[:, None] * scale[None, :]
+    else:
+        A = _device_gram(acc, la.dev, None if cols.size == C else cols, scale)
+    n = cols.size
+    u = la.array(1.0 / scale if scale is not None else np.ones(n))
+    uhat = u / float((u * u).sum()) ** 0.5
+    c = float(m)  # u u^T's eigenvalue in A + c uhat uhat^T: A's diagonal, m, in standardized coordinates
+
+    def matvec(X, shift=0.0, aug=False):
+        out = A @ X
+        if shift:
+            out = out + shift * X
+        if aug:
+            out = out + c * uhat[:, None] * (uhat[None, :] @ X)
+        return out
+
+    emax, _ = _extreme_eigenvalues(la, matvec, None, n)
+    cutoff = rc * emax
+    t = acc.tensors(la.dev) if la.torch is not None else None
+    xb = la.array(xbar[cols])
+    for value in np.unique(lam):
+        idx = np.nonzero(lam == value)[0]
+        Ap = A if value == 0 and not null else (A.copy() if la.torch is None else A.clone())
+        if value:
+            la.add_diag(Ap, float(value))
+        if null and la.torch is None:
+            Ap += c * np.outer(uhat, uhat)
+        elif null:
+            Ap.addr_(uhat, uhat, alpha=c)
+        L = la.cholesky(Ap)
+        del Ap
+        if L is None:
+            raise SingularGram("the centred Gram is not positive definite after dropping constant columns"
+                               + (" and the exact-alpha direction" if null else ""))
+        _, lmin = _extreme_eigenvalues(la, lambda X: matvec(X, float(value), null), L, n)
+        if lmin <= _CHOLESKY_MARGIN * cutoff:
+            raise SingularGram(f"the centred Gram is near-singular (smallest eigenvalue {lmin:.3g}, cut-off "
+                               f"{cutoff:.3g} = rcond * largest eigenvalue {emax:.3g})")
+        for s in range(0, idx.size, _N_BLOCK):
+            ex = idx[s : s + _N_BLOCK]
+            if la.torch is None:
+                B = acc.xty[np.ix_(cols, ex)] - np.outer(xb, acc.sum_y[ex])
+            else:
+                ext = la.torch.as_tensor(ex, device=la.dev)
+                ct = la.torch.as_tensor(cols, device=la.dev)
+                B = t["xty"].index_select(1, ext).index_select(0, ct) - la.torch.outer(
+                    xb, t["sum_y"].index_select(0, ext))
+            if scale is not None:
+                B *= la.array(scale)[:, None]
+            if null:
+                B -= uhat[:, None] * (uhat[None, :] @ B)
+            W = la.cho_solve(L, B)
+            if null:
+                W -= uhat[:, None] * (uhat[None, :] @ W)
+            if scale is not None:
+                W *= la.array(scale)[:, None]
+            w[np.ix_(cols, ex)] = la.host(W)
+        del L
+    b = ybar - xbar @ w
+    return w, b, {**meta, "rank": int(n - null)}
 
 
 def dual_kernel(keep: np.ndarray, standardize: bool, block: int, ops: _Ops):

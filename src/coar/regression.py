@@ -27,8 +27,12 @@ per-example sums of y^2.  From them:
   standardized problem, as with the authors' solver;
 * the intercept is never penalized: b = ybar - xbar^T w.
 
-One eigendecomposition of the (standardized) centred Gram, A = V diag(e) V^T, is
-computed once (:func:`factorize`) and serves OLS (pseudo-inverse with a relative
+Least squares, and ridge at given penalties, solve A w = D^-1 Sxy (A + lambda I for ridge) by one
+float64 Cholesky factorisation of the (standardized) centred Gram A (:func:`coar.gram.solve_cholesky`,
+n^3 / 3 flops, on the accumulator's device when it has one).  Where the penalty must be
+chosen (GCV, held-out masks) or an estimator of :mod:`coar.estimators` needs the spectrum,
+one eigendecomposition A = V diag(e) V^T is computed instead (:func:`factorize`, O(C^3)
+with about ten times the Cholesky's time) and serves OLS (pseudo-inverse with a relative
 eigenvalue cut-off, like lstsq's rcond) and ridge for any penalty and all examples at
 once: with Q = V^T D^-1 Sxy, w(lambda) = D^-1 V diag(1/(e + lambda)) Q.  The residual sum
 of squares of every (lambda, example) pair follows from the same statistics,
@@ -45,13 +49,21 @@ sum_j keep_j = C - k is constant, so the all-ones direction of w is confounded w
 intercept: w + c*1, b - c*(C - k) fits equally well.  The eigenvalue cut-off drops that
 null direction, so the minimum-norm solution (in standardized coordinates when
 ``standardize``) is returned; predictions and w - mean(w) do not depend on the choice.
+The Cholesky solve returns the same solution: it detects the constant row sum exactly on
+the integer statistics (m X^T X 1 = sum_x * sum(sum_x)), and solves (A + c u u^T) w = b
+with u = D 1 the null direction, which gives A^+ b because b is orthogonal to u.  Columns
+that never vary get weight 0 in both.  Any other rank deficiency (fewer masks than
+components, components always ablated together) makes the Cholesky fall back to the
+eigendecomposition, and the fit's ``meta["solver"]`` says so.
 
 Numerics and memory
 -------------------
 Mask Gram entries are integer counts <= M.  They are exact in float32 while M < 2^24,
-so the C x C Gram can be accumulated in float32 tiles (also on a GPU; TF32 keeps 0/1
-inputs exact and accumulates in float32) and summed into an int64 matrix; this module
-does so chunk-wise.  The centring (m * X^T X - sx sx^T) / m is done in integers too.
+so the C x C Gram can be accumulated in float32 tiles (also on a GPU; TF32 and bfloat16
+keep 0/1 inputs exact and accumulate in float32) and summed into an int64 matrix; this
+module does so chunk-wise.  The centring (m * X^T X - sx sx^T) / m is exact too.  With a
+``device``, a :class:`GramAccumulator` keeps its statistics there for the whole stream
+(X^T Y as a float64 product on the device) and copies them to the host only when asked.
 
 The primal form needs C x C matrices (Gram and eigenvectors).  When M < C the dual form
 (:func:`fit_dual`) uses the M x M kernel K = Xc Xc^T instead: w = Xc^T pinv(K) Yc is the
@@ -82,14 +94,16 @@ import numpy as np
 
 from .attributions import Attributions
 from .errors import CoarError, ShapeError
-from .gram import (Factorization, GramAccumulator, _as_factorization, _check_batch, _default_rcond, _Ops,
-                   _factorization_meta, _to_numpy, dual_kernel, factorize, factorize_rows)
+from .gram import (Factorization, GramAccumulator, SingularGram, _as_factorization, _check_batch, _default_rcond,
+                   _factorization_meta, _Ops, _to_numpy, dual_kernel, factorize, factorize_rows, solve_cholesky)
 
 __all__ = [
     "GramAccumulator",
     "Factorization",
     "factorize",
     "factorize_rows",
+    "solve_cholesky",
+    "SOLVERS",
     "fit_ols",
     "fit_ridge",
     "fit_dual",
@@ -99,6 +113,29 @@ __all__ = [
     "METHODS",
 ]
 
+SOLVERS = ("cholesky", "eigh")
+
+
+def _check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise CoarError(f"solver must be one of {', '.join(SOLVERS)}; got {solver!r}")
+
+
+def _cholesky_or_none(acc, lam, standardize, rcond, device):
+    """(w, b, meta) by :func:`coar.gram.solve_cholesky`, or (None, reason) when the Gram is singular beyond what
+    it removes (then the eigendecomposition decides, and the fit's meta says so)."""
+    try:
+        return solve_cholesky(acc, lam, standardize=standardize, rcond=rcond, device=device), None
+    except SingularGram as exc:
+        return None, exc.reason
+
+
+def _fallback_meta(meta: dict, reason: str | None) -> dict:
+    if reason is None:
+        return meta
+    return {**meta, "solver": "primal-eigh (Cholesky fallback)", "cholesky_fallback": reason}
+
+
 def fit_ols(
     acc: GramAccumulator | Factorization,
     standardize: bool = True,
@@ -106,12 +143,27 @@ def fit_ols(
     rcond: float | None = None,
     components: str,
     device=None,
+    solver: str = "cholesky",
 ) -> Attributions:
-    """Least squares with intercept for all examples (minimum-norm when rank-deficient)."""
+    """Least squares with intercept for all examples (minimum-norm when rank-deficient).
+
+    ``solver="cholesky"`` (default) solves by :func:`coar.gram.solve_cholesky` (one C x C Cholesky
+    factorisation; the exact-alpha null direction and constant columns handled exactly, so the solution is the
+    eigendecomposition's minimum-norm one); when the Gram is singular beyond that it falls back to the
+    eigendecomposition and ``meta["solver"]`` says so (``meta["cholesky_fallback"]``: why).
+    ``solver="eigh"`` forces :func:`factorize` (about ten times the time). A :class:`Factorization` given as
+    ``acc`` is solved through its eigenbasis."""
+    _check_solver(solver)
+    reason = None
+    if solver == "cholesky" and isinstance(acc, GramAccumulator):
+        done, reason = _cholesky_or_none(acc, None, standardize, rcond, device)
+        if done is not None:
+            w, b, meta = done
+            return Attributions(w.T, b, "coar-ols", components, {**meta, "lambda": [0.0] * acc.n_examples})
     fac = _as_factorization(acc, standardize, rcond, device)
     w, b = fac.coefficients(None)
     meta = {**_factorization_meta(fac), "lambda": [0.0] * fac.n_examples}
-    return Attributions(w.T, b, "coar-ols", components, meta)
+    return Attributions(w.T, b, "coar-ols", components, _fallback_meta(meta, reason))
 
 
 def fit_ridge(
@@ -124,6 +176,7 @@ def fit_ridge(
     rcond: float | None = None,
     components: str,
     device=None,
+    solver: str = "cholesky",
 ) -> Attributions:
     """Ridge (unpenalized intercept) with the penalty chosen per example from ``lambdas``.
 
@@ -131,8 +184,21 @@ def fit_ridge(
     coordinates when ``standardize`` (same as sklearn Ridge on StandardScaler'd masks).
     ``select="gcv"`` minimizes GCV computed from the Gram statistics; ``select="holdout"``
     minimizes held-out MSE on ``holdout`` ((keep_h, y_h) or a GramAccumulator).  With a
-    single lambda no selection is done.  Chosen penalties: ``meta["lambda"]`` (list, [N]).
+    single lambda no selection is done: a GramAccumulator is then solved by a Cholesky factorisation
+    (``solver="cholesky"``, the default; see :func:`fit_ols`), while selecting among several penalties needs
+    the spectrum (one eigendecomposition, :func:`factorize`).  Chosen penalties: ``meta["lambda"]`` (list, [N]).
     """
+    _check_solver(solver)
+    reason = None
+    lams = np.atleast_1d(np.asarray(lambdas, dtype=np.float64))
+    if solver == "cholesky" and isinstance(acc, GramAccumulator) and lams.ndim == 1 and lams.size == 1:
+        if not np.isfinite(lams[0]) or lams[0] < 0:
+            raise CoarError(f"ridge penalties must be finite and >= 0, got {lams.tolist()}")
+        done, reason = _cholesky_or_none(acc, float(lams[0]), standardize, rcond, device)
+        if done is not None:
+            w, b, meta = done
+            meta = {**meta, "select": "fixed", "lambdas": lams.tolist(), "lambda": [float(lams[0])] * acc.n_examples}
+            return Attributions(w.T, b, "coar-ridge", components, meta)
     fac = _as_factorization(acc, standardize, rcond, device)
     lams = fac._lams(lambdas)
     if lams.size == 1:
@@ -151,7 +217,7 @@ def fit_ridge(
     chosen = lams[chosen_idx]
     w, b = fac.coefficients(chosen)
     meta = {
-        **_factorization_meta(fac),
+        **_fallback_meta(_factorization_meta(fac), reason),
         "select": select if lams.size > 1 else "fixed",
         "lambdas": lams.tolist(),
         "lambda": chosen.tolist(),
@@ -220,27 +286,42 @@ def fit_dual(
     return Attributions(w.T, b, "coar-ols" if lam == 0 else "coar-ridge", components, meta)
 
 
-def memory_plan(m: int, n_components: int, n_examples: int, dtype_bytes: int = 8) -> dict:
+def memory_plan(m: int, n_components: int, n_examples: int, dtype_bytes: int = 8, solver: str = "cholesky") -> dict:
     """Bytes of the large arrays of the primal and the dual form; ``chosen`` is "dual" iff m < C.
 
     primal: gram C^2, xty C*N, eigvecs C^2.   dual: kernel M^2, eigvecs M^2 (times ``dtype_bytes``)
     and masks M*C bytes (kept as bool; centred float blocks are formed on the fly).
+    ``solver`` ("cholesky", the default of least squares and ridge at given penalties, or "eigh") gives
+    ``solver``, the factorisation the fit will run ("primal-cholesky", "primal-eigh" or "dual-eigh"), and
+    ``cholesky``: the primal arrays of the Cholesky solve (gram C^2, xty C*N, its factor C^2: the same bytes as
+    the eigenvectors, in about a tenth of the time). ``accumulator``: what a :class:`GramAccumulator` on a
+    device holds while it streams (int64 counts C^2 * 8, float64 xty C*N * 8, and one chunk's float32 Gram
+    C^2 * 4), whatever ``dtype_bytes``.
     """
+    _check_solver(solver)
     m, c, n, d = int(m), int(n_components), int(n_examples), int(dtype_bytes)
     if min(m, c, n, d) < 1:
         raise ShapeError(f"memory_plan needs positive sizes, got m={m}, C={c}, N={n}, dtype_bytes={d}")
     primal = {"gram": c * c * d, "xty": c * n * d, "eigvecs": c * c * d}
     primal["total"] = sum(primal.values())
+    cholesky = {"gram": c * c * d, "xty": c * n * d, "factor": c * c * d}
+    cholesky["total"] = sum(cholesky.values())
     dual = {"kernel": m * m * d, "masks": m * c, "eigvecs": m * m * d}  # masks stay bool: 1 byte each
     dual["total"] = sum(dual.values())
+    accumulator = {"xtx": c * c * 8, "xty": c * n * 8, "chunk_gram": c * c * 4}
+    accumulator["total"] = sum(accumulator.values())
+    chosen = "dual" if m < c else "primal"
     return {
         "m": m,
         "n_components": c,
         "n_examples": n,
         "dtype_bytes": d,
         "primal": primal,
+        "cholesky": cholesky,
         "dual": dual,
-        "chosen": "dual" if m < c else "primal",
+        "accumulator": accumulator,
+        "chosen": chosen,
+        "solver": "dual-eigh" if chosen == "dual" else f"primal-{solver}",
     }
 
 
@@ -255,6 +336,7 @@ def fit_chunks(
     lambdas: Sequence[float] | None = (0.1, 1, 10, 100, 1000),
     standardize: bool = True,
     device=None,
+    solver: str = "cholesky",
     **options,
 ) -> Attributions:
     """Fit on the first ``m`` masks of a stream of ``(keep [k, C], y [k, N])`` chunks, read once.
@@ -267,9 +349,13 @@ def fit_chunks(
     their ``options`` (e.g. ``prior``, ``select``, ``ranks``, ``l1_ratio``, ``holdout_fraction``); where they
     select on held-out training masks, the last ``holdout_fraction`` of the ``m`` masks go to a second
     accumulator. ``components`` is the component-set fingerprint the attributions carry (``""`` only when
-    there is no component set). Raises CoarError when the stream holds fewer than ``m`` masks.
+    there is no component set). ``solver`` ("cholesky" or "eigh") is that of :func:`fit_ols` and
+    :func:`fit_ridge` (a single penalty in ``lambdas``); the accumulators live on ``device`` when one is given
+    (chunks are copied there once, in their stored dtypes). Raises CoarError when the stream holds fewer than
+    ``m`` masks.
     """
     _check_method(method)
+    _check_solver(solver)
     if options and method in ("ols", "ridge"):
         raise CoarError(f"options {sorted(options)} do not apply to method {method!r}")
     m = int(m)
@@ -302,10 +388,10 @@ def fit_chunks(
     if seen < m:
         raise CoarError(f"asked to fit on {m} masks, the stores hold only {seen}")
     if method == "ols":
-        return fit_ols(accs[0], standardize=standardize, components=components, device=device)
+        return fit_ols(accs[0], standardize=standardize, components=components, device=device, solver=solver)
     if method == "ridge":
         return fit_ridge(accs[0], list(lambdas), select="gcv", standardize=standardize, components=components,
-                         device=device)
+                         device=device, solver=solver)
     return fit(tuple(accs) if split else accs[0], method, standardize=standardize, components=components,
                device=device, **options)
 
@@ -326,9 +412,15 @@ def fit(data, method: str = "ols", **kwargs) -> Attributions:
     (:func:`~coar.estimators.fit_prior`, needs ``prior=``), "lowrank" (:func:`~coar.estimators.fit_lowrank`),
     "lasso" (:func:`~coar.estimators.fit_lasso`); the last three also take a pair of accumulators (fit part,
     held-out part). ``kwargs`` go to the fit and must name ``components`` (the component-set fingerprint;
-    ``""`` to say there is none).
+    ``""`` to say there is none). ``solver`` ("cholesky", the default, or "eigh") applies to "ols" and "ridge"
+    (see :func:`fit_ols`); the estimators need the spectrum and always decompose.
     """
     _check_method(method)
+    solver = kwargs.pop("solver", None)
+    if solver is not None:
+        _check_solver(solver)
+        if method not in ("ols", "ridge"):
+            raise CoarError(f"solver= applies to methods ols and ridge; {method!r} needs the eigendecomposition")
     if method in ("prior", "lowrank", "lasso"):
         from . import estimators
 
@@ -347,6 +439,8 @@ def fit(data, method: str = "ols", **kwargs) -> Attributions:
         if method == "ols" and memory_plan(keep.shape[0], keep.shape[1], y.shape[1])["chosen"] == "dual":
             return fit_dual(keep, y, **kwargs)
         data = GramAccumulator.from_arrays(keep, y, device=kwargs.get("device"))
+    if solver is not None:
+        kwargs["solver"] = solver
     if method == "ols":
         return fit_ols(data, **kwargs)
     return fit_ridge(data, **kwargs)
