@@ -476,4 +476,4 @@ print(device, "torch" in sys.modules)
     assert r.returncode == 0, r.stderr[-2000:]
     device, torch_loaded = r.stdout.split()
     assert torch_loaded == str(imported)
-    assert device == "cpu" or (imported and device == "cuda")
+    assert device == "cpu" or (imported and device.startswith("cuda:"))  # the GPU the job claimed

@@ -42,7 +42,7 @@ from .ablation import check_deterministic, logits_of, training_modules
 from .attributions import Attributions
 from .components import ComponentSet, Rule, component_set, model_fingerprint
 from .engine import Engine
-from .errors import ArgumentError, CoarError, ComponentError
+from .errors import ArgumentError, CoarError, ComponentError, ShapeError
 from .sampling import sample_masks
 from .resources import check_memory, size_text
 from .settings import FIT_METHODS, EditSettings, FitSettings, SampleSettings, check_int, check_output
@@ -155,6 +155,55 @@ def _run_model(model: nn.Module, device) -> tuple[nn.Module, torch.device]:
     if dev != own:
         run = (copy.deepcopy(run) if run is model else run).to(dev)
     return run, dev
+
+
+def _devices(device) -> list:
+    """`device` of coar.attribute / coar.evaluate as a list: [device] for None or one device; a list or tuple of
+    devices is checked: not empty, one device type (the outputs of a block of masks must not depend on which
+    device ran it), no device twice except "cpu" (each device holds its own copy of the model), cuda indices
+    below the device count (coar.gpus.device_count)."""
+    if not isinstance(device, (list, tuple)):
+        return [device]
+    if not device:
+        raise ArgumentError("device", "an empty list: give a device, or a list of devices to split the masks over")
+    devs = []
+    for i, d in enumerate(device):
+        if not isinstance(d, (str, torch.device)):
+            raise ArgumentError("device", f"entry {i} is a {type(d).__name__} ({d!r}), not a device name such as "
+                                          "'cuda:1' or a torch.device")
+        try:
+            devs.append(torch.device(d))
+        except (RuntimeError, ValueError) as e:
+            raise ArgumentError("device", f"entry {i} {d!r} is not a device: {str(e).splitlines()[0]}") from None
+    types = sorted({d.type for d in devs})
+    if len(types) > 1:
+        raise ArgumentError("device", f"mixes device types ({', '.join(types)}): blocks of masks run on each give "
+                                      "other rounding, so the attributions would depend on the split; use one type")
+    if types[0] == "cuda":
+        from . import gpus
+
+        count = gpus.device_count()
+        if count == 0:
+            raise ArgumentError("device", f"{[str(d) for d in devs]} names CUDA devices, but CUDA sees none")
+        devs = [torch.device("cuda", d.index if d.index is not None else
+                                torch.cuda.current_device() if torch.cuda.is_available() else 0) for d in devs]
+        beyond = [str(d) for d in devs if d.index >= count]
+        if beyond:
+            raise ArgumentError("device", f"{', '.join(beyond)} beyond the {count} CUDA device"
+                                          f"{'s' if count > 1 else ''} this process sees (cuda:0 .. cuda:{count - 1})")
+    if types[0] != "cpu":
+        twice = sorted({str(d) for d in devs if devs.count(d) > 1})
+        if twice:
+            raise ArgumentError("device", f"{', '.join(twice)} given twice: each device holds one copy of the model "
+                                          "and runs one block of masks at a time")
+    return devs
+
+
+def _on_device(dev: torch.device):
+    """Context in which a worker thread's incidental allocations land on its own GPU."""
+    import contextlib
+
+    return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
 
 
 def _components(model: nn.Module, components) -> ComponentSet:
@@ -285,8 +334,9 @@ class _Setup:
 
     def __init__(self, model, inputs, targets, components, settings: SampleSettings, device):
         self.model = _check_model(model)
+        devices = _devices(device)
         self.x, self.y = _check_data(inputs, targets)
-        self.run, self.dev = _run_model(self.model, device)
+        self.run, self.dev = _run_model(self.model, devices[0])
         self.cset = _components(self.run, components)
         st = settings.validate(n_components=self.cset.size, min_masks=2)
         self.alpha, self.scheme, self.ablation, self.gamma = st.alpha, st.scheme, st.ablation, st.gamma
@@ -301,18 +351,51 @@ class _Setup:
                     else "memory_format" if st.memory_format != "auto" else "masks_per_pass")
             raise ArgumentError(name, str(e)) from None
         self.block = self.engine.plan.masks_per_call
+        self.engines = [self.engine] + [self._engine_on(d) for d in devices[1:]]
+        #: Masks one call of `outputs` takes: a block per device, so a store's writer hands every device one.
+        self.span = self.block * len(self.engines)
+
+    def _engine_on(self, dev: torch.device) -> Engine:
+        """An engine on another device with the first one's plan (the same blocks, passes and formats, so the same
+        outputs whichever device runs a block), on its own copy of the model: the weights mechanism masks the
+        weights of the model it runs on in place."""
+        p = self.engine.plan
+        run = copy.deepcopy(self.run).to(dev)
+        return Engine(run, self.cset, self.x, self.y, self.fn, self.ablation, self.gamma, batch_size=p.batch_size,
+                      masks_per_pass=p.masks_per_pass, mechanism=p.mechanism, memory_format=p.memory_format,
+                      batchnorm="fold" if p.folded else "keep")
 
     def outputs(self, keep: np.ndarray) -> np.ndarray:
-        """f_M(z, C_i) float32 [len(keep), N]: the function every mask block goes through, in memory or in a store."""
-        return self.engine(np.asarray(keep))
+        """f_M(z, C_i) float32 [len(keep), N]: the function every mask block goes through, in memory or in a store.
+
+        With several devices, `keep` (at most `span` masks, starting on a block boundary) is cut into blocks of
+        `block` masks, block i runs on device i, all at once (a thread each: torch releases the GIL in its
+        kernels); every block is the one a single device would run, so the outputs are the same."""
+        keep = np.asarray(keep)
+        if len(self.engines) == 1 or len(keep) <= self.block:
+            return self.engine(keep)
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = [keep[lo: lo + self.block] for lo in range(0, len(keep), self.block)]
+        if len(parts) > len(self.engines):
+            raise ShapeError(f"{len(keep)} masks for {len(self.engines)} devices of {self.block} masks a block")
+
+        def run(engine: Engine, part: np.ndarray) -> np.ndarray:
+            with _on_device(engine.device):
+                return engine(part)
+
+        with ThreadPoolExecutor(len(parts), thread_name_prefix="coar-device") as pool:
+            outs = list(pool.map(run, self.engines, parts))
+        return np.concatenate(outs)
 
     def outputs_in_blocks(self, keep: np.ndarray, bar=None) -> np.ndarray:
-        """`outputs` over aligned blocks of `block` masks: the blocks run_shard evaluates a shard in."""
+        """`outputs` over aligned spans of `span` masks (a block of `block` masks per device): the spans run_shard
+        evaluates a shard in."""
         out = np.empty((len(keep), len(self.x)), dtype=np.float32)
-        for lo in range(0, len(keep), self.block):
-            out[lo: lo + self.block] = self.outputs(keep[lo: lo + self.block])
+        for lo in range(0, len(keep), self.span):
+            out[lo: lo + self.span] = self.outputs(keep[lo: lo + self.span])
             if bar is not None:
-                bar.update(len(keep[lo: lo + self.block]))
+                bar.update(len(keep[lo: lo + self.span]))
         return out
 
     def meta(self, examples_fp: str, m: int, seed: int, shard: int) -> dict:
@@ -358,7 +441,11 @@ def attribute(model: nn.Module, inputs: torch.Tensor | torch.utils.data.DataLoad
         ablation, gamma: "zero" zeroes a component's weight slice; "scale" multiplies it by gamma.
         seed, masks_per_shard, scheme: the mask design; shard s of masks_per_shard masks is drawn from
             (seed, s). Masks do not depend on the device, the batch size or whether a store is used.
-        device: where the forward passes run (default: the model's device).
+        device: where the forward passes run (default: the model's device), or a list of devices of one type,
+            e.g. ["cuda:0", "cuda:1"]: every device gets a copy of the model, the masks are cut into the blocks a
+            single device would run, and the devices run them at once (one thread each), with the same
+            attributions as on one device (bitwise on CPUs; on GPUs of one model when its kernels are
+            deterministic). The first device plans the passes (batch size, mechanism), the others follow it.
         store: a directory for resumable shards <store>/shard-000, ... (outputs in float32, the workflow's
             format); an interrupted call resumes where it stopped. None: everything stays in memory.
         method: the regression, as `coar fit --method` offers it: "ols" (the paper's least squares; minimum-norm
@@ -434,7 +521,7 @@ def _attribute_store(s: _Setup, root: Path, metas: list[dict], fit: FitSettings,
         path = root / f"shard-{meta['shard']:03d}"
         st = ShardStore.create_or_open(path, meta)
         try:
-            run_shard(st, s.outputs, masks_per_call=s.block, progress=progress)
+            run_shard(st, s.outputs, masks_per_call=s.span, progress=progress)
         finally:
             st.close()
         paths.append(path)
@@ -452,6 +539,8 @@ def evaluate(attributions: Attributions, model: nn.Module, inputs: torch.Tensor 
     The output function, ablation and scheme are those recorded in the attributions (a callable output must be
     given again as `output`). Returns a table with columns method, alpha_test, example, correlation (NaN where
     the prediction is constant); its mean over examples is the paper's attribution accuracy.
+
+    `device` is as in `attribute`: one device, or a list of devices the masks are split over.
 
     Example (continuing `attribute`'s): ``coar.evaluate(attr, model, x, y, components=rules, masks=100,
     alpha=0.1)["correlation"].mean()``.

@@ -5,7 +5,9 @@ import sys
 
 
 def start(sm, torch: bool = True, online: bool = False) -> str:
-    """Redirect output to the log, set threads; returns the device ("cuda" only for rules with gpu > 0).
+    """Redirect output to the log, set threads; returns the device: "cpu", or "cuda:k" for a rule with gpu > 0
+    where CUDA is available, k the GPU this job claimed (coar.gpus.claim: one no other job holds, kept until the
+    job ends; it becomes torch's current device too, so a bare "cuda" in the job means the same GPU).
 
     online=False (every job but the local rules that fetch: `dataset`, `weights`): huggingface_hub and
     transformers run offline (HF_HUB_OFFLINE), as on a compute node without network access: what a job loads
@@ -29,7 +31,13 @@ def start(sm, torch: bool = True, online: bool = False) -> str:
     import torch as _torch
 
     _torch.set_num_threads(sm.threads)
-    return "cuda" if _torch.cuda.is_available() and sm.resources.get("gpu", 0) else "cpu"
+    if not (_torch.cuda.is_available() and sm.resources.get("gpu", 0)):
+        return "cpu"
+    from coar import gpus
+
+    k = gpus.claim(_torch.cuda.device_count())
+    _torch.cuda.set_device(k)
+    return f"cuda:{k}"
 
 
 def cuda_possible() -> bool:

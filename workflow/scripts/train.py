@@ -90,5 +90,5 @@ from coar.components import model_fingerprint  # noqa: E402
 
 info.update(config=spec, weights_fingerprint=model_fingerprint(model),
             software={"coar": coar.__version__, "torch": str(torch.__version__),
-                      "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"})
+                      "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"})
 save_checkpoint(sm.output[0], model.cpu(), spec["model"], kwargs, info)
