@@ -4,6 +4,12 @@ examples) versus scikit-learn LinearRegression fitted separately per example.
     PYTHONPATH=src python benchmarks/bench_regression.py --m 20000 --c 2304 --n 2000 --sk-examples 20
     PYTHONPATH=src python benchmarks/bench_regression.py --stream --device cuda --m 100000 --c 22720 --n 50000
 
+    PYTHONPATH=src python benchmarks/bench_regression.py --device-path --device cpu --m 20000 --c 2000 --n 1000
+
+--device-path times the accumulator with its statistics on --device (chunks as device tensors, and as host
+store chunks, bool masks and float32 outputs, with their transfers counted) against the numpy accumulator,
+and the Cholesky solve of least squares against the eigendecomposition, with their agreement.
+
 --stream (ImageNet ResNet-50 size: the outputs of 100,000 masks on 50,000 examples are 20 GB in float32)
 never holds all masks or outputs: each chunk of masks and its planted outputs is generated on --device
 (torch), handed to the library's GramAccumulator as a store shard would be, and dropped. It prints the
@@ -23,7 +29,7 @@ import numpy as np
 
 from _common import add_problem_args
 
-from coar.regression import GramAccumulator, factorize, fit_ols, memory_plan
+from coar.regression import GramAccumulator, factorize, fit_ols, memory_plan, solve_cholesky
 
 
 def exact_alpha_masks(rng, m: int, c: int, alpha: float, chunk: int = 4096) -> np.ndarray:
@@ -65,6 +71,7 @@ def streamed(args) -> None:
     dev = torch.device(args.device)
     lib_device = None if dev.type == "cpu" else args.device
     M, C, N, chunk = args.m, args.c, args.n, args.chunk
+    solver = args.solver
     k = int(round(args.alpha * C))
     g = torch.Generator(device=dev).manual_seed(args.seed)
     W = torch.randn(C, N, device=dev, generator=g) / C ** 0.5  # float32 planted weights
@@ -81,9 +88,9 @@ def streamed(args) -> None:
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    plan = memory_plan(M, C, N)
+    plan = memory_plan(M, C, N, solver=solver)
     print(f"device: {device_name(dev)} | torch {torch.__version__} | library on "
-          f"{'numpy' if lib_device is None else lib_device} (float64)")
+          f"{'numpy' if lib_device is None else lib_device} (float64), solver {plan['solver']}")
     print(f"problem (streamed): M={M} masks, C={C} components, N={N} examples, alpha={args.alpha}, "
           f"noise={args.noise}, chunks of {chunk} masks; outputs would be {M * N * 4 / 1e9:.1f} GB in float32")
     print(f"memory_plan: chosen={plan['chosen']}, primal total {plan['primal']['total'] / 1e9:.2f} GB, "
@@ -105,11 +112,11 @@ def streamed(args) -> None:
         del keep, y, keep_h, y_h
         print(f"  accumulated {s + rows:,}/{M:,} masks ({t_add:.1f} s so far)", flush=True)
     t = time.perf_counter()
-    fac = factorize(acc, standardize=True, device=lib_device)
+    fac = factorize(acc, standardize=True, device=lib_device) if solver == "eigh" else acc
     sync()
     t_eig = time.perf_counter() - t
     t = time.perf_counter()
-    att = fit_ols(fac, device=lib_device, components="")
+    att = fit_ols(fac, device=lib_device, components="", solver=solver)
     sync()
     t_solve = time.perf_counter() - t
     peak = torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else float("nan")
@@ -122,12 +129,78 @@ def streamed(args) -> None:
     print("-" * 68)
     print(f"{'planted chunks generated on the device, copied to host':<56}{t_gen:>12.2f}")
     print(f"{'COAR accumulation pass (Gram, X^T Y)':<56}{t_add:>12.2f}")
-    print(f"{f'COAR factorisation (centre, standardise, eigh {C} x {C})':<56}{t_eig:>12.2f}")
-    print(f"{'COAR OLS solve, all N examples':<56}{t_solve:>12.2f}")
+    if solver == "eigh":
+        print(f"{f'COAR factorisation (centre, standardise, eigh {C} x {C})':<56}{t_eig:>12.2f}")
+    used = att.meta["solver"]
+    print(f"{f'COAR OLS solve ({used}), all N examples':<56}{t_solve:>12.2f}")
     print(f"{'COAR total (accumulate + factorise + solve)':<56}{t_add + t_eig + t_solve:>12.2f}")
     print("-" * 68)
     print(f"peak GPU memory allocated by torch: {peak:.1f} GiB (planted W {C * N * 4 / 2 ** 30:.1f} GiB of it)")
     print(f"max |w_coar - w_planted| / max |w_planted| on {len(sub)} examples, mean removed: {werr:.2e}")
+
+
+def device_path(args) -> None:
+    """--device-path: the accumulator on --device (device tensors in; host store chunks in, transfers counted)
+    against the numpy accumulator, and the Cholesky solve against the eigendecomposition."""
+    import torch
+
+    from _common import device_name
+
+    dev = torch.device(args.device)
+    M, C, N, chunk = args.m, args.c, args.n, args.chunk
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    rng = np.random.default_rng(args.seed)
+    t = time.perf_counter()
+    X, Y, _, _ = planted_problem(rng, M, C, N, args.alpha, args.noise)  # bool masks, float32 outputs: a store
+    t_data = time.perf_counter() - t
+    print(f"device: {device_name(dev)} | torch {torch.__version__} | threads {torch.get_num_threads()}")
+    print(f"problem: M={M} masks, C={C} components, N={N} examples, alpha={args.alpha}, chunks of {chunk} "
+          f"masks (data generated in {t_data:.1f} s)")
+    rows = []
+
+    def timed(label, fn):
+        sync()
+        t0 = time.perf_counter()
+        out = fn()
+        sync()
+        rows.append((label, time.perf_counter() - t0))
+        return out
+
+    def accumulate(device, chunks):
+        acc = GramAccumulator(C, N, device=device)
+        for kb, yb in chunks:
+            acc.add(kb, yb)
+        return acc
+
+    host_chunks = [(X[s : s + chunk], Y[s : s + chunk]) for s in range(0, M, chunk)]
+    ref = timed("numpy accumulator, host chunks (float64 on the host)", lambda: accumulate(None, host_chunks))
+    dev_host = timed(f"{dev.type} accumulator, host store chunks (transfers counted)",
+                     lambda: accumulate(args.device, host_chunks))
+    dev_chunks = [(torch.from_numpy(kb).to(dev), torch.from_numpy(yb).to(dev)) for kb, yb in host_chunks]
+    sync()
+    acc = timed(f"{dev.type} accumulator, chunks already device tensors", lambda: accumulate(args.device, dev_chunks))
+    dev_chunks.clear()
+    chol = timed(f"Cholesky solve on {dev.type} (OLS, all N examples)", lambda: solve_cholesky(acc))
+    eigh = timed(f"eigh factorisation + solve on {dev.type} (OLS, all N examples)",
+                 lambda: factorize(acc).coefficients(None))
+    chol_host = timed("Cholesky solve, numpy / scipy on the host", lambda: solve_cholesky(ref))
+    print()
+    print(f"{'step':<68}{'seconds':>12}")
+    print("-" * 80)
+    for label, sec in rows:
+        print(f"{label:<68}{sec:>12.2f}")
+    print("-" * 80)
+    exact = np.array_equal(acc.xtx, ref.xtx) and np.array_equal(dev_host.xtx, ref.xtx)
+    xty_err = max(np.abs(a.xty - ref.xty).max() for a in (acc, dev_host)) / np.abs(ref.xty).max()
+    w_c, w_e, w_h = chol[0], eigh[0], chol_host[0]
+    print(f"solver {chol[2]['solver']} (rank {chol[2]['rank']}); X^T X equal to the numpy one: {exact}; "
+          f"max |xty_device - xty_numpy| / max |xty|: {xty_err:.1e}")
+    print(f"max |w_cholesky - w_eigh| / max |w_eigh|: {np.abs(w_c - w_e).max() / np.abs(w_e).max():.1e}; "
+          f"device vs host Cholesky: {np.abs(w_c - w_h).max() / np.abs(w_h).max():.1e}")
 
 
 def _dm(w: np.ndarray) -> np.ndarray:
@@ -141,10 +214,16 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=4096, help="accumulation chunk size (masks)")
     ap.add_argument("--sk-multi", action="store_true", help="also time one multi-target sklearn fit on all N")
     ap.add_argument("--stream", action="store_true", help="planted chunks made on --device, no sklearn (above)")
-    ap.add_argument("--device", default="cpu", help="--stream: torch device for the data and the library")
+    ap.add_argument("--device-path", action="store_true",
+                    help="time the accumulator on --device and the Cholesky solve against eigh (above)")
+    ap.add_argument("--device", default="cpu",
+                    help="--stream, --device-path: torch device for the data and the library")
+    ap.add_argument("--solver", default="cholesky", choices=("cholesky", "eigh"), help="--stream: the OLS solve")
     args = ap.parse_args()
     if args.stream:
         return streamed(args)
+    if args.device_path:
+        return device_path(args)
     M, C, N = args.m, args.c, args.n
 
     rng = np.random.default_rng(args.seed)
