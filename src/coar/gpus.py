@@ -177,8 +177,8 @@ def _make_dir(path) -> Path:
         raise CoarError(f"the GPU lock directory {root} belongs to another user; set {LOCK_DIR_ENV} to a "
                         "directory of yours")
     if not os.access(d, os.W_OK | os.X_OK):
-        raise CoarError(f"{what}: {d} is not writable; set {LOCK_DIR_ENV} to a writable directory on this "
-                        "machine's local disk")
+        raise CoarError(f"{what}: {d} is not writable; set {LOCK_DIR_ENV} to a writable directory on a local "
+                        "disk")
     return d
 
 
