@@ -17,7 +17,13 @@ machine, so two identical calls could take different mechanisms and give outputs
 The rule gives the same plan for the same model, device and sizes, every time.
 
 1. Rows per pass: at most 256 on a CPU (larger passes make the allocator hand activation buffers back to the
-   OS after every pass); on a GPU up to 1,024, fewer for large inputs (about 2^26 input values a pass).
+   OS after every pass). On a CUDA device, when neither ``batch_size`` nor ``masks_per_pass`` is given, from
+   measured memory (:func:`measured_rows`): one probe pass of at most 64 rows, under the ablation hooks, gives
+   the peak bytes a row allocates, and the rows are as many as fit in :data:`SAFETY` (80%) of the free memory
+   (less the saved copy of the component weights the weights mechanism keeps), at most :data:`GPU_MAX_ROWS`
+   and at least 1. Without a measurement (:func:`rows_per_pass`, which preflight estimates with) a GPU pass is
+   up to 1,024 rows, fewer for large inputs (about 2^26 input values a pass). The measurement is of memory,
+   not of time, so it is the same for the same model, inputs and free memory.
 2. Mechanism: when one mask's N examples fill a pass (N >= 64 on a CPU, where kernels run at full rate from
    about 64 rows; N > rows / 2 on a GPU, where a second mask would not fit), ``"weights"`` runs one mask per pass
    on all N examples, in equal batches of at most ``rows``; otherwise ``"hooks"`` runs K = rows // N masks per
@@ -37,11 +43,21 @@ The rule gives the same plan for the same model, device and sizes, every time.
 
 Every choice can be given instead (``mechanism=``, ``memory_format=``, ``batchnorm=``, ``batch_size=``,
 ``masks_per_pass=``).
+
+A pass that runs out of memory (``torch.OutOfMemoryError``, which ``torch.cuda.OutOfMemoryError`` is) is not
+fatal: the engine empties the CUDA cache, halves the rows per pass (the hooks mechanism its masks per pass
+first, then its batch size; the weights mechanism its batch size), runs the masks of that pass again with the
+smaller plan, warns once per call and keeps the smaller plan for later calls. Out of memory at one row a pass
+raises :class:`coar.errors.CoarError` with the model, the device and its free memory. The memory readings go
+through :class:`_Memory`, which tests replace with simulated readings on a CPU.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,6 +69,7 @@ from tqdm.auto import tqdm
 from .ablation import _check_eval, _expand, _module, ablation_hooks, logits_of, unit_factors, weight_slot
 from .components import ComponentSet
 from .errors import CoarError, ShapeError
+from .resources import size_text
 
 MECHANISMS = ("auto", "weights", "hooks")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
@@ -66,6 +83,20 @@ CPU_ROWS = 256
 CPU_FULL_ROWS = 64
 #: At least this share of the forward FLOPs in convolutions makes a model a convnet for the memory-format rule.
 CONV_SHARE = 0.5
+#: Share of a CUDA device's free memory that measured rows per pass may fill. The probe measures one pass of
+#: at most :data:`PROBE_ROWS` rows; a larger pass can need more than its share of that: cuDNN and cuBLAS pick
+#: other algorithms (and workspaces) for other batch shapes, the caching allocator rounds blocks up and leaves
+#: fragments it cannot reuse, the call's [M, N] output buffer is not in the probe, and another process can take
+#: memory meanwhile. A fifth kept free covers these; a pass that still does not fit is halved (module docstring).
+SAFETY = 0.8
+#: At most this many rows a pass from measured memory. More rows no longer shorten a sampling run once a pass
+#: fills the GPU (the rule's 1,024 rows do for the preset's small models); beyond that they only lengthen one
+#: pass, the work lost to a pass that runs out of memory and the store writer's blocks (4 passes of masks). A
+#: fixed number, not a multiple of the rule's input-size estimate: the measurement already counts the input size.
+GPU_MAX_ROWS = 8192
+#: Rows of the probe pass that measures a row's memory (fewer when the rule gives fewer): enough that the fixed
+#: part of a pass's memory is a small share of the per-row figure, few enough to fit beside a large model.
+PROBE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -120,6 +151,112 @@ def full_rows(device: str | torch.device, example_numel: int) -> int:
 def equal_batch(n: int, rows: int) -> int:
     """Examples a pass when `n` examples are split into the fewest equal batches of at most `rows`."""
     return math.ceil(n / max(1, math.ceil(n / rows))) if n else 1
+
+
+class _Memory:
+    """Memory readings of the device a model runs on: what the engine sizes its passes by and frees after an
+    out-of-memory error. Tests substitute an object with the same methods to simulate a GPU on a CPU."""
+
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
+
+    @property
+    def _cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def free(self) -> int:
+        """Bytes a pass can still allocate: on CUDA the driver's free memory plus what torch's caching allocator
+        holds unallocated (a previous pass's activations, reused without asking the driver); on a CPU the memory
+        available to a new allocation."""
+        if self._cuda:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return int(free + torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device))
+        from .resources import available_memory
+
+        return available_memory()
+
+    def total(self) -> int:
+        if self._cuda:
+            return int(torch.cuda.mem_get_info(self.device)[1])
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+
+    def peak_of(self, fn: Callable[[], object]) -> int:
+        """Bytes `fn()` allocated at its peak beyond what was allocated before it (CUDA only: torch counts no
+        CPU allocations). Resets the device's peak-memory statistics."""
+        if not self._cuda:
+            raise CoarError(f"peak memory can be measured on a CUDA device only, not on {self.device}")
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        fn()
+        torch.cuda.synchronize(self.device)
+        return max(0, int(torch.cuda.max_memory_allocated(self.device)) - int(before))
+
+    def release(self) -> None:
+        """Hand the allocator's cached blocks back after an out-of-memory error (CUDA; nothing on a CPU)."""
+        if self._cuda:
+            torch.cuda.empty_cache()
+
+    def describe(self) -> str:
+        try:
+            return f"{size_text(self.free())} free of {size_text(self.total())}"
+        except Exception:  # noqa: BLE001 - the reading is only for an error message
+            return "free memory unknown"
+
+
+def saved_weight_bytes(model: nn.Module, cset: ComponentSet) -> int:
+    """Bytes of the copy of the component weights that the weights mechanism keeps to restore them."""
+    seen: dict[int, int] = {}
+    for group in cset.groups:
+        weight, _, _ = weight_slot(model, group)
+        seen[id(weight)] = weight.numel() * weight.element_size()
+    return sum(seen.values())
+
+
+def measured_rows(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, memory, *, memory_format: str,
+                  folded: tuple[str, ...] = (), probe_rows: int = PROBE_ROWS, hooks: bool = True,
+                  reserve: int = 0) -> tuple[int, str]:
+    """(rows per pass that fit in memory, why): one probe pass of `probe_rows` copies of the first example
+    through the model as the engine runs it (memory format, folded BatchNorm and, with `hooks`, the ablation
+    hooks of `probe_rows` masks) gives the peak bytes a row allocates (peak / rows: the pass's fixed part is
+    counted in every row, so the figure errs high); the rows are :data:`SAFETY` x (free - `reserve`) / that,
+    at most :data:`GPU_MAX_ROWS` and at least 1. A 1-row pass runs first, so workspaces libraries allocate
+    once are not counted as rows' memory. A probe that runs out of memory is halved."""
+    run = prepare(model, Plan("hooks", memory_format, 1, 1, folded=folded), cset)
+    x1 = inputs[:1].to(_device_of(run))
+    if hooks and any(isinstance(_module(run, g), nn.MultiheadAttention) for g in cset.groups):
+        hooks = False  # the fused attention path skips hooks: only the weights mechanism can mask this model
+
+    def probe(r: int) -> None:
+        x = as_format(_repeat(x1, r), memory_format)
+        ctx = ablation_hooks(run, cset, torch.ones(r, cset.size, dtype=torch.bool)) if hooks else \
+            contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            logits_of(run(x))
+
+    r = max(1, int(probe_rows))
+    while True:
+        try:
+            probe(1)
+            peak = memory.peak_of(lambda: probe(r))
+            break
+        except torch.OutOfMemoryError as exc:
+            if r == 1:
+                raise CoarError(f"{type(model).__name__} runs out of memory on {memory.device} on one example "
+                                f"({memory.describe()}): {exc}") from exc
+        memory.release()  # outside the except clause: the traceback no longer holds the probe's tensors
+        r //= 2
+    free = memory.free()
+    per_row = max(1, math.ceil(peak / r))
+    fit = int(SAFETY * max(0, free - reserve) // per_row)
+    rows = min(GPU_MAX_ROWS, max(1, fit))
+    why = (f"{rows:,} rows a pass from measured memory: {SAFETY:.0%} of {size_text(free)} free"
+           + (f" (less {size_text(reserve)} of saved weights)" if reserve else "")
+           + f" / {size_text(per_row)} a row (peak of a {r}-row probe)"
+           + (f", capped at {GPU_MAX_ROWS:,}" if fit > GPU_MAX_ROWS else ""))
+    return rows, why
 
 
 def conv_flop_share(model: nn.Module, example: torch.Tensor) -> float:
@@ -276,8 +413,13 @@ def fold_batchnorm(model: nn.Module, cset: ComponentSet, names: tuple[str, ...])
 
 def plan(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, *, device: str | torch.device | None = None,
          mechanism: str = "auto", memory_format: str = "auto", batch_size: int | None = None,
-         masks_per_pass: int | None = None, batchnorm: str = "auto") -> Plan:
-    """The engine's choice for `model` on `inputs` [N, ...] (module docstring); given values are kept."""
+         masks_per_pass: int | None = None, batchnorm: str = "auto", memory: _Memory | None = None) -> Plan:
+    """The engine's choice for `model` on `inputs` [N, ...] (module docstring); given values are kept.
+
+    With neither `batch_size` nor `masks_per_pass` given, on a CUDA device or wherever `memory` (a
+    :class:`_Memory`, or simulated readings) is given, the rows per pass are measured (:func:`measured_rows`) and
+    one mask's examples fill a pass when they are more than half of them; otherwise the rule
+    (:func:`rows_per_pass`, :func:`full_rows`) gives both."""
     if mechanism not in MECHANISMS:
         raise CoarError(f"ablation mechanism must be one of {MECHANISMS}, got {mechanism!r}")
     if memory_format not in MEMORY_FORMATS:
@@ -304,6 +446,19 @@ def plan(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, *, device: 
                         f"{inputs.dtype}")
 
     why_not = _weights_maskable(model, cset) if mechanism != "hooks" else ""
+    folded: tuple[str, ...] = ()
+    if batchnorm != "keep":
+        folded, why = foldable(model, cset)
+        if batchnorm == "fold" and not folded:
+            raise CoarError(f"batchnorm='fold': nothing to fold in this model ({why}); use 'auto' or 'keep'")
+    on = _device_of(model)  # where the probe runs: a model elsewhere than `device` gets the rule's estimate
+    if batch_size is None and masks_per_pass is None and (memory is not None or on.type == "cuda"):
+        weights = mechanism != "hooks" and not why_not
+        rows, why = measured_rows(model, cset, inputs, memory if memory is not None else _Memory(on),
+                                  memory_format=memory_format, folded=folded, probe_rows=min(rows, PROBE_ROWS),
+                                  hooks=mechanism != "weights", reserve=saved_weight_bytes(model, cset) if weights else 0)
+        full = rows // 2 + 1
+        reasons.append(why)
     if mechanism == "auto":
         b = batch_size if batch_size is not None else max(1, min(n, rows))
         if masks_per_pass is not None:
@@ -334,11 +489,6 @@ def plan(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, *, device: 
             batch_size = max(1, min(n, rows)) if masks_per_pass is None else max(1, min(n, rows // masks_per_pass))
         if masks_per_pass is None:
             masks_per_pass = max(1, rows // batch_size)
-    folded: tuple[str, ...] = ()
-    if batchnorm != "keep":
-        folded, why = foldable(model, cset)
-        if batchnorm == "fold" and not folded:
-            raise CoarError(f"batchnorm='fold': nothing to fold in this model ({why}); use 'auto' or 'keep'")
     return Plan(mechanism, memory_format, int(batch_size), int(masks_per_pass), "; ".join(reasons), folded)
 
 
@@ -397,22 +547,26 @@ class Engine:
     >>> engine.plan.describe(); out = engine(keep)         # float32 [len(keep), N]  # doctest: +SKIP
 
     The caller's model is never left changed: the weights mechanism restores its weights bitwise after every
-    call, and another memory format or folded BatchNorm runs on a copy.
+    call, and another memory format or folded BatchNorm runs on a copy. A pass that runs out of memory is run
+    again with half the rows, and `plan` keeps the smaller plan (module docstring). `memory` replaces the
+    device's memory readings (:class:`_Memory`).
     """
 
     def __init__(self, model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                  output_fn: Callable, mode: str = "zero", gamma: float = 0.5, *, batch_size: int | None = None,
                  masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto",
-                 batchnorm: str = "auto"):
+                 batchnorm: str = "auto", memory: _Memory | None = None):
         if len(inputs) != len(targets):
             raise ShapeError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
         unit_factors(np.zeros(1, dtype=bool), mode, gamma)  # refuses an unknown mode or gamma outside [0, 1]
         _check_eval(model)
         self.cset, self.output_fn, self.mode, self.gamma = cset, output_fn, mode, gamma
         self.plan = plan(model, cset, inputs, mechanism=mechanism, memory_format=memory_format,
-                         batch_size=batch_size, masks_per_pass=masks_per_pass, batchnorm=batchnorm)
+                         batch_size=batch_size, masks_per_pass=masks_per_pass, batchnorm=batchnorm, memory=memory)
+        self._planned, self._model_name = self.plan, type(model).__name__
         self.model = prepare(model, self.plan, cset)
         self.device = _device_of(self.model)
+        self.memory = memory if memory is not None else _Memory(self.device)
         # converted once where the inputs live: a batch sliced from it keeps the format, so no pass copies it
         self.inputs, self.targets = as_format(inputs, self.plan.memory_format), targets
 
@@ -422,43 +576,103 @@ class Engine:
             yield (j, self.inputs[j: j + b].to(self.device, non_blocking=True),
                    self.targets[j: j + b].to(self.device, non_blocking=True))
 
+    def _pass_batches(self):
+        """The batches of a pass: held on the device across passes when one batch holds every example."""
+        return list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
+
     @torch.no_grad()
     def __call__(self, keep, progress: bool = False) -> np.ndarray:
         keep = torch.as_tensor(np.asarray(keep) if not isinstance(keep, torch.Tensor) else keep)
         if keep.dim() != 2 or keep.shape[1] != self.cset.size:
             raise ShapeError(f"keep masks must have shape [M, {self.cset.size}], got {tuple(keep.shape)}")
         out = np.empty((keep.shape[0], len(self.inputs)), dtype=np.float32)
-        if self.plan.mechanism == "weights":
-            self._run_weights(keep, out, progress)
-        else:
-            self._run_hooks(keep, out, progress)
+        start = self.plan
+        try:
+            if self.plan.mechanism == "weights":
+                self._run_weights(keep, out, progress)
+            else:
+                self._run_hooks(keep, out, progress)
+        finally:
+            if self.plan != start:
+                warnings.warn(f"out of memory at {start.rows_per_pass:,} rows a pass on {self.device}; the engine "
+                              f"went on, and goes on, with {self.plan.describe()}", RuntimeWarning, stacklevel=3)
         return out
+
+    def _out_of_memory(self, exc: BaseException) -> None:
+        """Raise CoarError when the pass that ran out of memory had one row; else nothing (see `_halve`)."""
+        if self.plan.rows_per_pass <= 1:
+            raise CoarError(f"{self._model_name} runs out of memory on {self.device} on one example a "
+                            f"pass ({self.memory.describe()}); free memory on the device or run on a larger "
+                            f"one: {exc}") from exc
+
+    def _halve(self) -> None:
+        """Free the allocator's cache and halve the rows per pass: masks per pass first, then the batch size (in
+        equal batches)."""
+        self.memory.release()
+        p, n = self.plan, len(self.inputs)
+        if p.masks_per_pass > 1:
+            new = dataclasses.replace(p, masks_per_pass=p.masks_per_pass // 2)
+        else:
+            new = dataclasses.replace(p, batch_size=equal_batch(n, max(1, p.batch_size // 2)))
+        planned = self._planned  # the first pass out of memory ran the plan as planned
+        self.plan = dataclasses.replace(new, reason=(planned.reason + "; " if planned.reason else "")
+                                        + f"out of memory at {planned.rows_per_pass:,} rows a pass, halved to "
+                                          f"{new.rows_per_pass:,}")
 
     def _run_weights(self, keep: torch.Tensor, out: np.ndarray, progress: bool) -> None:
         masks = _WeightMasks(self.model, self.cset, unit_factors(keep, self.mode, self.gamma))
-        batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
+        batches = self._pass_batches()
         vals = torch.empty(out.shape, dtype=torch.float32, device=self.device)  # one copy to the host per call
+        bar = tqdm(total=keep.shape[0], desc="counterfactuals", disable=not progress, leave=False)
+        i = 0
         try:
-            for i in tqdm(range(keep.shape[0]), desc="counterfactuals", disable=not progress, leave=False):
-                masks.apply(i)
-                for j, x, y in (batches or self._batches()):
-                    vals[i, j: j + len(x)] = self.output_fn(logits_of(self.model(x)), y)
+            while i < keep.shape[0]:
+                try:
+                    masks.apply(i)
+                    for j, x, y in (batches or self._batches()):
+                        vals[i, j: j + len(x)] = self.output_fn(logits_of(self.model(x)), y)
+                except torch.OutOfMemoryError as exc:
+                    self._out_of_memory(exc)
+                else:
+                    i += 1
+                    bar.update(1)
+                    continue
+                # out of memory; outside the except clause, the traceback no longer holds the pass's tensors
+                batches = x = y = None
+                self._halve()
+                batches = self._pass_batches()  # and mask i again, all of its batches, with the smaller ones
         finally:  # also on KeyboardInterrupt: the model's weights are bitwise the original ones again
             masks.restore()
+            bar.close()
         out[...] = vals.cpu().numpy()
 
     def _run_hooks(self, keep: torch.Tensor, out: np.ndarray, progress: bool) -> None:
-        K = self.plan.masks_per_pass
-        batches = list(self._batches()) if len(self.inputs) <= self.plan.batch_size else None
+        batches = self._pass_batches()
         vals = torch.empty(out.shape, dtype=torch.float32, device=self.device)
-        for i in tqdm(range(0, keep.shape[0], K), desc="counterfactuals", disable=not progress, leave=False):
-            k = keep[i: i + K]
-            with ablation_hooks(self.model, self.cset, k, self.mode, self.gamma):
-                for j, x, y in (batches or self._batches()):
-                    n = len(x)
-                    rows = as_format(_repeat(x, len(k)), self.plan.memory_format)
-                    vals[i: i + len(k), j: j + n] = self.output_fn(logits_of(self.model(rows)),
-                                                                   _repeat(y, len(k))).view(len(k), n)
+        bar = tqdm(total=keep.shape[0], desc="counterfactuals", disable=not progress, leave=False)
+        i = 0
+        try:
+            while i < keep.shape[0]:
+                k = keep[i: i + self.plan.masks_per_pass]
+                try:
+                    with ablation_hooks(self.model, self.cset, k, self.mode, self.gamma):
+                        for j, x, y in (batches or self._batches()):
+                            n = len(x)
+                            rows = as_format(_repeat(x, len(k)), self.plan.memory_format)
+                            vals[i: i + len(k), j: j + n] = self.output_fn(logits_of(self.model(rows)),
+                                                                           _repeat(y, len(k))).view(len(k), n)
+                except torch.OutOfMemoryError as exc:
+                    self._out_of_memory(exc)
+                else:
+                    i += len(k)
+                    bar.update(len(k))
+                    continue
+                # out of memory; outside the except clause, the traceback no longer holds the pass's tensors
+                batches = x = y = rows = None
+                self._halve()
+                batches = self._pass_batches()  # and masks i, ... again with the smaller plan
+        finally:
+            bar.close()
         out[...] = vals.cpu().numpy()
 
 
