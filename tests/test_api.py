@@ -289,7 +289,7 @@ BAD_ATTRIBUTE = [
 
 def test_sizes_are_checked_against_memory_and_disk_before_anything_is_drawn(tmp_path, tiny_attr):
     model, x, y, attr = tiny_attr
-    with pytest.raises(ArgumentError, match=r"^store: 1,000,000,000,000 masks .* TiB under .* free there") as e:
+    with pytest.raises(ArgumentError, match=r"^store: 1,000,000,000,000 masks .* TiB under .* free there"):
         coar.attribute(model, x, y, **{**TINY, "masks": 10 ** 12, "store": tmp_path / "big"})
     assert not (tmp_path / "big").exists()
     with pytest.raises(ArgumentError, match=r"^masks: .* TiB of memory, more than the .* available; use fewer masks$"):

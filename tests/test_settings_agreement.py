@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 import coar
 from coar.attributions import Attributions
 from coar.cli import main
-from coar.errors import ArgumentError, CoarError
+from coar.errors import ArgumentError
 from coar.examples import Examples
 from coar.paper.models import build_model
 from coar.paper.plan import ConfigError, Plan, check_schema, resolve_parents
