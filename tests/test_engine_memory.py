@@ -377,3 +377,52 @@ def test_on_a_gpu_a_pass_out_of_memory_is_halved(exact_fp32):
         torch.cuda.set_per_process_memory_fraction(1.0)
     assert engine.plan.batch_size < n
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ a resumed shard keeps the plan it started with
+def test_a_resumed_shard_runs_with_the_plan_it_started_with(tmp_path, monkeypatch):
+    """A GPU's measured rows per pass depend on the memory free at the time, so a shard records its plan when it
+    starts (engine.json) and a resume with every choice left to the engine reuses it: its rows come out bitwise as an
+    uninterrupted run's. A record of another device type, or an unreadable one, is ignored (the engine plans)."""
+    import json
+
+    from coar import pipeline
+    from coar.examples import Examples
+    from coar.paper.models import build_model
+
+    from tests.helpers import randomize_bn
+
+    torch.manual_seed(0)
+    model = randomize_bn(build_model("resnet_tiny", in_channels=1, image_size=28)).eval()
+    cset = component_set(model, "resnet_tiny")
+    g = np.random.default_rng(0)
+    ex = Examples(g.integers(0, 256, (24, 1, 28, 28), dtype=np.uint8), g.integers(0, 10, 24).astype(np.int64))
+    started = dict(mechanism="hooks", masks_per_pass=3, batch_size=24, memory_format="contiguous", batchnorm="keep")
+
+    def sample(path, logs, **choices):
+        return pipeline.sample_store(path, model, cset, ex, m=40, alpha=0.1, seed=3, shard=0, dtype="float32",
+                                     progress=False, log=logs.append, **choices)
+
+    whole = sample(tmp_path / "whole", [], **started)
+    assert json.loads((tmp_path / "whole" / pipeline.PLAN_FILE).read_text()) == {"device_type": "cpu", **started}
+
+    real = pipeline.run_shard
+    monkeypatch.setattr(pipeline, "run_shard",  # started, then interrupted after the first aligned block
+                        lambda store, engine, masks_per_call, progress: store.write(
+                            np.arange(masks_per_call), engine(np.array(store.masks[:masks_per_call]))))
+    sample(tmp_path / "resumed", [], **started).close()
+    monkeypatch.setattr(pipeline, "run_shard", real)
+    logs = []
+    resumed = sample(tmp_path / "resumed", logs)  # every choice the engine's
+    assert "hooks (3 masks x 24 examples a pass)" in logs[0] and "recorded when the shard started" in logs[0]
+    assert resumed.is_complete and np.array_equal(np.asarray(resumed.outputs), np.asarray(whole.outputs))
+
+    fresh_logs = []
+    sample(tmp_path / "auto", fresh_logs)
+    auto = json.loads((tmp_path / "auto" / pipeline.PLAN_FILE).read_text())
+    assert auto["masks_per_pass"] != 3 and "recorded" not in fresh_logs[0]  # the engine's own plan differs
+    for record in ('{"device_type": "cuda", "mechanism": "hooks"}', "{not json"):
+        assert pipeline.recorded_plan(tmp_path / "x", "cpu") is None  # no record
+        (tmp_path / "x").mkdir(exist_ok=True)
+        (tmp_path / "x" / pipeline.PLAN_FILE).write_text(record)
+        assert pipeline.recorded_plan(tmp_path / "x", "cpu") is None

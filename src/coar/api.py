@@ -361,9 +361,7 @@ class _Setup:
         weights of the model it runs on in place."""
         p = self.engine.plan
         run = copy.deepcopy(self.run).to(dev)
-        return Engine(run, self.cset, self.x, self.y, self.fn, self.ablation, self.gamma, batch_size=p.batch_size,
-                      masks_per_pass=p.masks_per_pass, mechanism=p.mechanism, memory_format=p.memory_format,
-                      batchnorm="fold" if p.folded else "keep")
+        return Engine(run, self.cset, self.x, self.y, self.fn, self.ablation, self.gamma, **p.choices())
 
     def outputs(self, keep: np.ndarray) -> np.ndarray:
         """f_M(z, C_i) float32 [len(keep), N]: the function every mask block goes through, in memory or in a store.

@@ -121,6 +121,11 @@ class Plan:
         about 0.5 ms a call on a 2-core VM; aligned blocks keep a resumed shard bitwise identical)."""
         return self.masks_per_pass * 4
 
+    def choices(self) -> dict:
+        """The keyword arguments of :class:`Engine` (or :func:`plan`) that reproduce this plan exactly."""
+        return {"mechanism": self.mechanism, "memory_format": self.memory_format, "batch_size": self.batch_size,
+                "masks_per_pass": self.masks_per_pass, "batchnorm": "fold" if self.folded else "keep"}
+
     def describe(self) -> str:
         return (f"{self.mechanism} ({self.masks_per_pass} mask{'s' if self.masks_per_pass > 1 else ''} x "
                 f"{self.batch_size} examples a pass), {self.memory_format}"

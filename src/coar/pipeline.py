@@ -100,12 +100,57 @@ def sample_store(path: str | Path, model: nn.Module, cset: ComponentSet, example
             x = x.to(torch.bfloat16)
     check_examples_fit(run_model, x, y, output, fn)
     store = ShardStore.create_or_open(path, meta)
-    engine = Engine(run_model, cset, x, y, fn, ablation, gamma, batch_size=batch_size, masks_per_pass=masks_per_pass,
-                    mechanism=mechanism, memory_format=memory_format, batchnorm=batchnorm)
+    given = dict(batch_size=batch_size, masks_per_pass=masks_per_pass, mechanism=mechanism,
+                 memory_format=memory_format, batchnorm=batchnorm)
+    recorded = recorded_plan(store.path, x.device) if all(
+        v in (None, "auto") for v in given.values()) else None
+    engine = Engine(run_model, cset, x, y, fn, ablation, gamma, **(recorded or given))
+    if recorded is None:
+        record_plan(store.path, engine.plan, x.device)
     if log is not None:
-        log(f"engine: {engine.plan.describe()}")
+        log(f"engine: {engine.plan.describe()}" + (f" (the plan {PLAN_FILE} recorded when the shard started)"
+                                                   if recorded else ""))
     run_shard(store, engine, masks_per_call=engine.plan.masks_per_call, progress=progress)
     return store
+
+
+#: The engine plan a shard was started with, in the shard's directory: a resumed shard runs every pass with the same
+#: batch shape (on a GPU the rows per pass are measured from free memory, which differs from run to run), so its
+#: rows come out bitwise as an uninterrupted run's would.
+PLAN_FILE = "engine.json"
+
+
+def record_plan(store_path: str | Path, plan, device) -> None:
+    """Write the engine's `plan` for `device` into the shard directory (atomically), if none is there yet."""
+    import json
+
+    from .io import atomic_write_text
+
+    target = Path(store_path) / PLAN_FILE
+    if not target.exists():
+        atomic_write_text(target, json.dumps({"device_type": _device_type(device), **plan.choices()}, indent=1))
+
+
+def recorded_plan(store_path: str | Path, device) -> dict | None:
+    """The engine choices recorded for a shard started on a device of the same type, or None (no record, another
+    device type, or an unreadable record: then the engine plans again)."""
+    import json
+
+    target = Path(store_path) / PLAN_FILE
+    try:
+        record = json.loads(target.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.pop("device_type", None) != _device_type(device):
+        return None
+    keys = {"batch_size", "masks_per_pass", "mechanism", "memory_format", "batchnorm"}
+    return record if set(record) == keys else None
+
+
+def _device_type(device) -> str:
+    import torch
+
+    return torch.device(device).type
 
 
 def fit_stores(paths: Sequence[str | Path], method: str = "ols", lambdas: Sequence[float] | None = None,
