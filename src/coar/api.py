@@ -289,10 +289,12 @@ def _check_room(masks: int, n: int, c: int, store: Path | None = None, shards: S
 
 
 def default_batching(device: str | torch.device, example_numel: int, n_examples: int) -> tuple[int, int]:
-    """(batch_size, masks_per_pass) the engine picks for `n_examples` on a device (coar.engine.plan): at most 256
-    rows a pass on a CPU, up to 1,024 on a GPU (fewer for large inputs, about 2^26 input values a pass). When one
-    mask's examples fill a pass (64 on a CPU, more than half a pass on a GPU), one mask a pass in equal batches
-    (weights masked in place); otherwise all examples and rows // n masks a pass (hooks)."""
+    """(batch_size, masks_per_pass) of the engine's rule for `n_examples` on a device, known without a model: at
+    most 256 rows a pass on a CPU (what coar.engine.plan picks there), up to 1,024 on a GPU (fewer for large inputs,
+    about 2^26 input values a pass). On a GPU the engine itself sizes passes from the memory a probe pass uses and
+    the memory free (coar.engine.measured_rows), so this is only the estimate made before a model is on the device.
+    When one mask's examples fill a pass (64 on a CPU, more than half a pass on a GPU), one mask a pass in equal
+    batches (weights masked in place); otherwise all examples and rows // n masks a pass (hooks)."""
     from .engine import equal_batch, full_rows, rows_per_pass
 
     rows, n = rows_per_pass(device, example_numel), max(1, int(n_examples))
