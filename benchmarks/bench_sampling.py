@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from _common import device_name
 
 from coar.ablation import ablate_weights, logits_of
-from coar.engine import counterfactual_outputs
+from coar.engine import COMPILE, Engine, counterfactual_outputs
 from coar.components import component_set
 from coar.paper.models import build_model
 from coar.outputs import margin
@@ -49,6 +49,8 @@ from coar.sampling import sample_masks
 
 # model -> (input size, classes); the CIFAR ResNet is the authors' architecture (2,304 filters)
 MODELS = {"cifar_resnet": (32, 10), "resnet50": (224, 1000), "vit_b_16": (224, 1000)}
+#: --compile's rows: torch.compile's mode -> the loop column's name
+COMPILE_LABELS = {"default": "compiled", "reduce-overhead": "compiled+cg", "max-autotune-no-cudagraphs": "autotuned"}
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -237,6 +239,12 @@ def main(argv=None) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--channels-last", action="store_true", help="our loop: NHWC memory format (convnets)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a CPU smoke run")
+    p.add_argument("--engine", action="store_true",
+                   help="our loop with every choice the engine's (mechanism, format, rows per pass: measured "
+                        "memory on a GPU), row 'engine'")
+    p.add_argument("--compile", nargs="+", default=[], choices=[c for c in COMPILE if c != "off"],
+                   help="the weights mechanism (K = 1) under torch.compile in these modes, rows 'compile:MODE' "
+                        "(compilation time printed, not counted)")
     a = p.parse_args(argv)
     if a.preset is not None:
         threads = a.threads or [1, 2]
@@ -258,7 +266,7 @@ def main(argv=None) -> None:
     print(f"device: {device_name(device)}, {torch.get_num_threads()} threads | torch {torch.__version__} | our dtype {str(dtype)[6:]}, authors' "
           f"{'fp16 autocast' if device.type == 'cuda' else 'float32'} | alpha {a.alpha} | rows/pass {rows}"
           f"{' | channels_last' if a.channels_last else ''}")
-    print(f"{'model':<13}{'C':>7}{'n':>7}  {'loop':<9}{'K':>4}{'rows/s':>12}{'TFLOP/s':>9}{'% peak':>8}{'speedup':>9}"
+    print(f"{'model':<13}{'C':>7}{'n':>7}  {'loop':<12}{'K':>4}{'rows/s':>12}{'TFLOP/s':>9}{'% peak':>8}{'speedup':>9}"
           f"  agreement")
     for name in a.models:
         size, classes = MODELS[name]
@@ -288,7 +296,7 @@ def main(argv=None) -> None:
                 tflops = rate * flops / 1e12
                 peak = f"{100 * tflops / a.peak_tflops:.1f}" if a.peak_tflops else "-"
                 speed = f"{ref / (seconds / masks):.2f}" if ref else "1.00"
-                print(f"{name:<13}{cset.size:>7}{n:>7}  {loop:<9}{k:>4}{rate:>12,.1f}{tflops:>9.3f}{peak:>8}{speed:>9}"
+                print(f"{name:<13}{cset.size:>7}{n:>7}  {loop:<12}{k:>4}{rate:>12,.1f}{tflops:>9.3f}{peak:>8}{speed:>9}"
                       f"  {agreement}")
 
             authors_loop(cpu_model, cset, images[:8], labels[:8], keep[:1], device, a.batch_size)  # warm-up
@@ -296,6 +304,12 @@ def main(argv=None) -> None:
                                                  device, a.batch_size), device)
             per_mask = t / a.masks_authors
             row("authors", 1, t, a.masks_authors)
+
+            def agree(out):
+                shared = min(a.masks, a.masks_authors)
+                diff = np.abs(out[:shared] - base[:shared]).max()
+                r = np.corrcoef(out[:shared].ravel(), base[:shared].ravel())[0, 1]
+                return f"max|d| {diff:.1e}, r {r:.5f}"
             x = normalise(images, device, dtype).contiguous(memory_format=fmt)  # resident on the device
             y = labels.to(device)
             for k in a.masks_per_pass:
@@ -307,10 +321,26 @@ def main(argv=None) -> None:
 
                 ours(keep[1: 1 + min(k, a.masks)])  # warm-up (cuDNN autotuning, allocator)
                 out, t = timed(lambda: ours(keep[1: 1 + a.masks]), device)
-                shared = min(a.masks, a.masks_authors)
-                diff = np.abs(out[:shared] - base[:shared]).max()
-                r = np.corrcoef(out[:shared].ravel(), base[:shared].ravel())[0, 1]
-                row("ours", k, t, a.masks, per_mask, f"max|d| {diff:.1e}, r {r:.5f}")
+                row("ours", k, t, a.masks, per_mask, agree(out))
+            engines = {}
+            if a.engine:  # every choice the engine's, as a workflow job with the default profile makes it
+                engines["engine"] = lambda: Engine(ours_model, cset, x, y, margin)
+            for mode in a.compile:
+                engines[COMPILE_LABELS[mode]] = lambda mode=mode: Engine(
+                    ours_model, cset, x, y, margin, mechanism="weights", batch_size=min(n, rows), compile=mode)
+            for label, make in engines.items():
+                sync(device)
+                t0 = time.perf_counter()
+                engine = make()
+                engine(keep[1: 2])  # the plan, the probe pass, the compilation and the first mask
+                sync(device)
+                t_setup = time.perf_counter() - t0
+                out, t = timed(lambda engine=engine: engine(keep[1: 1 + a.masks]), device)
+                p_ = engine.plan
+                row(label, p_.masks_per_pass, t, a.masks, per_mask,
+                    agree(out) + f" | {p_.mechanism} {p_.masks_per_pass} x {p_.batch_size}, {p_.memory_format}, "
+                                 f"set-up + first mask {t_setup:.1f} s")
+                del engine
     print("rows/s: example-forwards per second; TFLOP/s: rows/s x forward FLOPs per example; speedup: over the "
           "authors' loop on the same device; agreement: our margins against theirs on the shared masks")
 

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Every GPU figure of docs/benchmarks.md in one command, within a wall-clock budget:
-#   1. the `cuda` tests (device == CPU for every engine path; bf16 vs fp32 margins on the paper's models);
-#   2. mask sampling, ours vs the re-implemented authors' loop, at n = 64 and n = 10,000, for the CIFAR
-#      ResNet, ResNet-50 and ViT-B/16 (bf16; again with channels_last for the convnets);
-#   3. regression at Setup A size (M 50,000, C 2,304, N 10,000) against minibatch SAGA;
-#   4. the default preset's Fig. 2 chain through Snakemake on the GPU, compared with a CPU run;
-#   5. memory_plan for ViT-B/16 against what the GPU holds;
-#   6. regression at Setup B size (M 100,000, C 22,720, N 50,000), streamed, with peak GPU memory.
+# Every GPU figure of docs/benchmarks.md in one command, within a wall-clock budget (sections in this order, the
+# most wanted first, so a budget cut costs the last ones):
+#   1. the `cuda` tests (device == CPU for every engine path, the device-resident regression, memory-sized passes
+#      and out-of-memory halving, GPU claiming; bf16 vs fp32 margins on the paper's models);
+#   2. regression at Setup A size (M 50,000, C 2,304, N 10,000) against minibatch SAGA, end to end from a host
+#      store (transfers counted) and from device tensors, Cholesky and eigendecomposition;
+#   3. regression at Setup B size (M 100,000, C 22,720, N 50,000), host chunks -> attributions, peak GPU memory;
+#   4. mask sampling at n = 10,000, ours (K = 1, 4, and the engine's own plan from measured memory) vs the
+#      re-implemented authors' loop, for the CIFAR ResNet, ResNet-50 and ViT-B/16 (bf16);
+#   5. the same for ResNet-50 under torch.compile, with and without CUDA graphs;
+#   6. mask sampling at n = 64 (K = 1, 8, 32 and the engine's plan);
+#   7. the default preset's Fig. 2 chain through Snakemake on the GPU, compared with a CPU run;
+#   8. memory_plan for ViT-B/16 against what the GPU holds.
 #
 #   bash benchmarks/gpu.sh OUTDIR [--cpu-reference results/fig2/summary.csv]    # on a GPU machine
 #   bash benchmarks/gpu.sh --tiny OUTDIR                                         # CPU rehearsal (tests)
@@ -14,7 +19,7 @@
 # Each section runs under its own time limit, cut to what is left of GPU_BUDGET_S (default 480 s), so a
 # slow section costs only itself; the sections run in the order above. OUTDIR gets summary.txt (the
 # environment and the tail of every section) and logs.tar.gz (every section's whole log, the Fig. 2
-# summary tables). PYTHON (default python3) must have torch; snakemake and captum are needed by 1 and 4.
+# summary tables). PYTHON (default python3) must have torch; snakemake and captum are needed by 1 and 7.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TINY=0
@@ -24,7 +29,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --tiny) TINY=1 ;;
     --cpu-reference) REF=$(realpath "$2"); shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) OUTDIR=$1 ;;
   esac
   shift
@@ -60,9 +65,9 @@ section() {
 
 if (( TINY )); then
   DEV=cpu
-  SAMPLING_64=(--quick)
-  SAMPLING_10K=(--quick --models cifar_resnet)
-  SAMPLING_CL=(--quick --models cifar_resnet --channels-last)
+  SAMPLING_64=(--quick --engine)
+  SAMPLING_10K=(--quick --models cifar_resnet --engine)
+  SAMPLING_COMPILE=(--quick --models cifar_resnet --compile default reduce-overhead)
   SETUP_A=(--quick)
   SETUP_B=(--m 1200 --c 300 --n 100 --chunk 512)
   PRESET=config/test.yaml
@@ -71,16 +76,16 @@ if (( TINY )); then
              baseline:batch_size=0 baseline:masks_per_pass=0)
 else
   DEV=cuda
-  SAMPLING_64=(--n 64 --masks 64 --masks-authors 8 --masks-per-pass 1 8 32)
-  SAMPLING_10K=(--n 10000 --masks 4 --masks-authors 2 --masks-per-pass 1 4)
-  SAMPLING_CL=(--n 10000 --masks 4 --masks-authors 1 --masks-per-pass 4 --models cifar_resnet resnet50
-               --channels-last)
+  SAMPLING_64=(--n 64 --masks 64 --masks-authors 8 --masks-per-pass 1 8 32 --engine)
+  SAMPLING_10K=(--n 10000 --masks 4 --masks-authors 2 --masks-per-pass 1 4 --engine)
+  SAMPLING_COMPILE=(--n 10000 --masks 4 --masks-authors 1 --masks-per-pass 1 --models resnet50 --channels-last
+                    --compile default reduce-overhead)
   SETUP_A=(--m 50000 --c 2304 --n 10000)
   SETUP_B=(--m 100000 --c 22720 --n 50000 --chunk 32768)
   PRESET=config/config.yaml
-  # the default preset's 200 examples in one pass, 32 masks at a time (6,400 rows: small 28 x 28 models)
-  RESOURCES=(--set-resources sample_shard:batch_size=200 sample_shard:masks_per_pass=32
-             baseline:batch_size=200 baseline:masks_per_pass=32)
+  # the engine's choice, as on the CPU: on a GPU its rows per pass come from measured memory
+  RESOURCES=(--set-resources sample_shard:batch_size=0 sample_shard:masks_per_pass=0
+             baseline:batch_size=0 baseline:masks_per_pass=0)
 fi
 
 say "coar GPU benchmarks ($( ((TINY)) && echo 'tiny CPU rehearsal' || echo 'GPU run')), $(date -u +%FT%TZ)"
@@ -102,13 +107,15 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
   --format=csv,noheader 2>&1 | sed 's/^/nvidia-smi: /' | tee -a "$SUMMARY"
 
 PEAK=989  # dense bf16 TFLOP/s of an H100 SXM / H200 (the datasheet figure)
-section cuda-tests 120 40 "$PY" -m pytest -q -m cuda -rs -s -p no:cacheprovider tests/test_cuda.py
-section sampling-n64 90 16 "$PY" benchmarks/bench_sampling.py --device "$DEV" --peak-tflops $PEAK "${SAMPLING_64[@]}"
-section sampling-n10000 150 12 "$PY" benchmarks/bench_sampling.py --device "$DEV" --peak-tflops $PEAK \
+section cuda-tests 100 40 "$PY" -m pytest -q -m cuda -rs -s -p no:cacheprovider tests/test_cuda.py \
+  tests/test_gram_device.py tests/test_engine_memory.py tests/test_gpus.py
+section regression-setup-A 60 30 "$PY" benchmarks/bench_saga.py --device "$DEV" "${SETUP_A[@]}"
+section regression-setup-B 100 16 "$PY" benchmarks/bench_regression.py --stream --device "$DEV" "${SETUP_B[@]}"
+section sampling-n10000 120 14 "$PY" benchmarks/bench_sampling.py --device "$DEV" --peak-tflops $PEAK \
   "${SAMPLING_10K[@]}"
-section sampling-channels-last 60 10 "$PY" benchmarks/bench_sampling.py --device "$DEV" --peak-tflops $PEAK \
-  "${SAMPLING_CL[@]}"
-section regression-setup-A 100 22 "$PY" benchmarks/bench_saga.py --device "$DEV" "${SETUP_A[@]}"
+section sampling-compile 90 8 "$PY" benchmarks/bench_sampling.py --device "$DEV" --peak-tflops $PEAK \
+  "${SAMPLING_COMPILE[@]}"
+section sampling-n64 60 18 "$PY" benchmarks/bench_sampling.py --device "$DEV" --peak-tflops $PEAK "${SAMPLING_64[@]}"
 
 SNAKEMAKE=$(command -v snakemake || echo "$(dirname "$(command -v "$PY")")/snakemake")
 cat > "$WORK/compare.py" <<'EOF'
@@ -132,10 +139,10 @@ set -e
 grep -h "^sampling on\|^engine:" "$WORK"/fig2/logs/*/masks/train/shard-*.log | sort | uniq -c
 "$PY" "$WORK/compare.py" "$WORK/fig2/results/fig2/summary.csv" "$REF"
 EOF
-section fig2-chain 150 70 bash "$WORK/fig2.sh"
+section fig2-chain 120 70 bash "$WORK/fig2.sh"
 cp "$WORK"/fig2/results/fig2/*.csv "$LOGS/" 2>/dev/null
 
-section memory-plan-vit 30 12 "$PY" - <<'EOF'
+section memory-plan-vit 20 12 "$PY" - <<'EOF'
 import torch
 from coar.regression import memory_plan
 dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,7 +169,6 @@ for m, n in ((200_000, 5_000), (50_000, 5_000), (20_000, 5_000)):
     print(line)
 EOF
 
-section regression-setup-B 240 16 "$PY" benchmarks/bench_regression.py --stream --device "$DEV" "${SETUP_B[@]}"
 tar -czf "$OUTDIR/logs.tar.gz" -C "$WORK" logs
 say "== done in budget: $(( deadline - $(date +%s) )) s of ${GPU_BUDGET_S:-480} s left; logs in $OUTDIR/logs.tar.gz"
 rm -rf "$WORK"

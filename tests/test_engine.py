@@ -381,3 +381,29 @@ def test_convolution_share_counts_attention_and_transposed_convolutions():
     conv = 3 * 16 * 4 * 16  # every input value (3 x 4 x 4) meets 16 output channels x a 2 x 2 kernel
     other = (64 + 2 * 64) * 16 * 16 + 64 * 16 * 16 + 2 * 64 * 64 * 16
     assert conv_flop_share(Net().eval(), torch.randn(1, 3, 4, 4)) == pytest.approx(conv / (conv + other))
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile
+def test_compiled_weights_mechanism_equals_weight_zeroing_and_restores_the_weights():
+    """One compilation serves every mask (the masks are written into the parameters in place and the compiled module
+    reads them at every call): its outputs are the weight-zeroing reference's to float32 rounding, the caller's
+    weights come back bitwise, and the hooks mechanism (a recompilation per block) is refused."""
+    torch.manual_seed(5)
+    model = randomize_bn(build_model("resnet_tiny", in_channels=1, image_size=28)).eval()
+    cset = component_set(model, "resnet_tiny")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(70, 1, 28, 28, generator=g), torch.randint(0, 10, (70,), generator=g)
+    keep = torch.rand(5, cset.size, generator=g) > 0.2
+    before = snapshot(model)
+    engine = Engine(model, cset, x, y, margin, mechanism="weights", compile="default")
+    assert isinstance(engine._forward, torch._dynamo.eval_frame.OptimizedModule)
+    out = engine(keep)
+    ref = surgery_outputs(model, cset, x, y, keep.numpy(), margin)
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    assert np.abs(out[0] - out[1]).max() > 1e-3  # each mask's own weights were read, not the first compilation's
+    assert_bitwise_unchanged(model, before)
+    assert_no_hooks(model)
+    with pytest.raises(CoarError, match="weights mechanism only"):
+        Engine(model, cset, x, y, margin, mechanism="hooks", compile="default")
+    with pytest.raises(CoarError, match="compile must be one of"):
+        Engine(model, cset, x, y, margin, compile="fast")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ["cuda-tests", "sampling-n64", "sampling-n10000", "sampling-channels-last", "regression-setup-A",
-            "fig2-chain", "regression-setup-B", "memory-plan-vit"]
+SECTIONS = ["cuda-tests", "regression-setup-A", "regression-setup-B", "sampling-n10000", "sampling-compile",
+            "sampling-n64", "fig2-chain", "memory-plan-vit"]
 
 
 @pytest.mark.slow
@@ -26,7 +26,11 @@ def test_gpu_script_tiny_runs_every_section(tmp_path):
         rows = [line for line in summary.splitlines() if line.startswith(model)]
         assert any(" authors " in line for line in rows) and any("r 1.00000" in line for line in rows), rows
     assert "SAGA total, to max (dw_std)^2 < 1e-10" in summary
-    assert "COAR factorisation (centre, standardise, eigh 300 x 300)" in summary
+    assert summary.count("speedup (SAGA total / COAR host store") == 2  # Cholesky and eigendecomposition
+    assert "COAR OLS solve (primal-cholesky), all N examples" in summary
+    engine_rows = [line for line in summary.splitlines() if line.startswith("cifar_resnet") and " engine " in line]
+    compiled = [line for line in summary.splitlines() if " compiled" in line and "r 1.00000" in line]
+    assert engine_rows and len(compiled) == 2, summary[-4000:]  # the engine's own plan; compiled, with graphs
     assert "sampling on cpu:" in summary  # the workflow's sample jobs say where they ran
     assert "method  alpha_test  mean_correlation" in summary
     with tarfile.open(tmp_path / "out/logs.tar.gz") as tar:

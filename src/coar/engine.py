@@ -42,7 +42,16 @@ The rule gives the same plan for the same model, device and sizes, every time.
    unfolded model's in the last bits (about 1e-6 relative); ``batchnorm="keep"`` gives the bitwise reference.
 
 Every choice can be given instead (``mechanism=``, ``memory_format=``, ``batchnorm=``, ``batch_size=``,
-``masks_per_pass=``).
+``masks_per_pass=``). A shard of the workflow records the plan it started with (``coar.pipeline.PLAN_FILE``) and
+a resume reuses it, so its rows come out as an uninterrupted run's.
+
+5. Compilation (``compile=``, off unless asked for): the weights mechanism's passes can run under torch.compile
+   (:data:`COMPILE`; "reduce-overhead" adds CUDA graphs). The masks are written into the parameters in place, and
+   a compiled module reads its parameters at every call, so one compilation serves every mask; the hooks
+   mechanism would compile again for every block of masks and is refused. Outputs agree with the weight zeroing
+   reference to float32 rounding, not bitwise (the compiler fuses and reorders). Off by default: compiling takes
+   tens of seconds a model (about 34 s for the 28 x 28 ResNet on a 2-core CPU), which a sampling job pays again
+   at every start, and ``benchmarks/bench_sampling.py --compile`` measures whether it pays on a device.
 
 A pass that runs out of memory (``torch.OutOfMemoryError``, which ``torch.cuda.OutOfMemoryError`` is) is not
 fatal: the engine empties the CUDA cache, halves the rows per pass (the hooks mechanism its masks per pass
@@ -74,6 +83,9 @@ from .resources import size_text
 MECHANISMS = ("auto", "weights", "hooks")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 BATCHNORM = ("auto", "fold", "keep")
+#: torch.compile modes the weights mechanism can run its passes under ("off": the model as it is). "reduce-overhead"
+#: adds CUDA graphs on a GPU (the masks are written into the weights in place, so a graph's replay reads them).
+COMPILE = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 #: Rows per forward pass on a CPU (docs/benchmarks.md: 256-row passes run at the plain forward pass's best rate;
 #: passes of thousands of rows measured 3x slower).
 CPU_ROWS = 256
@@ -560,7 +572,9 @@ class Engine:
     def __init__(self, model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                  output_fn: Callable, mode: str = "zero", gamma: float = 0.5, *, batch_size: int | None = None,
                  masks_per_pass: int | None = None, mechanism: str = "auto", memory_format: str = "auto",
-                 batchnorm: str = "auto", memory: _Memory | None = None):
+                 batchnorm: str = "auto", memory: _Memory | None = None, compile: str = "off"):
+        if compile not in COMPILE:
+            raise CoarError(f"compile must be one of {COMPILE}, got {compile!r}")
         if len(inputs) != len(targets):
             raise ShapeError(f"inputs ({len(inputs)}) and targets ({len(targets)}) differ in length")
         unit_factors(np.zeros(1, dtype=bool), mode, gamma)  # refuses an unknown mode or gamma outside [0, 1]
@@ -569,8 +583,17 @@ class Engine:
         self.plan = plan(model, cset, inputs, mechanism=mechanism, memory_format=memory_format,
                          batch_size=batch_size, masks_per_pass=masks_per_pass, batchnorm=batchnorm, memory=memory)
         self._planned, self._model_name = self.plan, type(model).__name__
+        if compile != "off" and self.plan.mechanism != "weights":
+            raise CoarError(f"compile={compile!r} runs with the weights mechanism only (one mask a pass, the masks "
+                            f"written into the weights): the hooks mechanism registers new hooks for every block of "
+                            f"masks, which would compile the model again for every block; the plan is "
+                            f"{self.plan.describe()}. Give mechanism='weights', or compile='off'")
         self.model = prepare(model, self.plan, cset)
         self.device = _device_of(self.model)
+        #: what the weights mechanism's passes call: the model, or torch.compile's wrapper of it (same parameters)
+        self.compile = compile
+        self._forward = self.model if compile == "off" else torch.compile(
+            self.model, mode=None if compile == "default" else compile, dynamic=False)
         self.memory = memory if memory is not None else _Memory(self.device)
         # converted once where the inputs live: a batch sliced from it keeps the format, so no pass copies it
         self.inputs, self.targets = as_format(inputs, self.plan.memory_format), targets
@@ -635,7 +658,7 @@ class Engine:
                 try:
                     masks.apply(i)
                     for j, x, y in (batches or self._batches()):
-                        vals[i, j: j + len(x)] = self.output_fn(logits_of(self.model(x)), y)
+                        vals[i, j: j + len(x)] = self.output_fn(logits_of(self._forward(x)), y)
                 except torch.OutOfMemoryError as exc:
                     self._out_of_memory(exc)
                 else:
@@ -685,16 +708,17 @@ def counterfactual_outputs(model: nn.Module, cset: ComponentSet, inputs: torch.T
                            keep, output_fn: Callable, mode: str = "zero", gamma: float = 0.5,
                            batch_size: int | None = None, masks_per_pass: int | None = None, progress: bool = False,
                            *, mechanism: str = "auto", memory_format: str = "auto",
-                           batchnorm: str = "auto") -> np.ndarray:
+                           batchnorm: str = "auto", compile: str = "off") -> np.ndarray:
     """f_M(z, C_i) for every mask i and example z: returns float32 [M, N].
 
     Each forward pass runs `masks_per_pass` masks on `batch_size` examples. Every choice left as None or
     "auto" is the engine's (coar.engine: the mechanism, the memory format and the batch shape for this model,
     device and size); to run many mask sets on the same model and examples, build one coar.engine.Engine.
+    `compile` (:data:`COMPILE`) runs the weights mechanism's passes under torch.compile.
     """
     engine = Engine(model, cset, inputs, targets, output_fn, mode, gamma, batch_size=batch_size,
                     masks_per_pass=masks_per_pass, mechanism=mechanism, memory_format=memory_format,
-                    batchnorm=batchnorm)
+                    batchnorm=batchnorm, compile=compile)
     return engine(keep, progress=progress)
 
 
