@@ -332,3 +332,23 @@ def test_cuda_cholesky_fallback_and_nonfinite():
     bad[1, 4] = float("nan")
     with pytest.raises(CoarError, match="first at mask 1, example 4"):
         acc.add(torch.ones((3, 40), dtype=torch.bool, device="cuda"), bad)
+
+
+def test_the_host_cholesky_solve_needs_no_scipy(monkeypatch):
+    """scipy comes with the workflow extra, not with the engine: without it the host solve runs in torch (float64,
+    on the CPU) and gives the same fit."""
+    import sys
+
+    from coar.sampling import sample_masks
+
+    rng = np.random.default_rng(0)
+    X = sample_masks(50, 600, 0.1, seed=1)
+    Y = (X @ rng.normal(size=(50, 7)) + 0.1 * rng.normal(size=(600, 7))).astype(np.float32)
+    acc = GramAccumulator.from_arrays(X, Y)
+    with_scipy = fit_ols(acc, components="")
+    monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy.linalg` now raises ImportError
+    monkeypatch.setitem(sys.modules, "scipy.linalg", None)
+    without = fit_ols(acc, components="")
+    assert without.meta["solver"] == with_scipy.meta["solver"] == "primal-cholesky"
+    np.testing.assert_allclose(without.weights, with_scipy.weights, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(without.bias, with_scipy.bias, rtol=1e-6, atol=1e-7)

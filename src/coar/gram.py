@@ -724,10 +724,8 @@ class _Dense:
     def cholesky(self, A):
         """Lower Cholesky factor of A, or None when A is not (numerically) positive definite."""
         if self.torch is None:
-            import scipy.linalg
-
             try:
-                return scipy.linalg.cholesky(A, lower=True, check_finite=False)
+                return np.linalg.cholesky(A)
             except np.linalg.LinAlgError:
                 return None
         L, info = self.torch.linalg.cholesky_ex(A)
@@ -735,8 +733,13 @@ class _Dense:
 
     def cho_solve(self, L, B):
         if self.torch is None:
-            import scipy.linalg
+            try:  # scipy comes with the workflow extra; the engine alone has torch (on the CPU, float64, LAPACK too)
+                import scipy.linalg
+            except ImportError:
+                import torch
 
+                return torch.cholesky_solve(torch.from_numpy(np.ascontiguousarray(B)),
+                                            torch.from_numpy(np.ascontiguousarray(L))).numpy()
             return scipy.linalg.cho_solve((L, True), B, check_finite=False)
         return self.torch.cholesky_solve(B, L)
 
