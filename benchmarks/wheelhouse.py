@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", type=Path, help="folder for the wheels (ignored by git, e.g. wheelhouse)")
     ap.add_argument("--have", type=Path, help="`pip freeze` of the GPU machine: these are not downloaded")
+    ap.add_argument("--roots", nargs="+", default=list(ROOTS),
+                    help="distributions to start from (default: what gpu.sh imports)")
     ap.add_argument("--python", default="3.12", help="the GPU machine's Python (major.minor)")
     ap.add_argument("--max-mib", type=float, default=60.0, help="fail above this total size")
     a = ap.parse_args(argv)
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
         have = {canonical(re.split(r"[=<>@ ]", line, 1)[0]) for line in a.have.read_text().splitlines()
                 if line.strip() and not line.startswith("#")}
     there = set(closure(INSTALLED_THERE, python=a.python, follow_excluded=True))
-    pins = closure(exclude=have | there, python=a.python)
+    pins = closure(a.roots, exclude=have | there, python=a.python)
     a.out.mkdir(parents=True, exist_ok=True)
     tag = a.python.replace(".", "")
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--prefer-binary", "-d", str(a.out),

@@ -123,6 +123,8 @@ RUN_BY = {
     r"^bash benchmarks/gpu\.sh": ["tests/test_gpu_script.py::test_gpu_script_tiny_runs_every_section",
                                    "tests/test_cuda.py"],
     r"^python benchmarks/efficiency\.py": ["tests/test_workflow.py::test_ci_preset_end_to_end"],
+    r"^python benchmarks/wheelhouse\.py wheelhouse$|^python -m pip install --no-index --no-deps wheelhouse": [
+        "tests/test_wheelhouse.py::test_a_wheelhouse_is_downloaded_here_and_installs_without_an_index"],
     r"^snakemake --cores 1 figures/efficiency\.pdf": ["tests/test_workflow.py::test_ci_preset_end_to_end"],
     r"^snakemake --cores 1 fetch --configfile=config/paper\.yaml$": [
         "tests/test_rehearsal.py::test_every_download_went_through_the_real_fetch_code_into_empty_caches"],

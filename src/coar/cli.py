@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--holdout-fraction", type=float,
                    help="share of the training masks held out to choose penalties (default 0.2)")
     s.add_argument("--no-standardize", action="store_true")
-    s.add_argument("--device", default="cpu", help="cpu (numpy) or cuda: float64 matrix products on the GPU")
+    s.add_argument("--device", default="cpu", help="cpu (numpy) or cuda: the statistics accumulated and the solve run on the GPU")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_fit)
 
