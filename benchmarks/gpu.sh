@@ -117,7 +117,9 @@ section sampling-compile 90 8 "$PY" benchmarks/bench_sampling.py --device "$DEV"
   "${SAMPLING_COMPILE[@]}"
 section sampling-n64 60 18 "$PY" benchmarks/bench_sampling.py --device "$DEV" --peak-tflops $PEAK "${SAMPLING_64[@]}"
 
+# snakemake on PATH, else beside PY, else as a module of PY (wheels unpacked onto PYTHONPATH have no launcher)
 SNAKEMAKE=$(command -v snakemake || echo "$(dirname "$(command -v "$PY")")/snakemake")
+[ -x "$SNAKEMAKE" ] || SNAKEMAKE="$(command -v "$PY") -m snakemake"
 cat > "$WORK/compare.py" <<'EOF'
 """Print the GPU run's Fig. 2 summary and, given a CPU run's, the largest difference per numeric column."""
 import sys
@@ -134,7 +136,7 @@ if len(sys.argv) > 2 and sys.argv[2]:
 EOF
 cat > "$WORK/fig2.sh" <<EOF
 set -e
-"$SNAKEMAKE" figures/fig2.pdf --cores all --scheduler greedy --configfile="$ROOT/$PRESET" \\
+$SNAKEMAKE figures/fig2.pdf --cores all --scheduler greedy --configfile="$ROOT/$PRESET" \\
   --directory "$WORK/fig2" ${RESOURCES[*]}
 grep -h "^sampling on\|^engine:" "$WORK"/fig2/logs/*/masks/train/shard-*.log | sort | uniq -c
 "$PY" "$WORK/compare.py" "$WORK/fig2/results/fig2/summary.csv" "$REF"
