@@ -605,7 +605,8 @@ def factorize(acc: GramAccumulator, standardize: bool = True, rcond: float | Non
 
     This is the factorisation for fits that need the spectrum: ridge with the penalty chosen by GCV or on held-out
     masks, the low-rank, lasso and prior estimators. Its cost is O(C^3) with a large constant (a symmetric
-    eigendecomposition takes about ten times the time of a Cholesky factorisation of the same matrix), plus a
+    eigendecomposition with eigenvectors costs several times a Cholesky factorisation of the same matrix;
+    measured 1.5x with the solve, C = 2,000 on a 2-core CPU, docs/benchmarks.md), plus a
     C x C matrix of eigenvectors; least squares and ridge at given penalties solve by :func:`solve_cholesky`
     instead. ``device`` (default: the accumulator's own device) runs it in torch float64 there; an accumulator
     that lives on a device is centred and decomposed there without a host copy of its C x C statistics.
@@ -795,7 +796,7 @@ def solve_cholesky(acc: GramAccumulator, lam_per_example=None, standardize: bool
     (default: the accumulator's own; numpy/scipy on the host when both are None).
 
     The solution is the one :func:`factorize`'s eigendecomposition gives, without it (n^3 / 3 flops instead of
-    about ten times that): columns that never vary are dropped (weight 0, as their zero rows and columns of A
+    several times that): columns that never vary are dropped (weight 0, as their zero rows and columns of A
     give there); when every mask keeps the same number of components (:func:`_null_direction`, exact on the
     integer statistics) A u = 0 for u = std (1 unstandardized), and (A + c u u^T) w = b with c u^T u = m (A's
     diagonal) is solved instead: b = Z^T y_c is orthogonal to u, so w is A's pseudo-inverse times b, the
