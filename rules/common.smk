@@ -110,6 +110,18 @@ def model_inputs(setup):
 
 
 @_workflow_errors
+def training_priority(wildcards):
+    """A model job's priority: above every job that waits on a model (50), and the longest training first (it
+    bounds the run: in Fig. 2, B trains about 12 times as long as A), by the log2 of its estimated CPU seconds."""
+    import math
+
+    from coar.paper.preflight import training_seconds
+
+    seconds = training_seconds(SETUPS[wildcards.setup])
+    return 50 + (0 if seconds is None else min(49, int(math.log2(1.0 + seconds))))
+
+
+@_workflow_errors
 def examples_inputs(setup):
     """An examples job's data source and the tokenizer it encodes text with."""
     return [setup_source(setup)] + [ancient(path) for path in PLAN.weights_manifests(setup, "examples")]

@@ -6,8 +6,9 @@ rule model:
         lambda w: model_inputs(w.setup),
     output:
         "results/{setup}/model.pt",
-    # every other job of a setup waits for its model, and training is the longest job: start it first
-    priority: 50
+    # every other job of a setup waits for its model, and training is the longest job: start it first, the
+    # longest training first
+    priority: training_priority
     params:
         spec=lambda w: setup_spec(w.setup, "model"),
         data_root=config["data_root"],

@@ -983,6 +983,17 @@ class Costing:
     _evaluate_alpha = _evaluate_on = _example_scatters = _sample_size_table = _predict
 
 
+def training_seconds(spec: dict) -> float | None:
+    """A setup's training on one CPU thread, estimated from REFERENCE_CPU_TRAIN (images x epochs / images per
+    second); None for published weights, language models and models without a measured rate. No torch import:
+    the workflow orders its model jobs by it when it builds the DAG."""
+    rate = REFERENCE_CPU_TRAIN.get(spec["model"])
+    if spec.get("pretrained") or rate is None or _text(spec):
+        return None
+    n = int(spec["train"].get("n_train") or split_size(spec["dataset"], "train"))
+    return n * int(spec["train"].get("epochs") or 1) / rate
+
+
 def split_size(dataset: str, split: str) -> int:
     from .data.registry import SPLIT_SIZES
     from .data.specs import SPECS
