@@ -53,9 +53,10 @@ def start(sm, torch: bool = True, online: bool = False) -> str:
 
 
 def cuda_possible() -> bool:
-    """False when the machine has no GPU device file (NVIDIA, WSL2's /dev/dxg, ROCm's /dev/kfd): torch cannot
-    see a GPU there, so there is no need to import it to ask."""
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd"))
+    """False when the machine has no GPU device file: see coar.paper.jobserver.gpu_possible."""
+    from coar.paper.jobserver import gpu_possible
+
+    return gpu_possible()
 
 
 def model_and_components(checkpoint, spec, device):

@@ -62,9 +62,13 @@ def wanted() -> bool:
         return False
     if os.environ.get("COAR_JOB_SERVER", "1").strip().lower() in ("0", "off", "no", "false"):
         return False
-    if "SLURM_JOB_ID" in os.environ:
-        return False
-    return not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd"))
+    return "SLURM_JOB_ID" not in os.environ and not gpu_possible()
+
+
+def gpu_possible() -> bool:
+    """False when the machine has no GPU device file (NVIDIA, WSL2's /dev/dxg, ROCm's /dev/kfd): torch cannot
+    see a GPU there, so there is no need to import it to ask."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg", "/dev/kfd"))
 
 
 def directory() -> str:
