@@ -17,16 +17,15 @@ def start(sm, torch: bool = True, online: bool = False) -> str:
     torch=False: the script needs torch only on a GPU (tables, figures, checks, the CPU regression), so it is
     not imported unless the rule asks for a GPU on a machine that may have one: such a job's imports take
     0.7 s instead of 2.3 s (measured), and the default run has 199 of them. tests/test_workflow.py checks
-    that such scripts' imports leave torch out. torch=True: on a machine without a GPU, outside SLURM, the job
-    runs in a child forked from a warm server that imported torch, torchvision, captum and coar once
-    (coar.paper.jobserver; COAR_JOB_SERVER=0 turns it off): the same script, the same results, 1.5-4 s less."""
-    forked = False
-    if torch:  # on a CPU machine, run in the warm process that has torch and coar imported (coar.paper.jobserver)
-        from coar.paper import jobserver
+    that such scripts' imports leave torch out. On a machine without a GPU, outside SLURM, every job runs in a
+    child forked from a warm server that imported torch, torchvision, captum, pandas, matplotlib and coar once
+    (coar.paper.jobserver; COAR_JOB_SERVER=0 turns it off): the same script, the same results, 0.5-4 s less."""
+    # on a CPU machine, run in the warm process that has torch, pandas, matplotlib and coar imported
+    from coar.paper import jobserver
 
-        forked = jobserver.in_child()
-        if not forked:
-            jobserver.hand_off(sm, sys.modules["__main__"].__file__)  # returns only if the job should run here
+    forked = jobserver.in_child()
+    if not forked:
+        jobserver.hand_off(sm, sys.modules["__main__"].__file__)  # returns only if the job should run here
     sys.stderr = sys.stdout = open(sm.log[0], "w", buffering=1)
     if forked:
         print(f"forked from the warm job server (process {os.getppid()}: torch and coar imported before the job; "

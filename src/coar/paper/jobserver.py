@@ -1,10 +1,11 @@
-"""A warm process for the workflow's torch jobs on a CPU machine: torch, torchvision, captum and coar imported
-once, each job forked from it.
+"""A warm process for the workflow's jobs on a CPU machine: torch, torchvision, captum, pandas, matplotlib
+and coar imported once, each job forked from it.
 
 Importing torch and what the scripts use takes 1.5-4 s of CPU per job on a 2-core VM (torchvision alone pulls
-in torch._dynamo and sympy), and the default preset runs about 150 such jobs. A local Snakemake run therefore
-starts one server the first time a torch job runs; every later torch job's script connects to it, and the
-server forks a child that already has everything imported. The child takes over the job's stdin, stdout and
+in torch._dynamo and sympy), and the default preset runs about 150 such jobs; its 200 table and figure jobs
+spend 0.5-1.5 s each importing pandas, scipy or matplotlib. A local Snakemake run therefore starts one
+server the first time a job runs; every later job's script connects to it, and the server forks a child
+that already has everything imported. The child takes over the job's stdin, stdout and
 stderr (passed over the socket), working directory, environment, sys.path and argv, and runs the same script
 file with the same `snakemake` object, so it computes exactly what the job would have computed on its own
 (the workflow's tests compare both). The job's own process waits, forwards signals (Ctrl-C reaches the
@@ -38,15 +39,18 @@ import time
 
 IDLE_SECONDS = 60.0
 # imported by the server before it serves: what the workflow's torch scripts import (missing ones skipped)
-PRELOAD = ("numpy", "torch", "torchvision", "captum.attr", "snakemake.iocontainers", "snakemake.logging",
-           "coar.engine", "coar.pipeline", "coar.store", "coar.examples", "coar.components", "coar.outputs",
-           "coar.baselines", "coar.editing", "coar.ablation", "coar.saliency", "coar.paper.training",
-           "coar.paper.models", "coar.paper.receipts", "coar.paper.experiments")
+PRELOAD = ("numpy", "scipy.linalg", "pandas", "matplotlib.figure", "torch", "torchvision", "captum.attr",
+           "snakemake.iocontainers", "snakemake.logging", "coar.engine", "coar.pipeline", "coar.store",
+           "coar.examples", "coar.components", "coar.outputs", "coar.baselines", "coar.editing", "coar.ablation",
+           "coar.saliency", "coar.regression", "coar.gram", "coar.correlation", "coar.paper.training",
+           "coar.paper.models", "coar.paper.receipts", "coar.paper.experiments", "coar.paper.plots.appendix",
+           "coar.paper.plots.attribution", "coar.paper.plots.backdoor", "coar.paper.plots.editing",
+           "coar.paper.plots.efficiency", "coar.paper.plots.style")
 # never imported by the server: they read the environment (HF_HUB_OFFLINE, ...) when imported, and a job sets it
 NOT_PRELOADED = ("huggingface_hub", "transformers")
 # environment variables that change what an import does: a server is shared only by jobs that agree on them
 IMPORT_ENV = ("OMP_", "MKL_", "KMP_", "GOMP_", "OPENBLAS_", "TORCH", "PYTORCH_", "CUDA_", "NVIDIA_", "LD_",
-              "PYTHON", "MALLOC_")
+              "PYTHON", "MALLOC_", "MPL")
 _HEADER = struct.Struct("!Q")
 _CHILD = False
 
