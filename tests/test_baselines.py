@@ -1,4 +1,6 @@
 """Baselines (LOO, GP, NC, II) against independent references: weight surgery, per-example autograd, Captum."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -287,3 +289,101 @@ def test_nc_ii_on_a_subset_of_layers_equal_the_full_run_on_those_layers(resnet, 
                                        progress=False).meta
     with pytest.raises(CoarError, match="n_groups must be at least 1"):
         fn(model, cset, x, y, margin, n_groups=0, progress=False)
+
+
+# ---------------------------------------------------------------- NC / II: one integration for every layer
+def _paper_model(name):
+    torch.manual_seed(21)
+    size = {"resnet_tiny": 16, "vit_tiny": 28, "mlp_small": 8}[name]
+    model = randomize_bn(build_model(name, in_channels=1, image_size=size))
+    if name == "vit_tiny":
+        with torch.no_grad():
+            model.heads.head.weight.normal_(0, 0.2)  # torchvision zero-initialises the head
+    x = torch.randn(3, 1, size, size)
+    return model, component_set(model, name), x, torch.tensor([1, 4, 7])
+
+
+def assert_scores_close(a, b):
+    scale = np.abs(b).max()
+    assert scale > 1e-4
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale)
+
+
+@pytest.mark.parametrize("kind", ["nc", "ii"])
+@pytest.mark.parametrize("name", ["resnet_tiny", "vit_tiny", "mlp_small"])
+def test_nc_ii_one_pass_equals_captum_per_layer(name, kind):
+    """All groups from one integration per batch give Captum's per-layer numbers: every group, a subset of the
+    groups, and with the interpolated rows in chunks (internal_batch_size; uneven batches of examples)."""
+    from coar.baselines import _captum_layer_scores
+
+    model, cset, x, y = _paper_model(name)
+    if name == "vit_tiny":  # the weight rows of the attention in-projection, its out-projection and the MLP
+        assert {g.module.rsplit(".", 1)[-1] for g in cset.groups} == {"in_proj", "out_proj", "0", "3"}
+    n_sub = 3 if len(cset.groups) > 3 else None
+    for kw in ({}, {"n_groups": n_sub, "internal_batch_size": 5}):
+        args = (kind, model, cset, x, y, margin, 4, 2, kw.get("internal_batch_size"), "gausslegendre", False,
+                kw.get("n_groups"))
+        new = _captum_layer_scores(*args)
+        ref = _captum_layer_scores(*args, per_layer=True)
+        assert new.meta == ref.meta and new.method == ref.method == kind
+        assert_scores_close(new.weights, ref.weights)
+        if kw.get("n_groups") and len(cset.groups) > 3:
+            assert len(new.meta["measured_groups"]) == 3
+            measured = np.zeros(cset.size, bool)
+            for gi, g in enumerate(cset.groups):
+                measured[cset.group_range(gi)] = g.module in new.meta["measured_groups"]
+            assert np.all(new.weights[:, ~measured] == 0) and np.abs(new.weights[:, measured]).max() > 0
+    assert_no_hooks(model)
+
+
+class _Twice(nn.Module):
+    """lin1 runs twice (shared weights) and carries groups at both sites; an in-place ReLU follows lin2."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin1, self.lin2, self.lin3 = nn.Linear(6, 6), nn.Linear(6, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin1(x))
+        h = torch.tanh(self.lin1(h)) + h
+        return self.lin3(torch.relu_(self.lin2(h)))
+
+
+@pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
+@pytest.mark.parametrize("kind", ["nc", "ii"])
+def test_nc_ii_one_pass_on_shared_modules_mixed_sites_and_repeated_calls(kind, method):
+    from coar.baselines import _captum_layer_scores
+
+    torch.manual_seed(9)
+    model = _Twice().eval()
+    cset = ComponentSet([ComponentGroup("lin1", "output", 3, 6, 2, "linear"),
+                         ComponentGroup("lin1", "input", 6, 6, 1, "linear"),
+                         ComponentGroup("lin2", "output", 5, 5, 1, "linear"),
+                         ComponentGroup("lin2", "output", 5, 5, 1, "linear"),
+                         ComponentGroup("lin3", "input", 5, 5, 1, "linear")])
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 0, 1])
+    for ibs in (None, 3, 8):
+        args = (kind, model, cset, x, y, margin, 6, 3, ibs, method, False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Captum's and ours: internal_batch_size 3 is below 2 examples x 3
+            new = _captum_layer_scores(*args).weights
+            ref = _captum_layer_scores(*args, per_layer=True).weights
+        assert_scores_close(new, ref)
+        np.testing.assert_array_equal(new[:, cset.group_range(2)], new[:, cset.group_range(3)])
+    assert_no_hooks(model)
+
+
+def test_nc_ii_one_pass_runs_the_model_once_per_batch_for_all_layers(resnet):
+    model, cset, x, y = resnet
+    calls = []
+    handle = model.register_forward_hook(lambda mod, args, out: calls.append(len(args[0])))
+    try:
+        neuron_conductance(model, cset, x, y, margin, n_steps=4, batch_size=3, progress=False)
+        internal_influence(model, cset, x, y, margin, n_steps=4, batch_size=3, progress=False)
+    finally:
+        handle.remove()
+    assert calls == [5 * 3, 5 * 1, 4 * 3, 4 * 1]  # (n_steps + 1) or n_steps points, batches of 3 and 1 example
+    with pytest.raises(CoarError, match="n_steps"):
+        neuron_conductance(model, cset, x, y, margin, n_steps=0, progress=False)
+    with pytest.raises(CoarError, match="approximation method"):
+        internal_influence(model, cset, x, y, margin, method="simpson", progress=False)

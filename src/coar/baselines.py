@@ -12,12 +12,14 @@ must get a positive coefficient, so every baseline here stores the NEGATED effec
          (gamma_eff = 0 for mode "zero", gamma for mode "scale"), i.e. w_j = (1 - gamma_eff) grad . theta.
 With these signs  sum_{j kept} w_j = const - sum_{j ablated} effect_j, the additive first-order estimate
 of f(z, C'), up to a per-example constant that the correlation metric (paper eq. 6) ignores.
-NC and II are importance scores (Captum LayerConductance / InternalInfluence) and are used as they are.
+NC and II are importance scores (Captum LayerConductance / InternalInfluence) and are used as they are; every
+layer's scores come from one integration per batch (_all_layers_integral), equal to Captum's per-layer ones.
 
 Shapes: N examples, C components, B examples per batch.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -229,7 +231,15 @@ def _measured_groups(n_groups_total: int, n_groups: int | None) -> list[int]:
 
 
 def _captum_layer_scores(kind: str, model, cset, inputs, targets, output_fn, n_steps, batch_size,
-                         internal_batch_size, method, progress, n_groups=None) -> Attributions:
+                         internal_batch_size, method, progress, n_groups=None, per_layer: bool = False) -> Attributions:
+    """NC ("nc") or II ("ii") scores of the measured groups.
+
+    per_layer=False (the default): every measured group from ONE integration per batch of examples
+    (_all_layers_integral): a forward and a backward pass over the interpolated inputs give the gradient of
+    f with respect to every layer's activation at once, whereas Captum's LayerConductance / InternalInfluence
+    take one layer each and so repeat the whole integration once per group. per_layer=True calls Captum once
+    per group and batch (the reference the tests compare the one-pass path with).
+    """
     _check_inputs(cset, inputs, targets)
     _check_eval(model)
     if not torch.is_tensor(inputs) or not inputs.is_floating_point():
@@ -240,6 +250,7 @@ def _captum_layer_scores(kind: str, model, cset, inputs, targets, output_fn, n_s
             "no NC/II baselines for language models: use LOO or GP there")
     try:
         from captum.attr import InternalInfluence, LayerConductance
+        from captum.attr._utils.approximation_methods import approximation_parameters
     except ImportError as exc:  # pragma: no cover - depends on extras
         raise CoarError("NC and II need the captum package: pip install captum") from exc
     cls = LayerConductance if kind == "nc" else InternalInfluence
@@ -253,35 +264,165 @@ def _captum_layer_scores(kind: str, model, cset, inputs, targets, output_fn, n_s
     weights = np.zeros((N, cset.size), dtype=np.float32)
     modules = [_hook_module(model, g) for g in cset.groups]
     measured = _measured_groups(len(cset.groups), n_groups)
-    steps = [(gi, j) for gi in measured for j in range(0, N, batch_size)]
-    for gi, j in tqdm(steps, desc=kind, disable=not progress, leave=False):
+
+    def store(gi, j, attr, B):
         group, module = cset.groups[gi], modules[gi]
-        x = inputs[j: j + batch_size].to(device)
-        y = targets[j: j + batch_size].to(device)
-        attr = cls(forward_func, module).attribute(
-            x, baselines=torch.zeros_like(x), additional_forward_args=(y,), n_steps=n_steps, method=method,
-            internal_batch_size=internal_batch_size, attribute_to_layer_input=group.site == "input")
-        if isinstance(attr, tuple):
-            attr = attr[0]
-        s = _per_feature(attr.detach().float(), _feature_dim(module), group.width, len(x), group.module)
-        weights[j: j + len(x), cset.group_range(gi)] = _per_unit(s, group).cpu().numpy()
+        s = _per_feature(attr.detach().float(), _feature_dim(module), group.width, B, group.module)
+        weights[j: j + B, cset.group_range(gi)] = _per_unit(s, group).cpu().numpy()
+
+    if per_layer:
+        steps = [(gi, j) for gi in measured for j in range(0, N, batch_size)]
+        for gi, j in tqdm(steps, desc=kind, disable=not progress, leave=False):
+            x = inputs[j: j + batch_size].to(device)
+            y = targets[j: j + batch_size].to(device)
+            attr = cls(forward_func, modules[gi]).attribute(
+                x, baselines=torch.zeros_like(x), additional_forward_args=(y,), n_steps=n_steps, method=method,
+                internal_batch_size=internal_batch_size, attribute_to_layer_input=cset.groups[gi].site == "input")
+            if isinstance(attr, tuple):
+                attr = attr[0]
+            store(gi, j, attr, len(x))
+    else:
+        if int(n_steps) < 1:
+            raise CoarError(f"n_steps must be at least 1, got {n_steps}")
+        try:
+            step_sizes_func, alphas_func = approximation_parameters(method)
+        except ValueError as exc:
+            raise CoarError(f"{kind.upper()}: {exc}") from None
+        # one site per (module, site): two groups on one module and site share it
+        sites = {gi: (id(modules[gi]), cset.groups[gi].site) for gi in measured}
+        hooked = {key: (modules[gi], key[1]) for gi, key in sites.items()}
+        for j in tqdm(range(0, N, batch_size), desc=kind, disable=not progress, leave=False):
+            x = inputs[j: j + batch_size].to(device)
+            y = targets[j: j + batch_size].to(device)
+            attrs = _all_layers_integral(kind, forward_func, hooked, x, y, int(n_steps), internal_batch_size,
+                                         step_sizes_func, alphas_func)
+            for gi in measured:
+                store(gi, j, attrs[sites[gi]], len(x))
     meta = {"n_steps": n_steps, "method": method, "baseline": "zeros"}
     if len(measured) < len(cset.groups):
         meta["measured_groups"] = [cset.groups[gi].module for gi in measured]
     return _result(weights, kind, cset, meta)
 
 
+def _all_layers_integral(kind: str, forward_func: Callable, hooked: dict, x: torch.Tensor, y: torch.Tensor,
+                         n_steps: int, internal_batch_size: int | None, step_sizes_func, alphas_func) -> dict:
+    """Captum's LayerConductance ("nc") / InternalInfluence ("ii") of every hooked site, in one integration.
+
+    hooked: {key: (module, site)}; returns {key: attribution shaped like that site's tensor [B, ...]}.
+    Mirrors Captum 0.9 (layer_conductance.py, internal_influence.py, _utils/batching.py,
+    _utils/gradient.compute_layer_gradients_and_eval) with a zero baseline:
+      * inputs  baseline + alpha (x - baseline) for alpha in alphas, concatenated along dim 0, requires_grad;
+        the targets repeated once per alpha;
+      * nc: alphas_func(n_steps + 1) points; sum over consecutive points of (a[k+1] - a[k]) * df/da[k],
+        a = the site's activation;
+      * ii: step_sizes_func(n_steps), alphas_func(n_steps); sum over points of step_size * df/da;
+      * a site is the module's output (forward hook) or its first input (forward pre-hook, Captum's
+        attribute_to_layer_input); the hook keeps the tensor, hands the network a clone (so later in-place
+        operations leave it intact) and, for a module called several times, keeps the LAST call, as Captum's
+        hook does; df/da is torch.autograd.grad of the unbound outputs;
+      * internal_batch_size: the points in chunks of max(1, internal_batch_size // B) (at least 2 for nc,
+        which differences consecutive points), as Captum's _batch_attribution; consecutive nc chunks share
+        their boundary point, which Captum evaluates twice and this function once (carried over).
+    Captum's multi-layer helper (compute_layer_gradients_and_eval with a list of layers) is private, unused by
+    Captum itself and takes one attribute_to_layer_input for all layers, so the hooks are written out here.
+    """
+    B = len(x)
+    conductance = kind == "nc"
+    points = n_steps + 1 if conductance else n_steps
+    alphas = alphas_func(points)
+    step_sizes = None if conductance else step_sizes_func(points)
+    per_pass = points
+    if internal_batch_size is not None:
+        if internal_batch_size < B:
+            warnings.warn(f"Internal batch size cannot be less than the number of input examples. Defaulting to "
+                          f"internal batch size of {B} equal to the number of examples.", stacklevel=3)
+        per_pass = max(1, internal_batch_size // B)
+        if conductance and per_pass < 2:
+            per_pass = 2
+            warnings.warn("This method computes finite differences between evaluations at consecutive steps, so "
+                          f"internal batch size must be at least twice the number of examples. Defaulting to "
+                          f"internal batch size of {2 * B} equal to twice the number of examples.", stacklevel=3)
+    # Captum's chunks of points [start, end); for nc consecutive chunks share a point, evaluated here once
+    chunks, start = [], 0
+    while start < points:
+        end = min(start + per_pass, points)
+        chunks.append((start + (1 if conductance and chunks else 0), end))
+        start = end - 1 if conductance and end < points else end
+    base = torch.zeros_like(x)
+    total: dict = {}
+    carried: dict = {}  # nc: the previous chunk's last point (activation, gradient) per site
+    for lo, hi in chunks:
+        P = hi - lo
+        scaled = torch.cat([base + alpha * (x - base) for alpha in alphas[lo:hi]], dim=0).requires_grad_()
+        evals, grads = _site_gradients_and_evals(forward_func, hooked, scaled, torch.cat([y] * P, dim=0))
+        for key in hooked:
+            ev, gr = evals[key].detach(), grads[key]
+            if conductance:
+                if key in carried:
+                    ev, gr = torch.cat([carried[key][0], ev]), torch.cat([carried[key][1], gr])
+                carried[key] = (ev[-B:], gr[-B:])
+                n = len(ev) // B - 1
+                cur = ((ev[B:] - ev[:-B]) * gr[:-B]).reshape((n, B) + tuple(ev.shape[1:])).sum(0)
+            else:
+                sizes = torch.tensor(step_sizes[lo:hi]).view(P, 1).to(gr.device)
+                cur = (gr.contiguous().view(P, -1) * sizes).reshape((P, B) + tuple(gr.shape[1:])).sum(0)
+            total[key] = cur if key not in total else total[key] + cur
+    return total
+
+
+def _site_gradients_and_evals(forward_func: Callable, hooked: dict, scaled: torch.Tensor,
+                              y: torch.Tensor) -> tuple[dict, dict]:
+    """One forward and one backward pass: {key: activation} and {key: df/d activation} of every hooked site
+    (module output, or its first input for site "input"), as Captum's compute_layer_gradients_and_eval."""
+    saved: dict = {}
+    handles = []
+
+    def keep(key, t):
+        if not isinstance(t, torch.Tensor):
+            raise ComponentError(f"{type(hooked[key][0]).__name__}: the {hooked[key][1]} site needs a tensor")
+        if t.is_floating_point() and not t.requires_grad:
+            t.requires_grad_()
+        saved[key] = t  # a module called again overwrites it: the last call counts, as in Captum
+        return t.clone()
+
+    try:
+        for key, (module, site) in hooked.items():
+            if site == "output":
+                handles.append(module.register_forward_hook(lambda mod, args, out, key=key: keep(key, out)))
+            else:
+                handles.append(module.register_forward_pre_hook(
+                    lambda mod, args, key=key: (keep(key, args[0]),) + tuple(args[1:])))
+        with torch.autograd.set_grad_enabled(True):
+            out = forward_func(scaled, y)
+            if out.shape != (len(scaled),):
+                raise ShapeError(f"output_fn must return one value per example [{len(scaled)}], got "
+                                 f"{tuple(out.shape)}")
+            missing = [k for k in hooked if k not in saved]
+            if missing:
+                raise ComponentError(f"{', '.join(type(hooked[k][0]).__name__ for k in missing)}: module did not "
+                                     "run in the forward pass")
+            keys = list(hooked)
+            grads = torch.autograd.grad(torch.unbind(out), [saved[k] for k in keys])
+    finally:
+        for h in handles:
+            h.remove()
+    return saved, dict(zip(keys, grads))
+
+
 def neuron_conductance(model: nn.Module, cset: ComponentSet, inputs: torch.Tensor, targets: torch.Tensor,
                        output_fn: Callable, n_steps: int = 20, batch_size: int = 64,
                        internal_batch_size: int | None = None, method: str = "gausslegendre",
                        progress: bool = True, n_groups: int | None = None) -> Attributions:
-    """Neuron conductance [DSY18] via captum.attr.LayerConductance on each group's module.
+    """Neuron conductance [DSY18]: captum.attr.LayerConductance of each group's module.
 
     forward_func is f(z) (output_fn on the logits with the example's target), baseline input zeros. The layer's
     output (site "output") or input (site "input", attribute_to_layer_input=True) conductance is summed over
     positions to one score per feature and over a unit's block. Continuous inputs only (CoarError otherwise).
+    Every group comes from one integration per batch of examples (one forward and one backward pass over the
+    n_steps + 1 interpolated inputs, in chunks of internal_batch_size rows), with Captum's formula and
+    quadrature written out (_all_layers_integral); Captum itself would integrate once per group.
     n_groups: attribute only this many component groups (layers), evenly spaced; the others get 0 and meta
-    lists the measured ones (a cost bound: each group costs a forward and backward pass per integration step).
+    lists the measured ones (it saves the per-layer arithmetic and memory, no longer whole passes).
     """
     return _captum_layer_scores("nc", model, cset, inputs, targets, output_fn, n_steps, batch_size,
                                 internal_batch_size, method, progress, n_groups)
@@ -291,7 +432,8 @@ def internal_influence(model: nn.Module, cset: ComponentSet, inputs: torch.Tenso
                        output_fn: Callable, n_steps: int = 20, batch_size: int = 64,
                        internal_batch_size: int | None = None, method: str = "gausslegendre",
                        progress: bool = True, n_groups: int | None = None) -> Attributions:
-    """Internal influence [LSD+18] via captum.attr.InternalInfluence; aggregation as in neuron_conductance."""
+    """Internal influence [LSD+18]: captum.attr.InternalInfluence of each group's module, all groups in one
+    integration per batch (n_steps points); aggregation as in neuron_conductance."""
     return _captum_layer_scores("ii", model, cset, inputs, targets, output_fn, n_steps, batch_size,
                                 internal_batch_size, method, progress, n_groups)
 
