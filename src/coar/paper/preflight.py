@@ -881,9 +881,8 @@ class Costing:
             rows = (min(info["components"], opts.get("loo_components") or info["components"]) + 1) * n
         elif method == "gp":
             rows = TRAIN_PASSES * n
-        else:  # Captum: a forward and a backward pass per integration step, per group, per example
-            groups = min(info["groups"], opts.get("groups") or info["groups"])
-            rows = TRAIN_PASSES * (opts.get("n_steps") or 20) * groups * n
+        else:  # NC/II: a forward and a backward pass per integration point and example, every group at once
+            rows = TRAIN_PASSES * ((opts.get("n_steps") or 20) + 1) * n
         self._engine(c, setup, rows)
         c.store_bytes = (info["components"] + 1) * n * 4
 
