@@ -21,7 +21,8 @@ agree (in float32 they must match to rounding). Random weights: speed does not d
 --preset CONFIG measures the engine against the plain forward pass instead, for every model of a workflow
 preset (default config/config.yaml) at its own number of examples: rows/s of the plain forward pass of the
 model without any ablation, in its best memory format and batch size, against rows/s of the engine's own choice
-(coar.engine.plan), and their ratio; --variants adds every mechanism x memory format the rule chose among, and
+(coar.engine.plan), and their ratio; --variants adds every mechanism x memory format the rule chose among (the
+shared first layer where the model allows it), and
 the engine with BatchNorm kept (not folded) where it folds.
 Repetitions are interleaved and the median is reported, so a slow spell of a shared machine hits every row.
 
@@ -141,7 +142,7 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
                  min_rows: int = 2048) -> list[dict]:
     """Rows/s of the plain forward pass (best format and batch) and of the engine, per model and thread count;
     `report(row)` is called on each row as soon as it is measured."""
-    from coar.engine import Engine, as_format
+    from coar.engine import Engine, as_format, first_layer
     from coar.outputs import get_output_fn
 
     results = []
@@ -179,7 +180,8 @@ def preset_table(config_path: str, threads: list[int], masks: int, reps: int, va
                     rows[f"forward {fmt} b{b}"] = max(1, m_n * spec["n"] // b) * b
             engines = {"engine": Engine(model, cset, x, y, fn)}
             if variants:
-                for mech in ("weights", "hooks"):
+                shareable = first_layer(model, cset, x[:1])[0] >= 0
+                for mech in ("weights", "hooks") + (("shared",) if shareable else ()):
                     for fmt in formats:
                         engines[f"{mech} {fmt}"] = Engine(model, cset, x, y, fn, mechanism=mech, memory_format=fmt)
                 if engines["engine"].plan.folded:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from coar.ablation import ablate_weights, ablation_hooks, logits_of, surgery_outputs
-from coar.engine import Engine, counterfactual_outputs, foldable
+from coar.engine import Engine, counterfactual_outputs, first_layer, foldable
 from coar.components import Rule, component_set
 from coar.errors import CoarError, ComponentError, ShapeError
 from coar.paper.models import build_model, make_hookable
@@ -25,20 +25,23 @@ def random_keep(C, K, seed, alpha=0.3):
 
 
 ENGINE_VARIANTS = [("weights", "contiguous"), ("weights", "channels_last"), ("hooks", "contiguous"),
-                   ("hooks", "channels_last")]
+                   ("hooks", "channels_last"), ("shared", "contiguous"), ("shared", "channels_last")]
 
 
 def assert_engine_equals_surgery(model, cset, x, y, output_fn=margin, mode="zero", gamma=0.5, ref_model=None, M=4):
     """Every engine mechanism x memory format (channels_last only for image inputs) x BatchNorm folded or kept
-    gives the outputs of the weight-surgered copies; the weights mechanism in the model's own format, nothing
-    folded, gives them bitwise; the model is left bitwise unchanged."""
+    gives the outputs of the weight-surgered copies (the shared mechanism where the model's first component module
+    allows it); the weights mechanism in the model's own format, nothing folded, gives them bitwise; the model is
+    left bitwise unchanged. Returns the mechanisms run."""
     keep = random_keep(cset.size, M, 7, alpha=0.2)
     ref = surgery_outputs(ref_model if ref_model is not None else model, cset, x, y, keep, output_fn, mode, gamma)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     image = x.dim() == 4 and x.is_floating_point()
+    ran = set()
     for (mechanism, fmt), batchnorm in ((v, bn) for v in ENGINE_VARIANTS for bn in ("auto", "keep")):
-        if fmt == "channels_last" and not image:
+        if (fmt == "channels_last" and not image) or (mechanism == "shared" and first_layer(model, cset, x[:1])[0] < 0):
             continue
+        ran.add(mechanism)
         engine = Engine(model, cset, x, y, output_fn, mode, gamma, masks_per_pass=1 if mechanism == "weights" else 2,
                         mechanism=mechanism, memory_format=fmt, batchnorm=batchnorm)
         out = engine(keep)
@@ -49,6 +52,8 @@ def assert_engine_equals_surgery(model, cset, x, y, output_fn=margin, mode="zero
     for k, v in before.items():
         assert torch.equal(after[k].contiguous().view(-1).view(torch.uint8), v.contiguous().view(-1).view(torch.uint8)), k
     assert_no_hooks(model)
+    assert not any("forward" in vars(m) for m in model.modules())
+    return ran
 
 
 def assert_hooks_equal_surgery(model, cset, x, K=3, mode="zero", gamma=0.5, seed=0, ref_model=None):
@@ -97,7 +102,8 @@ def test_linear_with_bias(mode):
         model.fc1.bias.normal_()
     cset = component_set(model, "mlp")
     assert_hooks_equal_surgery(model, cset, torch.randn(5, 1, 8, 8), K=4, mode=mode)
-    assert_engine_equals_surgery(model, cset, torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,)), mode=mode)
+    ran = assert_engine_equals_surgery(model, cset, torch.randn(5, 1, 8, 8), torch.randint(0, 10, (5,)), mode=mode)
+    assert "shared" in ran  # fc1 runs first: its output computed once, masked per mask
 
 
 def test_vit_attention_rows_against_original_fused_module():

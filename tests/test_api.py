@@ -278,6 +278,7 @@ BAD_ATTRIBUTE = [
     ("masks_per_pass", dict(masks_per_pass=0)),
     ("mechanism", dict(mechanism="surgery")),
     ("mechanism", dict(mechanism="weights", masks_per_pass=3)),
+    ("mechanism", dict(mechanism="shared", components=[coar.Rule(r"3", ("Linear",), site="input")])),
     ("memory_format", dict(memory_format="nhwc")),
     ("batchnorm", dict(batchnorm="merge")),
     ("batchnorm", dict(batchnorm="fold")),  # the tiny model has no BatchNorm to fold
@@ -382,7 +383,8 @@ def test_every_mechanism_gives_the_same_attributions():
     model, (x, y) = tiny_model(), tiny_data()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     auto = coar.attribute(model, x, y, **{**TINY, "batch_size": None, "masks_per_pass": None})
-    for mechanism, fmt in (("weights", "contiguous"), ("weights", "channels_last"), ("hooks", "channels_last")):
+    for mechanism, fmt in (("weights", "contiguous"), ("weights", "channels_last"), ("hooks", "channels_last"),
+                           ("shared", "contiguous")):
         other = coar.attribute(model, x, y, **{**TINY, "batch_size": None, "masks_per_pass": None,
                                                "mechanism": mechanism, "memory_format": fmt})
         np.testing.assert_allclose(other.weights, auto.weights, atol=1e-4)

@@ -12,15 +12,15 @@ from torch import nn
 
 from coar.ablation import ablation_hooks, surgery_outputs
 from coar.components import Rule, component_set
-from coar.engine import (CPU_FULL_ROWS, CPU_ROWS, Engine, counterfactual_outputs, full_rows, model_memory_format,
-                         plan, rows_per_pass)
+from coar.engine import (CPU_FULL_ROWS, CPU_ROWS, SHARED_MACS, SHARED_SHARE, Engine, counterfactual_outputs,
+                         first_layer, full_rows, model_memory_format, plan, rows_per_pass)
 from coar.errors import CoarError
 from coar.outputs import margin
 from coar.paper.models import build_model
 from tests.helpers import assert_no_hooks, randomize_bn
 
 VARIANTS = [("weights", "contiguous"), ("weights", "channels_last"), ("hooks", "contiguous"),
-            ("hooks", "channels_last")]
+            ("hooks", "channels_last"), ("shared", "contiguous"), ("shared", "channels_last")]
 
 
 def snapshot(model: nn.Module) -> dict:
@@ -52,7 +52,7 @@ RULES = [Rule(r"0|3", ("Conv2d",)), Rule(r"6", ("Linear",)), Rule(r"8", ("Linear
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), n=st.integers(1, 9), masks=st.integers(1, 6),
        mode=st.sampled_from(["zero", "scale"]), gamma=st.floats(0.0, 1.0), bias=st.booleans(),
-       variant=st.sampled_from(VARIANTS), batch=st.integers(1, 9), per_pass=st.integers(2, 4),
+       variant=st.sampled_from(VARIANTS), batch=st.integers(1, 9), per_pass=st.integers(1, 4),
        batchnorm=st.sampled_from(["auto", "keep"]))
 def test_every_mechanism_equals_weight_zeroing_on_random_models_and_masks(seed, n, masks, mode, gamma, bias,
                                                                           variant, batch, per_pass, batchnorm):
@@ -68,6 +68,7 @@ def test_every_mechanism_equals_weight_zeroing_on_random_models_and_masks(seed, 
                     masks_per_pass=1 if mechanism == "weights" else per_pass, mechanism=mechanism,
                     memory_format=fmt, batchnorm=batchnorm)
     assert engine.plan.folded == (("1",) if batchnorm == "auto" else ())  # the BatchNorm after conv 0
+    assert engine.plan.mechanism == mechanism  # conv 0 runs first and once: the shared mechanism can take it
     out = engine(keep)
     if variant == ("weights", "contiguous") and batchnorm == "keep":  # the reference's products: bitwise
         assert np.array_equal(out, ref)
@@ -75,6 +76,7 @@ def test_every_mechanism_equals_weight_zeroing_on_random_models_and_masks(seed, 
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
     assert_bitwise_unchanged(model, before)
     assert_no_hooks(model)
+    assert "forward" not in vars(model[0]) and "forward" not in vars(engine.model.get_submodule("0"))
 
 
 def test_the_masks_change_the_outputs_so_the_equivalence_is_not_vacuous():
@@ -431,3 +433,193 @@ def test_compiled_weights_mechanism_equals_weight_zeroing_and_restores_the_weigh
         Engine(model, cset, x, y, margin, mechanism="hooks", compile="default")
     with pytest.raises(CoarError, match="compile must be one of"):
         Engine(model, cset, x, y, margin, compile="fast")
+
+
+# ------------------------------------------------------------------------------- the shared first layer
+def mlp(seed=0, hidden=(256,), in_features=784):
+    torch.manual_seed(seed)
+    layers, d = [nn.Flatten()], in_features
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    model = nn.Sequential(*layers, nn.Linear(d, 10)).eval()
+    with torch.no_grad():  # non-trivial biases: an ablated row outputs its bias
+        for m in model:
+            if isinstance(m, nn.Linear):
+                m.bias.normal_()
+    return model
+
+
+@pytest.mark.parametrize("mode", ["zero", "scale"])
+@pytest.mark.parametrize("n,kw", [(200, {}), (10, {}), (30, dict(batch_size=8)), (30, dict(masks_per_pass=3)),
+                                  (30, dict(batch_size=7, masks_per_pass=2))])
+def test_shared_first_layer_equals_weight_zeroing(mode, n, kw):
+    """mlp_small's first layer is computed once; every mask, K a pass, in batches of every size, gives the weight
+    zeroing reference's outputs (bitwise in zero mode when the batches are the reference's), call after call."""
+    model = build_model("mlp_small", in_channels=1, image_size=28).eval()
+    with torch.no_grad():
+        model.fc1.bias.normal_()
+    cset = component_set(model, "mlp_small")
+    g = torch.Generator().manual_seed(n)
+    x, y = torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+    keep = torch.rand(7, cset.size, generator=g) > 0.3
+    before = snapshot(model)
+    engine = Engine(model, cset, x, y, margin, mode, 0.3, **kw)
+    assert engine.plan.mechanism == "shared" and "fc1 carries 99% of the FLOPs" in engine.plan.reason
+    ref = surgery_outputs(model, cset, x, y, keep.numpy(), margin, mode, 0.3, batch_size=engine.plan.batch_size)
+    out = engine(keep)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    if mode == "zero" and engine.plan.batch_size == n:
+        assert np.array_equal(out, ref)
+    assert np.array_equal(engine(keep), out) and np.array_equal(engine(keep[3:]), out[3:])
+    assert np.abs(out - out[:1]).max() > 1e-3
+    assert_bitwise_unchanged(model, before)
+    assert_no_hooks(model)
+    assert "forward" not in vars(model.fc1)
+
+
+def test_shared_first_layer_with_later_components_masked_by_hooks():
+    model = mlp(1, hidden=(32, 16), in_features=600)
+    cset = component_set(model, [Rule("1|3", ("Linear",)), Rule("5", ("Linear",), site="input")])
+    x, y = torch.randn(40, 600), torch.randint(0, 10, (40,))
+    keep = np.random.default_rng(0).random((9, cset.size)) > 0.3
+    for kw in (dict(), dict(masks_per_pass=4, batch_size=9)):
+        engine = Engine(model, cset, x, y, margin, "scale", 0.2, mechanism="shared", **kw)
+        np.testing.assert_allclose(engine(keep), surgery_outputs(model, cset, x, y, keep, margin, "scale", 0.2),
+                                   rtol=1e-5, atol=1e-5)
+    assert_no_hooks(model)
+
+
+def test_the_rule_shares_only_a_heavy_first_layer():
+    model, cset, x = mlp(), None, torch.randn(200, 784)
+    cset = component_set(model, [Rule("1", ("Linear",))])
+    index, share, per_output, why = first_layer(model, cset, x[:1])
+    assert (index, per_output, why) == (0, 784, "") and share > 0.95
+    p = plan(model, cset, x)
+    assert (p.mechanism, p.masks_per_pass, p.batch_size) == ("shared", 1, 200)
+    assert (plan(model, cset, x[:10]).mechanism, plan(model, cset, x[:10]).masks_per_pass) == ("shared", 25)
+    assert plan(model, cset, torch.randn(600, 784)).batch_size == 200  # equal batches, as the weights mechanism's
+    light = mlp(hidden=(256, 1024), in_features=64)  # the first layer: 6% of the FLOPs
+    cset = component_set(light, [Rule("1", ("Linear",))])
+    assert first_layer(light, cset, torch.randn(1, 64))[1] < SHARED_SHARE
+    assert plan(light, cset, torch.randn(200, 64)).mechanism == "weights"
+    assert plan(light, cset, torch.randn(200, 64), mechanism="shared").mechanism == "shared"
+    conv = small_convnet(0, True)  # conv 0: 18 MACs an output value, fewer than SHARED_MACS
+    cset = component_set(conv, RULES)
+    index, share, per_output, _ = first_layer(conv, cset, torch.randn(1, 2, 8, 8))
+    assert index == 0 and per_output == 18 < SHARED_MACS
+    assert plan(conv, cset, torch.randn(200, 2, 8, 8)).mechanism == "weights"
+    for name in ("resnet_tiny", "vit_tiny"):  # the preset's other models keep their plans
+        m = build_model(name, in_channels=1, image_size=28).eval()
+        assert plan(m, component_set(m, name), torch.zeros(200, 1, 28, 28)).mechanism == "weights"
+
+
+class _Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc2(self.fc1(self.fc1(x)).relu())
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 8)
+        self.fc2.weight = self.fc1.weight
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x).relu())
+
+
+class _Sometimes(nn.Module):
+    """Calls fc1 a second time only when its input is large: the probe's one example cannot see it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        if x.abs().max() > 10:
+            h = self.fc1(h)
+        return self.fc2(h.relu())
+
+
+def _weight_normed():
+    from torch.nn.utils import parametrizations
+
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    parametrizations.weight_norm(model[0])
+    return model
+
+
+def _hooked_first():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    model[0].register_forward_pre_hook(lambda m, a: None)
+    return model
+
+
+@pytest.mark.parametrize("make,rules,why", [
+    (_Twice, [Rule("fc1", ("Linear",))], "called 2 times"),
+    (_Tied, [Rule("fc1", ("Linear",))], "shared with another module"),
+    (_weight_normed, [Rule("0", ("Linear",))], "parametrized"),
+    (_hooked_first, [Rule("0", ("Linear",))], "has hooks"),
+    (lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)),
+     [Rule("0", ("Linear",), site="input"), Rule("2", ("Linear",))], "not only its output units"),
+    (lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)), [Rule("2", ("Linear",), site="input")],
+     "not only its output units"),
+    (lambda: nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)), [Rule("0", ("Linear",)), Rule("2", ("Linear",))],
+     None),
+])
+def test_shared_eligibility_is_checked_and_a_forced_shared_names_the_problem(make, rules, why):
+    model = make().eval()
+    cset = component_set(model, rules)
+    x = torch.randn(70, 8)
+    index, _, _, reason = first_layer(model, cset, x[:1])
+    if why is None:
+        assert index == 0 and plan(model, cset, x, mechanism="shared").mechanism == "shared"
+        return
+    assert index == -1 and why in reason
+    assert plan(model, cset, x).mechanism in ("weights", "hooks")  # the rule falls back to the current plan
+    with pytest.raises(CoarError, match=f"shared mechanism cannot run on this model: .*{why}"):
+        plan(model, cset, x, mechanism="shared")
+
+
+def test_shared_refuses_control_flow_the_probe_did_not_see_and_restores_the_model():
+    torch.manual_seed(0)
+    model = _Sometimes().eval()
+    cset = component_set(model, [Rule("fc1", ("Linear",))])
+    x, y = torch.randn(70, 8), torch.randint(0, 3, (70,))
+    engine = Engine(model, cset, x, y, margin, mechanism="shared")
+    keep = np.random.default_rng(0).random((3, 8)) > 0.3
+    np.testing.assert_allclose(engine(keep), surgery_outputs(model, cset, x, y, keep, margin), rtol=1e-5, atol=1e-5)
+    x[5] = 100.0  # now fc1 runs twice on this batch
+    engine = Engine(model, cset, x, y, margin, mechanism="shared")
+    with pytest.raises(CoarError, match="called twice in one forward pass"):
+        engine(keep)
+    assert "forward" not in vars(model.fc1)
+    assert_no_hooks(model)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_shared_restores_the_first_layer_when_interrupted(error):
+    model = mlp()
+    cset = component_set(model, [Rule("1", ("Linear",))])
+    x, y = torch.randn(20, 784), torch.randint(0, 10, (20,))
+    calls = []
+
+    def output_fn(logits, targets):
+        calls.append(1)
+        if len(calls) == 2:  # the second mask's pass
+            raise error("stop")
+        return margin(logits, targets)
+
+    keep = np.random.default_rng(1).random((4, cset.size)) > 0.5
+    engine = Engine(model, cset, x, y, output_fn, mechanism="shared", masks_per_pass=1)
+    with pytest.raises(error):
+        engine(keep)
+    assert len(calls) == 2 and "forward" not in vars(model[1])
+    calls.extend([1] * 10)  # the next calls pass
+    np.testing.assert_allclose(engine(keep), surgery_outputs(model, cset, x, y, keep, margin), rtol=1e-5, atol=1e-5)

@@ -44,6 +44,7 @@ def test_fit_settings_name_fields_in_the_callers_vocabulary_and_check_the_held_o
 
 def test_sample_settings_check_both_ends_and_the_model():
     SampleSettings(10, 0.1, seed=MAX_SEED).validate(n_components=20, num_classes=10)
+    assert SampleSettings(10, 0.1, mechanism="shared").validate().mechanism == "shared"
     for kw, name in ((dict(seed=MAX_SEED + 1), "seed"), (dict(seed=True), "seed"), (dict(alpha=0.99), "alpha"),
                      (dict(output="logit:10"), "output"), (dict(gamma=math.nan), "gamma"), (dict(masks=1), "masks"),
                      (dict(scheme="uniform"), "scheme"), (dict(mechanism="fast"), "mechanism")):

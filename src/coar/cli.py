@@ -460,8 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_positive, help="examples per forward pass (default: the engine's choice)")
     s.add_argument("--masks-per-pass", type=_positive,
                    help="masks per forward pass (default: the engine's choice; 1 masks weights in place, > 1 hooks)")
-    s.add_argument("--mechanism", choices=["auto", "weights", "hooks"], default="auto",
-                   help="weights: one mask a pass, weight slices zeroed in place; hooks: several masks a pass")
+    s.add_argument("--mechanism", choices=["auto", "weights", "hooks", "shared"], default="auto",
+                   help="weights: one mask a pass, weight slices zeroed in place; hooks: several masks a pass; "
+                        "shared: the first component layer computed once for every mask (when it is eligible)")
     s.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"], default="auto",
                    help="auto: channels_last when convolutions carry most of the model's FLOPs")
     s.add_argument("--batchnorm", choices=["auto", "fold", "keep"], default="auto",
