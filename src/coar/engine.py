@@ -91,9 +91,7 @@ from .components import ComponentSet
 from .errors import CoarError, ShapeError
 from .resources import size_text
 
-MECHANISMS = ("auto", "weights", "hooks", "shared")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-BATCHNORM = ("auto", "fold", "keep")
+from .options import BATCHNORM, MECHANISMS, MEMORY_FORMATS  # noqa: E402 - the choices, torch-free there
 #: torch.compile modes the weights mechanism can run its passes under ("off": the model as it is). "reduce-overhead"
 #: adds CUDA graphs on a GPU (the masks are written into the weights in place, so a graph's replay reads them).
 COMPILE = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")

@@ -9,11 +9,12 @@
 """
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from .errors import CoarError, ShapeError
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: checking an output's name (coar.settings, the
+    import torch  # workflow's plan while Snakemake builds its DAG) then imports no torch
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -64,6 +65,8 @@ def answer_margin(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 3 or targets.dim() != 2 or targets.shape[0] != logits.shape[0] or targets.shape[1] < 3:
         raise ShapeError(f"answer_margin needs logits [R, T, V] and targets [R, >=3], got {tuple(logits.shape)} "
                          f"and {tuple(targets.shape)}")
+    import torch
+
     t = targets.long()
     pos, correct, other = t[:, 2], t[:, 0], t[:, 1]
     R, T, V = logits.shape

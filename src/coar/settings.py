@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .errors import ArgumentError, CoarError
 from .store import PRECISIONS
+from .options import BATCHNORM, MECHANISMS, MEMORY_FORMATS, check_k  # noqa: F401 - check_k: this module's checks
 
 #: The largest seed: seeds go to numpy's SeedSequence and to torch.manual_seed, which takes a signed 64-bit value.
 MAX_SEED = 2 ** 63 - 1
@@ -137,7 +138,6 @@ class SampleSettings:
                  names: Mapping[str, str] | None = None) -> "SampleSettings":
         """Check every field, cheapest first; alpha against the component count C and logit:<c> against the class
         count where they are known. Returns the settings with numbers in their plain Python types."""
-        from .engine import BATCHNORM, MECHANISMS, MEMORY_FORMATS
         from .sampling import SCHEMES, check_alpha
 
         masks = check_int(self.masks, "masks", min_masks, names=names)

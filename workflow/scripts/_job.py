@@ -24,8 +24,9 @@ def start(sm, torch: bool = True, online: bool = False) -> str:
     from coar.paper import jobserver
 
     forked = jobserver.in_child()
-    if not forked:
-        jobserver.hand_off(sm, sys.modules["__main__"].__file__)  # returns only if the job should run here
+    script = getattr(sys.modules["__main__"], "__file__", None)  # Snakemake's preamble sets the script's path
+    if not forked and script and not cuda_possible():
+        jobserver.hand_off(sm, script)  # returns only if the job should run here
     sys.stderr = sys.stdout = open(sm.log[0], "w", buffering=1)
     if forked:
         print(f"forked from the warm job server (process {os.getppid()}: torch and coar imported before the job; "

@@ -285,9 +285,9 @@ class Plan:
             self._check_finite(v, f"{key}.{k}" if key else str(k))
 
     def _check_within_split(self, key, count, what, dataset, split):
-        """`count` examples of a split at most its published size (coar.paper.data.registry.SPLIT_SIZES; a smaller
+        """`count` examples of a split at most its published size (coar.paper.data.specs.SPLIT_SIZES; a smaller
         copy is caught by the job that loads it)."""
-        from coar.paper.data.registry import SPLIT_SIZES
+        from coar.paper.data.specs import SPLIT_SIZES
 
         size = SPLIT_SIZES.get((dataset, split))
         if size is not None and count is not None and count > size:
@@ -299,7 +299,7 @@ class Plan:
         weights: its shape is the hub's configuration, known only once loaded, so the sampling job checks its
         alphas (coar.settings.SampleSettings)."""
         from coar.paper.counts import component_count as count
-        from coar.paper.models import HF_ARCHITECTURES
+        from coar.paper.model_names import HF_ARCHITECTURES
 
         s = self.setups[setup]
         if s["pretrained"] and s["model"] in HF_ARCHITECTURES:
@@ -324,7 +324,7 @@ class Plan:
         self._check_edit_ks()
 
     def _check_setup(self, name):
-        from coar.paper.models import MODELS
+        from coar.paper.model_names import MODELS
 
         s = self.setups[name]
         data = SPECS[s["dataset"]]  # the schema allows only known datasets
@@ -551,7 +551,7 @@ class Plan:
     def _check_edit_ks(self):
         """Every k an edit sweep ablates is in 0..C - 1 of its setup's C components (coar.editing.check_k, which
         the edit jobs apply too): k = C ablates every component, beyond it the sweep would report k = C again."""
-        from coar.editing import check_k
+        from coar.options import check_k
 
         for name, e in self.config["edits"].items():
             c = self.component_count(e["setup"])

@@ -994,7 +994,7 @@ def training_seconds(spec: dict) -> float | None:
 
 
 def split_size(dataset: str, split: str) -> int:
-    from .data.registry import SPLIT_SIZES
+    from .data.specs import SPLIT_SIZES
     from .data.specs import SPECS
 
     size = SPLIT_SIZES.get((dataset, split)) or (SPECS[dataset].splits or {}).get(split)

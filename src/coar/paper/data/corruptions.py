@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...errors import CoarError
 
@@ -43,6 +42,8 @@ def corrupt(images: np.ndarray, name: str, severity: int, seed: int = 0) -> np.n
         raise CoarError(f"corruption severity must be 1..5, got {severity}")
     if images.dtype != np.uint8 or images.ndim != 4:
         raise CoarError(f"corrupt() needs uint8 images [N, C, H, W], got {images.dtype} {images.shape}")
+    import torch  # here, not at the top: the workflow's plan reads the corruption names without torch
+
     c = _LEVELS[name][int(severity) - 1]
     x = torch.from_numpy(images.astype(np.float32) / 255.0)
     g = torch.Generator().manual_seed(seed)

@@ -22,21 +22,20 @@ imagenet-sketch  ImageNet-Sketch (downloaded), split "test"; imagenet-star: an I
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from ...errors import CoarError
-from ...examples import Examples
 from .specs import SPECS, spec
+
+if TYPE_CHECKING:  # imported where examples are made: coar.examples imports torch, and the workflow's plan reads
+    from ...examples import Examples  # this module's tables while Snakemake builds its DAG
 
 # Views of the specs (coar.paper.data.specs), for the code that iterates over kinds of datasets.
 DATASETS = {name: {**s.norm, "channels": s.channels, "size": s.size, "classes": s.classes}
             for name, s in SPECS.items() if s.kind == "image"}
-# published split sizes, for the workflow's plan-time check of example and training-image counts (a smaller
-# copy than these is still caught by the job that loads it)
-SPLIT_SIZES = {(name, split): n for name, s in SPECS.items() for split, n in (s.splits or {}).items()
-               if n is not None}
+from .specs import SPLIT_SIZES  # noqa: E402,F401 - kept here for callers of the registry
 # the paper's text datasets (coar.paper.data.hf_text; scored with published models, never trained here) and the
 # output function each is scored with
 TEXT_DATASETS = {name: s.output for name, s in SPECS.items() if s.kind == "tokens" and s.pretrained_only}
@@ -214,6 +213,8 @@ def make_examples(dataset: str, split: str, n: int | None, seed: int = 0, root=N
 
     size: the size image files are decoded at (None: the dataset's own; see decode_size).
     """
+    from ...examples import Examples
+
     from .corruptions import corrupt, load_cifar10c
 
     if dataset == "os-text":

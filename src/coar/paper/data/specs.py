@@ -108,3 +108,10 @@ def spec(dataset: str) -> DatasetSpec:
 
 def image_datasets() -> list[str]:
     return [name for name, s in SPECS.items() if s.kind == "image"]
+
+
+# published split sizes, for the workflow's plan-time check of example and training-image counts (a smaller
+# copy than these is still caught by the job that loads it). Here, not in registry (which imports torch through
+# coar.examples): the plan reads them while Snakemake builds its DAG.
+SPLIT_SIZES = {(name, split): n for name, s in SPECS.items() for split, n in (s.splits or {}).items()
+               if n is not None}

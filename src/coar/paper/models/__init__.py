@@ -18,10 +18,7 @@ from ...errors import CoarError
 from ...attention import HookableMultiheadAttention, make_hookable
 from .cifar import MLP, CifarResNet, cifar_resnet, resnet18_cifar, resnet18_w8, resnet18_w32, resnet_mini, resnet_small, resnet_tiny, vit_small, vit_tiny
 
-IMAGE_MODELS = {"cifar_resnet", "resnet18_cifar", "resnet18_w8", "resnet18_w32", "resnet_small", "resnet_tiny", "resnet_mini", "vit_tiny", "mlp", "mlp_small", "vit_small", "resnet50", "vit_b_16", "clip_zeroshot",
-                "clip_vit_b_16"}
-TEXT_MODELS = {"gpt2", "gpt2_tiny", "gpt2_bytes", "phi2", "phi2_tiny"}
-MODELS = sorted(IMAGE_MODELS | TEXT_MODELS)
+from ..model_names import HF_ARCHITECTURES, IMAGE_MODELS, MODELS, TEXT_MODELS  # noqa: F401 - the registry's names
 HUB_IDS = {"gpt2": "gpt2", "phi2": "microsoft/phi-2", "clip_vit_b_16": "openai/clip-vit-base-patch16"}
 # The dtype each hub model's weights are published in (its config.json's torch_dtype), read as such: Phi-2 ships
 # float16, GPT-2 and CLIP float32. The paper names no dtype; the evaluation harness it follows for Phi-2 (Gao et
@@ -77,7 +74,6 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, image_si
 
 
 # models whose shape is the hub's configuration, not fixed by (name, num_classes, in_channels, image_size)
-HF_ARCHITECTURES = TEXT_MODELS | {"clip_vit_b_16", "clip_zeroshot"}
 
 
 def architecture(model: nn.Module) -> dict:
